@@ -1,0 +1,510 @@
+"""`backend-injector install`: bootstrap and renew the webhook's TLS material in a live cluster.
+
+One run makes the cluster right and a second run changes nothing:
+
+1. Read the TLS Secret. If it is missing, unparsable, issued for other hostnames, or expires
+   within the renewal margin (`needs_reissue` says why), issue a new serving certificate and
+   create or replace the Secret.
+2. Make sure every webhook of the MutatingWebhookConfiguration trusts the CA in the Secret
+   (`webhooks[*].clientConfig.caBundle`), patching only what differs.
+
+The CA outlives serving certificates (`CA_LIFETIME_FACTOR`), so a routine renewal reuses it and
+the caBundle does not change: the kube-apiserver never trusts a CA the running pods do not yet
+serve from. When the CA itself must be replaced, the previous one stays in the caBundle next to
+the new one until the next CA rotation, for the minute or so the pods take to pick up the new
+files. The CA key is kept in the Secret (key `ca.key`) so that later runs can sign with it; the
+serving Deployment mounts only `tls.crt` and `tls.key`.
+
+Talking to the cluster goes through the small `Cluster` protocol, so the decisions can be tested
+against a fake and the real client stays at the edge (`KubernetesCluster`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+from webhook import certs
+
+logger = logging.getLogger(__name__)
+
+TLS_SECRET_TYPE = "kubernetes.io/tls"
+CA_CERT_KEY = "ca.crt"
+CA_KEY_KEY = "ca.key"
+CERT_KEY = "tls.crt"
+KEY_KEY = "tls.key"
+
+# Serving certificates live `days`; the CA lives ten times that (3650 days for the default 365)
+# so that renewing the serving certificate never has to touch the caBundle.
+CA_LIFETIME_FACTOR = 10
+
+# Certificates are regarded as already valid this long before their notBefore, matching the
+# backdating in webhook.certs: a Secret issued by a machine whose clock runs a little ahead is
+# not thrown away.
+_CLOCK_SKEW = certs.CLOCK_SKEW_ALLOWANCE
+
+JsonObject = dict[str, Any]
+PatchOperation = dict[str, Any]
+
+
+class InstallError(Exception):
+    """The cluster is not in a state `install` can fix: no webhook configuration, no rights,
+    a Secret of the wrong type, or an object that changed under our feet (run again)."""
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What one `install` run did; all False means the cluster was already right."""
+
+    issued: bool
+    secret_updated: bool
+    webhook_patched: bool
+    not_after: dt.datetime
+    reason: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.secret_updated or self.webhook_patched
+
+    def summary(self) -> str:
+        """One human line for the CLI."""
+        validity = f"serving certificate valid until {self.not_after.isoformat()}"
+        if not self.changed:
+            return f"nothing to do: {validity}; caBundle already current"
+        done = []
+        if self.issued:
+            done.append(f"issued a new serving certificate ({self.reason})")
+        if self.secret_updated:
+            done.append("wrote the TLS Secret")
+        if self.webhook_patched:
+            done.append("patched the caBundle")
+        return f"{'; '.join(done)}: {validity}"
+
+
+class Cluster(Protocol):
+    """The five API calls `install` needs; objects are plain JSON dicts."""
+
+    def read_secret(self, *, namespace: str, name: str) -> JsonObject | None: ...
+
+    def create_secret(self, *, namespace: str, body: JsonObject) -> None: ...
+
+    def replace_secret(self, *, namespace: str, name: str, body: JsonObject) -> None: ...
+
+    def read_webhook_configuration(self, *, name: str) -> JsonObject | None: ...
+
+    def patch_webhook_configuration(
+        self, *, name: str, operations: list[PatchOperation]
+    ) -> None: ...
+
+
+def install(
+    *,
+    namespace: str,
+    service: str,
+    secret_name: str,
+    webhook_config_name: str,
+    days: int,
+    renew_within_days: int,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+) -> InstallResult:
+    """Connect to the cluster (see `connect` for which configuration wins) and reconcile."""
+    api_client = connect(kubeconfig=kubeconfig, context=context)
+    try:
+        return reconcile(
+            KubernetesCluster(api_client),
+            namespace=namespace,
+            service=service,
+            secret_name=secret_name,
+            webhook_config_name=webhook_config_name,
+            days=days,
+            renew_within_days=renew_within_days,
+        )
+    finally:
+        api_client.close()
+
+
+def reconcile(
+    cluster: Cluster,
+    *,
+    namespace: str,
+    service: str,
+    secret_name: str,
+    webhook_config_name: str,
+    days: int,
+    renew_within_days: int,
+    now: dt.datetime | None = None,
+) -> InstallResult:
+    """Bring the TLS Secret and the caBundle up to date; the whole of `install` but the wiring."""
+    if renew_within_days >= days:
+        # Otherwise every fresh certificate is already "due" and each run would reissue.
+        raise ValueError(f"renew_within_days ({renew_within_days}) must be less than days ({days})")
+    moment = now if now is not None else dt.datetime.now(dt.UTC)
+    margin = dt.timedelta(days=renew_within_days)
+    hostnames = certs.service_hostnames(service, namespace)
+
+    webhook_configuration = cluster.read_webhook_configuration(name=webhook_config_name)
+    if webhook_configuration is None:
+        # Checked first so that a missing configuration does not leave a fresh Secret behind.
+        raise InstallError(
+            f"MutatingWebhookConfiguration {webhook_config_name!r} not found: "
+            "apply the manifests first (kubectl apply -k manifests/overlays/...)"
+        )
+
+    secret = cluster.read_secret(namespace=namespace, name=secret_name)
+    if secret is not None and secret.get("type") != TLS_SECRET_TYPE:
+        raise InstallError(
+            f"Secret {namespace}/{secret_name} has type {secret.get('type')!r}, "
+            f"not {TLS_SECRET_TYPE!r}; delete it and run install again"
+        )
+    secret_data = _secret_data(secret)
+    reason = needs_reissue(secret_data, hostnames, moment, margin)
+
+    previous_ca_pem: bytes | None = None
+    if reason is None:
+        ca_pem = _decoded(secret_data, CA_CERT_KEY)
+        serving_not_after = certs.not_after(_decoded(secret_data, CERT_KEY))
+    else:
+        logger.info("issuing a serving certificate", extra={"reason": reason})
+        ca = reusable_ca(secret_data, now=moment, outlive=moment + dt.timedelta(days=days))
+        if ca is None:
+            previous_ca_pem = _still_valid_ca(secret_data, now=moment)
+            ca = certs.build_ca(
+                common_name=f"{service}.{namespace} webhook CA",
+                days=days * CA_LIFETIME_FACTOR,
+                now=moment,
+            )
+        serving = certs.build_serving_certificate(ca=ca, hostnames=hostnames, days=days, now=moment)
+        body = tls_secret(namespace=namespace, name=secret_name, ca=ca, serving=serving)
+        _write_secret(cluster, existing=secret, body=body)
+        ca_pem = ca.cert_pem
+        serving_not_after = certs.not_after(serving.cert_pem)
+
+    operations = ca_bundle_operations(
+        webhook_configuration, ca_pem=ca_pem, previous_ca_pem=previous_ca_pem
+    )
+    if operations:
+        cluster.patch_webhook_configuration(name=webhook_config_name, operations=operations)
+    result = InstallResult(
+        issued=reason is not None,
+        secret_updated=reason is not None,
+        webhook_patched=bool(operations),
+        not_after=serving_not_after,
+        reason=reason,
+    )
+    logger.info(
+        result.summary(),
+        extra={
+            "issued": result.issued,
+            "secret_updated": result.secret_updated,
+            "webhook_patched": result.webhook_patched,
+        },
+    )
+    return result
+
+
+def needs_reissue(
+    secret_data: Mapping[str, str] | None,
+    hostnames: Sequence[str],
+    now: dt.datetime,
+    margin: dt.timedelta,
+) -> str | None:
+    """Why the Secret's serving certificate must be replaced, or None if it is fine.
+
+    `secret_data` is the Secret's `data` as the API returns it (base64 values).
+    """
+    if secret_data is None:
+        return "the Secret does not exist"
+    missing = [key for key in (CA_CERT_KEY, CERT_KEY, KEY_KEY) if not secret_data.get(key)]
+    if missing:
+        return f"the Secret lacks {', '.join(missing)}"
+    try:
+        ca_cert = x509.load_pem_x509_certificate(_decoded(secret_data, CA_CERT_KEY))
+        cert = x509.load_pem_x509_certificate(_decoded(secret_data, CERT_KEY))
+        key = serialization.load_pem_private_key(_decoded(secret_data, KEY_KEY), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        return f"the Secret does not parse: {error}"
+    if not _same_public_key(key.public_key(), cert.public_key()):
+        return f"{KEY_KEY} does not belong to {CERT_KEY}"
+    if not _issued_by(cert, ca_cert):
+        return f"{CERT_KEY} was not issued by {CA_CERT_KEY}"
+    uncovered = [name for name in hostnames if name not in _subject_alternative_names(cert)]
+    if uncovered:
+        return f"{CERT_KEY} does not cover {', '.join(uncovered)}"
+    if cert.not_valid_before_utc > now + _CLOCK_SKEW:
+        return f"{CERT_KEY} is not valid before {cert.not_valid_before_utc.isoformat()}"
+    expires = min(cert.not_valid_after_utc, ca_cert.not_valid_after_utc)
+    if expires - now <= margin:
+        return f"the certificate expires at {expires.isoformat()}, within {margin.days} days"
+    return None
+
+
+def reusable_ca(
+    secret_data: Mapping[str, str] | None, *, now: dt.datetime, outlive: dt.datetime
+) -> certs.KeyPair | None:
+    """The Secret's CA if it can sign the next serving certificate for its whole life."""
+    if secret_data is None or not secret_data.get(CA_CERT_KEY) or not secret_data.get(CA_KEY_KEY):
+        return None
+    try:
+        cert_pem = _decoded(secret_data, CA_CERT_KEY)
+        key_pem = _decoded(secret_data, CA_KEY_KEY)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.ExtensionNotFound):
+        return None
+    if not constraints.ca or not _same_public_key(key.public_key(), cert.public_key()):
+        return None
+    if cert.not_valid_before_utc > now + _CLOCK_SKEW or cert.not_valid_after_utc < outlive:
+        return None
+    return certs.KeyPair(cert_pem=cert_pem, key_pem=key_pem)
+
+
+def tls_secret(
+    *, namespace: str, name: str, ca: certs.KeyPair, serving: certs.KeyPair
+) -> JsonObject:
+    """The TLS Secret for `serving`, with the CA (certificate and key) alongside."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "backend-injector"},
+        },
+        "type": TLS_SECRET_TYPE,
+        "data": {
+            CA_CERT_KEY: _encoded(ca.cert_pem),
+            CA_KEY_KEY: _encoded(ca.key_pem),
+            CERT_KEY: _encoded(serving.cert_pem),
+            KEY_KEY: _encoded(serving.key_pem),
+        },
+    }
+
+
+def ca_bundle_operations(
+    webhook_configuration: JsonObject, *, ca_pem: bytes, previous_ca_pem: bytes | None = None
+) -> list[PatchOperation]:
+    """JSON patch operations giving every webhook a caBundle that trusts `ca_pem`.
+
+    A webhook whose caBundle already contains the CA is left alone. Each change is guarded by a
+    `test` of the webhook's name, so a concurrent edit that reorders the list makes the patch
+    fail instead of writing into the wrong webhook.
+    """
+    bundle = _encoded(ca_pem + (previous_ca_pem or b""))
+    wanted = _fingerprint(ca_pem)
+    operations: list[PatchOperation] = []
+    for index, webhook in enumerate(webhook_configuration.get("webhooks") or []):
+        client_config = webhook.get("clientConfig") or {}
+        if wanted in _bundle_fingerprints(client_config.get("caBundle")):
+            continue
+        operations.append(
+            {"op": "test", "path": f"/webhooks/{index}/name", "value": webhook["name"]}
+        )
+        operations.append(
+            {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": bundle}
+        )
+    return operations
+
+
+def connect(*, kubeconfig: str | None, context: str | None) -> Any:
+    """An ApiClient. Explicit `kubeconfig`/`context` win; then the pod's service account when
+    running in a cluster; then the default kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    from kubernetes import client, config  # imported here: `serve` never needs it
+
+    if kubeconfig is None and context is None and _running_in_a_pod():
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return client.ApiClient(configuration)
+    return config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=kubeconfig, context=context
+    )
+
+
+class KubernetesCluster:
+    """`Cluster` over the official client; bodies go out and come back as plain dicts.
+
+    Responses are read raw (`_preload_content=False`) and requests are sent as dicts (the
+    client validates them into its models), so no object is round-tripped through a model class
+    that could drop a field it does not know.
+    """
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self._core = client.CoreV1Api(api_client)
+        self._admission = client.AdmissionregistrationV1Api(api_client)
+
+    def read_secret(self, *, namespace: str, name: str) -> JsonObject | None:
+        return _json_or_none(
+            f"read Secret {namespace}/{name}",
+            lambda: self._core.read_namespaced_secret(name, namespace, _preload_content=False),
+        )
+
+    def create_secret(self, *, namespace: str, body: JsonObject) -> None:
+        _call(
+            f"create Secret {namespace}/{body['metadata']['name']}",
+            lambda: self._core.create_namespaced_secret(
+                namespace, cast(Any, body), _preload_content=False
+            ),
+        )
+
+    def replace_secret(self, *, namespace: str, name: str, body: JsonObject) -> None:
+        _call(
+            f"replace Secret {namespace}/{name}",
+            lambda: self._core.replace_namespaced_secret(
+                name, namespace, cast(Any, body), _preload_content=False
+            ),
+        )
+
+    def read_webhook_configuration(self, *, name: str) -> JsonObject | None:
+        return _json_or_none(
+            f"read MutatingWebhookConfiguration {name}",
+            lambda: self._admission.read_mutating_webhook_configuration(
+                name, _preload_content=False
+            ),
+        )
+
+    def patch_webhook_configuration(self, *, name: str, operations: list[PatchOperation]) -> None:
+        _call(
+            f"patch MutatingWebhookConfiguration {name}",
+            lambda: self._admission.patch_mutating_webhook_configuration(
+                name,
+                operations,
+                _content_type="application/json-patch+json",
+                _preload_content=False,
+            ),
+        )
+
+
+def _write_secret(cluster: Cluster, *, existing: JsonObject | None, body: JsonObject) -> None:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if existing is None:
+        cluster.create_secret(namespace=namespace, body=body)
+        return
+    metadata = existing.get("metadata") or {}
+    # Keep what others put on the Secret, and send the resourceVersion we read so that a
+    # concurrent install (two Jobs, a person) gets a conflict instead of a lost update.
+    body["metadata"] = {
+        **body["metadata"],
+        "labels": {**(metadata.get("labels") or {}), **body["metadata"]["labels"]},
+        "annotations": metadata.get("annotations") or {},
+        "resourceVersion": metadata.get("resourceVersion"),
+    }
+    cluster.replace_secret(namespace=namespace, name=name, body=body)
+
+
+def _call(what: str, request: Any) -> Any:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return request()
+    except ApiException as error:
+        raise InstallError(f"cannot {what}: {error.status} {error.reason}") from error
+
+
+def _json_or_none(what: str, request: Any) -> JsonObject | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        response = request()
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise InstallError(f"cannot {what}: {error.status} {error.reason}") from error
+    return cast(JsonObject, json.loads(response.data))
+
+
+def _running_in_a_pod() -> bool:
+    # The same test client-go's InClusterConfig makes before it reads the token.
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )
+
+
+def _secret_data(secret: JsonObject | None) -> dict[str, str] | None:
+    if secret is None:
+        return None
+    return dict(secret.get("data") or {})
+
+
+def _still_valid_ca(secret_data: Mapping[str, str] | None, *, now: dt.datetime) -> bytes | None:
+    """The Secret's CA certificate if it can still verify the serving certificate in use."""
+    if secret_data is None or not secret_data.get(CA_CERT_KEY):
+        return None
+    try:
+        ca_pem = _decoded(secret_data, CA_CERT_KEY)
+        expires = certs.not_after(ca_pem)
+    except ValueError:
+        return None
+    return ca_pem if expires > now else None
+
+
+def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _same_public_key(first: PublicKeyTypes, second: PublicKeyTypes) -> bool:
+    return _public_key_der(first) == _public_key_der(second)
+
+
+def _public_key_der(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _subject_alternative_names(cert: x509.Certificate) -> set[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    addresses = {str(address) for address in san.get_values_for_type(x509.IPAddress)}
+    return set(san.get_values_for_type(x509.DNSName)) | addresses
+
+
+def _bundle_fingerprints(ca_bundle: str | None) -> set[bytes]:
+    if not ca_bundle:
+        return set()
+    try:
+        pem = base64.b64decode(ca_bundle, validate=True)
+        return {_fingerprint_of(cert) for cert in x509.load_pem_x509_certificates(pem)}
+    except ValueError:
+        return set()  # an unreadable bundle trusts nothing: replace it
+
+
+def _fingerprint(cert_pem: bytes) -> bytes:
+    return _fingerprint_of(x509.load_pem_x509_certificate(cert_pem))
+
+
+def _fingerprint_of(cert: x509.Certificate) -> bytes:
+    return cert.fingerprint(hashes.SHA256())
+
+
+def _decoded(secret_data: Mapping[str, str] | None, key: str) -> bytes:
+    if secret_data is None:
+        raise ValueError("no Secret data")
+    try:
+        return base64.b64decode(secret_data[key], validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"{key} is not base64: {error}") from error
+
+
+def _encoded(content: bytes) -> str:
+    return base64.b64encode(content).decode("ascii")
