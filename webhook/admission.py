@@ -1,0 +1,195 @@
+"""AdmissionReview in, AdmissionReview out.
+
+The only module that knows the review envelope. It checks the envelope, hands Pod CREATE
+objects to the rules, and answers in the API version it was asked in (``admission.k8s.io/v1``
+or ``v1beta1``), echoing the uid. Two kinds of bad input are kept apart:
+
+* a body that is not an AdmissionReview raises ``EnvelopeError``; the server answers HTTP 400;
+* a valid envelope around an object the rules cannot read is *allowed unchanged* with a
+  warning, so that the apiserver's own validation has the last word on a malformed pod.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from webhook.mutate import Mutation, PodShapeError, Rules
+
+API_VERSIONS = frozenset({"admission.k8s.io/v1", "admission.k8s.io/v1beta1"})
+# The apiserver shows a warning in full up to this length and may cut longer ones.
+WARNING_LENGTH = 120
+WARNING_PREFIX = "backend-injector: "
+
+Result = Literal[
+    "mutated", "unchanged", "skipped", "ignored", "invalid-object", "excluded", "internal-error"
+]
+
+logger = logging.getLogger(__name__)
+
+
+class EnvelopeError(ValueError):
+    """The body is not an AdmissionReview this webhook can answer (HTTP 400)."""
+
+
+@dataclass(slots=True)
+class ReviewOutcome:
+    """One answered review: the response body and a names-only account for logs and metrics."""
+
+    body: bytes
+    uid: str
+    operation: str
+    namespace: str
+    pod: str
+    result: Result
+    mutation: Mutation | None = None
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+class AdmissionHandler:
+    """Answers AdmissionReviews with one set of rules."""
+
+    def __init__(self, rules: Rules, *, excluded_namespaces: frozenset[str] = frozenset()) -> None:
+        self._rules = rules
+        self._excluded_namespaces = excluded_namespaces
+
+    def review(self, body: bytes | str) -> ReviewOutcome:
+        """Answer one review. Raises EnvelopeError when ``body`` is not a review."""
+        api_version, request = _parse_envelope(body)
+        uid = request["uid"]
+        operation = _text(request.get("operation"))
+        namespace = _text(request.get("namespace"))
+        obj = request.get("object")
+        outcome = ReviewOutcome(
+            body=b"",
+            uid=uid,
+            operation=operation,
+            namespace=namespace,
+            pod=_pod_name(request, obj),
+            result="ignored",
+            dry_run=request.get("dryRun") is True,
+        )
+        response: dict[str, Any] = {"uid": uid, "allowed": True}
+        if _is_pod_create(request):
+            if namespace in self._excluded_namespaces:
+                outcome.result = "excluded"
+            else:
+                self._mutate(obj, response, outcome)
+        outcome.body = orjson.dumps(
+            {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
+        )
+        return outcome
+
+    def _mutate(self, obj: Any, response: dict[str, Any], outcome: ReviewOutcome) -> None:
+        try:
+            mutation = self._rules.mutate_pod(obj)
+        except PodShapeError as error:
+            outcome.result = "invalid-object"
+            outcome.warnings = [_clip(f"{WARNING_PREFIX}pod left unchanged: {error}")]
+            response["warnings"] = outcome.warnings
+            return
+        except Exception:
+            # The one place a bug in the rules is caught: the pod is admitted as it came, the
+            # apiserver gets a well-formed answer, and the log keeps the trace (no values).
+            logger.exception("rules failed", extra={"fields": {"uid": outcome.uid}})
+            outcome.result = "internal-error"
+            outcome.warnings = [f"{WARNING_PREFIX}internal error; pod left unchanged"]
+            response["warnings"] = outcome.warnings
+            return
+        outcome.mutation = mutation
+        if mutation.skipped is not None:
+            outcome.result = "skipped"
+            return
+        outcome.warnings = describe_changes(mutation)
+        if outcome.warnings:
+            response["warnings"] = outcome.warnings
+        if not mutation.changed:
+            outcome.result = "unchanged"
+            return
+        outcome.result = "mutated"
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(orjson.dumps(mutation.operations)).decode("ascii")
+
+
+def describe_changes(mutation: Mutation) -> list[str]:
+    """Admission warnings saying what changed: container and variable names, never values."""
+    warnings = []
+    if mutation.removed:
+        warnings.append(f"removed init containers {_names(mutation.removed)}")
+    if mutation.rewritten:
+        warnings.append(f"retargeted init containers {_names(mutation.rewritten)}")
+    if mutation.env:
+        warnings.append(f"set {_names(mutation.env)} in {_names(mutation.containers)}")
+    if mutation.kept_waiting:
+        warnings.append(
+            f"init containers {_names(mutation.kept_waiting)} still wait for a service "
+            "without an external address"
+        )
+    return [_clip(WARNING_PREFIX + warning) for warning in warnings]
+
+
+def _parse_envelope(body: bytes | str) -> tuple[str, Mapping[str, Any]]:
+    if not body:
+        raise EnvelopeError("empty body; expected an AdmissionReview")
+    try:
+        review = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise EnvelopeError(f"body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise EnvelopeError("body is nested too deeply") from None
+    if not isinstance(review, dict):
+        raise EnvelopeError("body is not a JSON object; expected an AdmissionReview")
+    api_version = review.get("apiVersion")
+    if review.get("kind") != "AdmissionReview" or api_version not in API_VERSIONS:
+        raise EnvelopeError(
+            "expected kind AdmissionReview with apiVersion admission.k8s.io/v1 or v1beta1"
+        )
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise EnvelopeError("AdmissionReview has no request")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise EnvelopeError("AdmissionReview request has no uid")
+    return str(api_version), request
+
+
+def _is_pod_create(request: Mapping[str, Any]) -> bool:
+    kind = request.get("kind")
+    return (
+        request.get("operation") == "CREATE"
+        and isinstance(kind, Mapping)
+        and kind.get("group", "") == ""
+        and kind.get("kind") == "Pod"
+        and not request.get("subResource")
+    )
+
+
+def _pod_name(request: Mapping[str, Any], obj: Any) -> str:
+    if name := _text(request.get("name")):
+        return name
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if isinstance(metadata, Mapping):
+        if name := _text(metadata.get("name")):
+            return name
+        if generate_name := _text(metadata.get("generateName")):
+            return generate_name + "*"
+    return ""
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _names(names: list[str], *, most: int = 4) -> str:
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} (+{len(names) - most} more)"
+
+
+def _clip(warning: str) -> str:
+    return warning if len(warning) <= WARNING_LENGTH else warning[: WARNING_LENGTH - 3] + "..."

@@ -1,0 +1,187 @@
+"""The HTTP application: the one module that knows FastAPI.
+
+``POST /mutate`` is served by a small ASGI endpoint in front of FastAPI: it is the only hot
+path, and going through FastAPI's request, routing and response machinery there costs more
+than the review itself. Everything else (``/healthz``, ``/readyz``, ``/metrics``, 404s and
+405s) is an ordinary FastAPI route.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+import orjson
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from webhook.admission import AdmissionHandler, EnvelopeError, ReviewOutcome
+from webhook.metrics import Metrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+# The apiserver refuses request bodies over 3 MiB, and an AdmissionReview carries the object
+# up to twice (object and oldObject) plus the envelope; controller-runtime settles on 7 MiB
+# for the same reason. Anything larger did not come from an apiserver.
+DEFAULT_BODY_LIMIT = 7 * 1024 * 1024
+# Above this size a review is handled off the event loop so other requests keep flowing.
+THREAD_THRESHOLD = 1024 * 1024
+
+logger = logging.getLogger("webhook.review")
+
+
+@dataclass(slots=True)
+class Readiness:
+    """Whether the server should get traffic; false until serving and again when draining."""
+
+    ready: bool = False
+    reason: str = "starting"
+
+    def set(self, ready: bool, reason: str) -> None:
+        self.ready = ready
+        self.reason = reason
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds the limit (HTTP 413)."""
+
+
+class MutateEndpoint:
+    """Raw ASGI handler for ``/mutate``: read, review, answer, log, count."""
+
+    def __init__(self, handler: AdmissionHandler, metrics: Metrics, body_limit: int) -> None:
+        self._handler = handler
+        self._metrics = metrics
+        self._body_limit = body_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            self._metrics.observe_error("method-not-allowed")
+            await _send_json(send, 405, {"error": "use POST"}, extra=[(b"allow", b"POST")])
+            return
+        try:
+            body = await self._read_body(scope, receive)
+        except BodyTooLarge:
+            self._metrics.observe_error("body-too-large")
+            await _send_json(send, 413, {"error": f"body exceeds {self._body_limit} bytes"},
+                             extra=[(b"connection", b"close")])
+            return
+        started = time.perf_counter()
+        try:
+            if len(body) > THREAD_THRESHOLD:
+                outcome = await anyio.to_thread.run_sync(self._handler.review, body)
+            else:
+                outcome = self._handler.review(body)
+        except EnvelopeError as error:
+            self._metrics.observe_error("bad-request")
+            await _send_json(send, 400, {"error": str(error)})
+            return
+        seconds = time.perf_counter() - started
+        await _send(send, 200, outcome.body)
+        self._metrics.observe_review(outcome, seconds)
+        _log_review(outcome, seconds)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        for name, value in scope["headers"]:
+            # Refuse early, from the header, without reading what was sent.
+            if name == b"content-length" and (not value.isdigit() or int(value) > self._body_limit):
+                raise BodyTooLarge
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._body_limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+class WebhookApp:
+    """Routes ``/mutate`` to the fast endpoint and everything else to FastAPI."""
+
+    def __init__(self, api: FastAPI, mutate: MutateEndpoint) -> None:
+        self.api = api
+        self._mutate = mutate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/mutate":
+            await self._mutate(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def create_app(
+    handler: AdmissionHandler,
+    *,
+    metrics: Metrics,
+    readiness: Readiness,
+    body_limit: int = DEFAULT_BODY_LIMIT,
+) -> WebhookApp:
+    """Build the ASGI application around a ready AdmissionHandler."""
+    api = FastAPI(title="backend-injector", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz() -> JSONResponse:
+        status = 200 if readiness.ready else 503
+        return JSONResponse({"ready": readiness.ready, "reason": readiness.reason}, status)
+
+    @api.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    return WebhookApp(api, MutateEndpoint(handler, metrics, body_limit))
+
+
+def _log_review(outcome: ReviewOutcome, seconds: float) -> None:
+    mutation = outcome.mutation
+    fields: dict[str, Any] = {
+        "uid": outcome.uid,
+        "operation": outcome.operation,
+        "namespace": outcome.namespace,
+        "pod": outcome.pod,
+        "result": outcome.result,
+        "duration_ms": round(seconds * 1000, 3),
+    }
+    if outcome.dry_run:
+        fields["dry_run"] = True
+    if mutation is not None and mutation.changed:
+        fields["removed"] = mutation.removed
+        fields["rewritten"] = mutation.rewritten
+        fields["env"] = mutation.env
+    if mutation is not None and mutation.skipped:
+        fields["skipped"] = mutation.skipped
+    logger.info("review", extra={"fields": fields})
+
+
+async def _send_json(
+    send: Send, status: int, content: dict[str, Any], *, extra: Headers | None = None
+) -> None:
+    await _send(send, status, orjson.dumps(content), extra=extra)
+
+
+async def _send(
+    send: Send, status: int, body: bytes, *, extra: Headers | None = None
+) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

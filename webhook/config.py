@@ -1,0 +1,432 @@
+"""Settings: what the webhook manages and where the external backend lives.
+
+One typed object, built once by the CLI and passed down; nothing reads the environment at
+import time. Sources, the later winning over the earlier:
+
+    embedded default  <  YAML file (--config)  <  environment (BACKEND_INJECTOR_*)  <  flags
+
+The embedded default is the Docker Desktop backend of the seed report: MLflow, MinIO and the
+FastAPI gateway on ``host.docker.internal`` at 5000, 9000 and 8000, and MinIO's development
+credentials ``minioadmin``/``minioadmin`` (warned about at start).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+ENV_PREFIX = "BACKEND_INJECTOR_"
+DEFAULT_EXTERNAL_HOST = "host.docker.internal"
+# MinIO's documented development default; a deployment that keeps it is warned at start.
+DEVELOPMENT_CREDENTIAL = "minioadmin"
+ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
+SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_TEMPLATE_FIELD = re.compile(r"\{([a-z0-9-]+)\}")
+_E = TypeVar("_E", bound=StrEnum)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used: a bad file, a bad value, or a contradiction."""
+
+
+class Action(StrEnum):
+    """What happens to an init container that waits for a managed in-cluster service."""
+
+    REMOVE = "remove"
+    REWRITE = "rewrite"
+
+
+class CredentialMode(StrEnum):
+    """How the S3 credentials reach the pods."""
+
+    VALUE = "value"  # literal values in the pod spec
+    SECRET_KEY_REF = "secretKeyRef"  # a reference to a Secret in the pod's own namespace
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An external address that pods can reach."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """An in-cluster service the chart expects, and where it lives outside the cluster.
+
+    ``external`` is None for services that have no external address (postgres): waiters for
+    them are removed whatever the action, because there is nothing to retarget them at.
+    """
+
+    name: str
+    hosts: tuple[str, ...]
+    external: Endpoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """S3 credentials. ``repr`` hides the values so they cannot reach a log by accident."""
+
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    mode: CredentialMode = CredentialMode.VALUE
+    secret_name: str = "backend-injector-credentials"
+    # Keys inside that Secret, in secretKeyRef mode.
+    access_key_id_key: str = "access-key-id"
+    secret_access_key_key: str = "secret-access-key"
+
+    @property
+    def is_development_default(self) -> bool:
+        return DEVELOPMENT_CREDENTIAL in (self.access_key_id, self.secret_access_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the rules need, plus the server's own knobs."""
+
+    action: Action
+    waiter_names: frozenset[str]
+    services: tuple[Service, ...]
+    env: tuple[tuple[str, str], ...]  # plain managed variables, in the order they are added
+    credentials: Credentials
+    # Never mutated even if the namespaceSelector is wrong: a broken webhook here could keep
+    # the control plane or the webhook itself from starting.
+    excluded_namespaces: frozenset[str] = frozenset()
+    host: str = "0.0.0.0"
+    port: int = 8443
+    workers: int = 1
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    shutdown_delay_seconds: float = 0.0
+
+    @property
+    def managed_env_names(self) -> tuple[str, ...]:
+        return (*(name for name, _ in self.env), ACCESS_KEY_ENV, SECRET_KEY_ENV)
+
+
+def default_document() -> dict[str, Any]:
+    """The embedded default, in the same shape as a configuration file."""
+    def external(port: int) -> dict[str, Any]:
+        return {"host": DEFAULT_EXTERNAL_HOST, "port": port}
+
+    return {
+        "action": "remove",
+        "waiter_names": ["wait-for-mlflow", "wait-for-fastapi"],
+        "services": {
+            "mlflow": {"hosts": ["mlflow"], "external": external(5000)},
+            "minio": {"hosts": ["minio"], "external": external(9000)},
+            "fastapi": {"hosts": ["fastapi-app", "fastapi"], "external": external(8000)},
+            "postgres": {"hosts": ["postgres"], "external": None},
+        },
+        "env": {
+            "MLFLOW_TRACKING_URI": "http://{mlflow}",
+            "MLFLOW_S3_ENDPOINT_URL": "http://{minio}",
+            "GATEWAY_URL": "http://{fastapi}",
+        },
+        "credentials": {"mode": "value", "secret_name": "backend-injector-credentials"},
+        "excluded_namespaces": [
+            "kube-system", "kube-public", "kube-node-lease", "backend-injector",
+        ],
+    }
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings from the embedded default, a file, the environment and flag overrides.
+
+    ``overrides`` holds flag values that were given (None means "not given").
+    """
+    environ = os.environ if environ is None else environ
+    document = default_document()
+    file_path = config_file or _path_from_env(environ, "CONFIG")
+    if file_path is not None:
+        document = _merge(document, _read_yaml(file_path))
+    settings = _settings_from_document(document, environ)
+    settings = _apply_environment(settings, environ)
+    if overrides:
+        given = {key: value for key, value in overrides.items() if value is not None}
+        settings = _apply_overrides(settings, given)
+    _validate(settings)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration file {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {error}") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"configuration file {path} must hold a mapping at the top level")
+    if "credentials" in loaded and isinstance(loaded["credentials"], dict):
+        for secret_field in ("access_key_id", "secret_access_key"):
+            if secret_field in loaded["credentials"]:
+                # Files end up in ConfigMaps and in git; values belong in a Secret.
+                raise ConfigError(
+                    f"credentials.{secret_field} may not be set in a configuration file; use "
+                    f"{ENV_PREFIX}{secret_field.upper()} or {ENV_PREFIX}{secret_field.upper()}_FILE"
+                )
+    return loaded
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge mappings key by key; lists and scalars in ``update`` replace those in ``base``."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _settings_from_document(document: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    known = {"action", "waiter_names", "services", "env", "credentials", "excluded_namespaces"}
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+    services = tuple(_service(name, spec) for name, spec in _mapping(document, "services").items())
+    endpoints = {service.name: service.external for service in services}
+    env = tuple(
+        (str(name), _expand(str(name), value, endpoints))
+        for name, value in _mapping(document, "env").items()
+        if value is not None  # null in a file drops a variable of the default
+    )
+    return Settings(
+        action=_enum(Action, document.get("action"), "action"),
+        waiter_names=frozenset(_string_list(document.get("waiter_names", []), "waiter_names")),
+        services=services,
+        env=env,
+        credentials=_credentials(_mapping(document, "credentials"), environ),
+        excluded_namespaces=frozenset(
+            _string_list(document.get("excluded_namespaces", []), "excluded_namespaces")
+        ),
+    )
+
+
+def _mapping(document: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = document.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping")
+    return value
+
+
+def _string_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(f"{where} must be a list of non-empty strings")
+    return value
+
+
+def _enum(kind: type[_E], value: Any, where: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise ConfigError(f"{where} must be one of {allowed}, not {value!r}") from None
+
+
+def _service(name: str, spec: Any) -> Service:
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"services.{name} must be a mapping")
+    hosts = tuple(_string_list(spec.get("hosts", [name]), f"services.{name}.hosts"))
+    for host in hosts:
+        if not _DNS_LABEL.match(host):
+            raise ConfigError(f"services.{name}.hosts: {host!r} is not a DNS label")
+    external = spec.get("external")
+    if external is None:
+        return Service(name=name, hosts=hosts, external=None)
+    if not isinstance(external, Mapping):
+        raise ConfigError(f"services.{name}.external must be a mapping or null")
+    return Service(
+        name=name,
+        hosts=hosts,
+        external=Endpoint(host=str(external.get("host", "")), port=_port(external.get("port"))),
+    )
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigError(f"port must be a number from 1 to 65535, not {value!r}")
+    return value
+
+
+def _expand(name: str, template: Any, endpoints: Mapping[str, Endpoint | None]) -> str:
+    """Fill ``{service}`` fields of an env value with that service's external host:port."""
+    if not isinstance(template, str):
+        raise ConfigError(f"env.{name} must be a string")
+
+    def endpoint_of(match: re.Match[str]) -> str:
+        service = match.group(1)
+        if service not in endpoints:
+            raise ConfigError(f"env.{name} refers to unknown service {{{service}}}")
+        endpoint = endpoints[service]
+        if endpoint is None:
+            raise ConfigError(f"env.{name} refers to {{{service}}}, which has no external address")
+        return str(endpoint)
+
+    return _TEMPLATE_FIELD.sub(endpoint_of, template)
+
+
+def _credentials(spec: Mapping[str, Any], environ: Mapping[str, str]) -> Credentials:
+    return Credentials(
+        access_key_id=_secret_from_env(environ, "ACCESS_KEY_ID"),
+        secret_access_key=_secret_from_env(environ, "SECRET_ACCESS_KEY"),
+        mode=_enum(CredentialMode, spec.get("mode", "value"), "credentials.mode"),
+        secret_name=str(spec.get("secret_name", "backend-injector-credentials")),
+        access_key_id_key=str(spec.get("access_key_id_key", "access-key-id")),
+        secret_access_key_key=str(spec.get("secret_access_key_key", "secret-access-key")),
+    )
+
+
+def _secret_from_env(environ: Mapping[str, str], name: str) -> str:
+    """A credential from ``BACKEND_INJECTOR_<NAME>``, or from the file named by ``..._FILE``.
+
+    The file form is for Secret volume mounts; it wins because it is the safer of the two.
+    """
+    file_path = _path_from_env(environ, f"{name}_FILE")
+    if file_path is not None:
+        try:
+            return file_path.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            # The message names the file, never its content.
+            raise ConfigError(f"cannot read {ENV_PREFIX}{name}_FILE ({file_path}): "
+                              f"{error.strerror}") from error
+    return environ.get(ENV_PREFIX + name, DEVELOPMENT_CREDENTIAL)
+
+
+def _path_from_env(environ: Mapping[str, str], name: str) -> Path | None:
+    value = environ.get(ENV_PREFIX + name)
+    return Path(value) if value else None
+
+
+def _apply_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """Apply the scalar BACKEND_INJECTOR_* variables (credentials were read already)."""
+    given: dict[str, Any] = {}
+    if action := environ.get(ENV_PREFIX + "ACTION"):
+        given["action"] = action
+    if external_host := environ.get(ENV_PREFIX + "EXTERNAL_HOST"):
+        given["external_host"] = external_host
+    for name in ("HOST", "PORT", "WORKERS", "TLS_CERT", "TLS_KEY", "CLIENT_CA",
+                 "SHUTDOWN_DELAY_SECONDS"):
+        if value := environ.get(ENV_PREFIX + name):
+            given[name.lower()] = value
+    return _apply_overrides(settings, given)
+
+
+def _apply_overrides(settings: Settings, given: Mapping[str, Any]) -> Settings:
+    changes: dict[str, Any] = {}
+    if "action" in given:
+        changes["action"] = _enum(Action, given["action"], "action")
+    if "host" in given:
+        changes["host"] = str(given["host"])
+    for number in ("port", "workers"):
+        if number in given:
+            changes[number] = _integer(given[number], number)
+    for path in ("tls_cert", "tls_key", "client_ca"):
+        if path in given:
+            changes[path] = Path(given[path])
+    if "shutdown_delay_seconds" in given:
+        changes["shutdown_delay_seconds"] = _seconds(given["shutdown_delay_seconds"])
+    updated = replace(settings, **changes)
+    if "external_host" in given:
+        updated = with_external_host(updated, str(given["external_host"]))
+    return updated
+
+
+def with_external_host(settings: Settings, host: str) -> Settings:
+    """Move every external service to ``host``, keeping ports; env values follow."""
+    old = {s.name: s.external for s in settings.services}
+    services = tuple(
+        replace(s, external=replace(s.external, host=host)) if s.external else s
+        for s in settings.services
+    )
+    env = list(settings.env)
+    for service in services:
+        before = old[service.name]
+        if before is None or service.external is None:
+            continue
+        env = [(name, value.replace(str(before), str(service.external))) for name, value in env]
+    return replace(settings, services=services, env=tuple(env))
+
+
+def _integer(value: Any, where: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a whole number, not {value!r}") from None
+
+
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"shutdown delay must be a number of seconds, not {value!r}") from None
+    if not 0 <= seconds <= 300:
+        raise ConfigError("shutdown delay must be from 0 to 300 seconds")
+    return seconds
+
+
+def _validate(settings: Settings) -> None:
+    if not settings.services:
+        raise ConfigError("services may not be empty")
+    seen_hosts: dict[str, str] = {}
+    for service in settings.services:
+        for host in service.hosts:
+            if host in seen_hosts:
+                raise ConfigError(
+                    f"host {host!r} is claimed by both {seen_hosts[host]} and {service.name}"
+                )
+            seen_hosts[host] = service.name
+        if service.external is not None and not _HOSTNAME.match(service.external.host):
+            raise ConfigError(f"services.{service.name}.external.host is not a host name")
+    names = [name for name, _ in settings.env]
+    for name in names:
+        if not _ENV_NAME.match(name):
+            raise ConfigError(f"env: {name!r} is not a valid variable name")
+        if name in (ACCESS_KEY_ENV, SECRET_KEY_ENV):
+            raise ConfigError(f"env: {name} is a credential; it comes from the credentials section")
+    if not 0 < settings.port < 65536:
+        raise ConfigError(f"port must be from 1 to 65535, not {settings.port}")
+    if settings.workers < 1:
+        raise ConfigError("workers must be at least 1")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if not settings.credentials.access_key_id or not settings.credentials.secret_access_key:
+        raise ConfigError("credentials may not be empty")
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """A loggable summary: names and external addresses, never credential values."""
+    return {
+        "action": settings.action.value,
+        "waiter_names": sorted(settings.waiter_names),
+        "services": {
+            s.name: {"hosts": list(s.hosts), "external": str(s.external) if s.external else None}
+            for s in settings.services
+        },
+        "env": [name for name, _ in settings.env],
+        "credentials_mode": settings.credentials.mode.value,
+    }

@@ -1,0 +1,66 @@
+"""Prometheus metrics with stable names and labels.
+
+Each server builds its own registry, so tests and several apps in one process do not collide.
+The duration buckets start at the apiserver's own first webhook bucket (5 ms) and reach its
+default webhook timeout (10 s), with finer steps below 5 ms where this webhook should live.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from webhook.admission import ReviewOutcome
+
+DURATION_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class Metrics:
+    """The webhook's counters and histogram, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.reviews = Counter(
+            "backend_injector_reviews",
+            "AdmissionReviews answered, by operation and result.",
+            ["operation", "result"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "backend_injector_review_duration_seconds",
+            "Time from a complete request body to the encoded response.",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.mutations = Counter(
+            "backend_injector_mutations",
+            "Changes made to pods, by action (removed, rewritten, env).",
+            ["action"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "backend_injector_errors",
+            "Requests that were refused or could not be handled, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def observe_review(self, outcome: ReviewOutcome, seconds: float) -> None:
+        self.reviews.labels(outcome.operation or "unknown", outcome.result).inc()
+        self.duration.observe(seconds)
+        mutation = outcome.mutation
+        if mutation is not None and mutation.changed:
+            for action, names in (
+                ("removed", mutation.removed),
+                ("rewritten", mutation.rewritten),
+                ("env", mutation.containers),
+            ):
+                if names:
+                    self.mutations.labels(action).inc(len(names))
+
+    def observe_error(self, kind: str) -> None:
+        self.errors.labels(kind).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,292 @@
+"""Reading and retargeting the commands of init containers.
+
+An init container *waits* when its program does nothing but probe hosts (``nc -z``, ``wget``,
+``curl``, ``nslookup``, ``pg_isready``, ``/dev/tcp/...``), loop, sleep and print. This module
+finds which managed services such a program probes, whether it also probes other hosts
+(kafka) or does real work (a migration), and rewrites the probes of managed hosts so that they
+point at the external address instead.
+
+Programs come in two forms. A shell form, ``sh -c SCRIPT`` (the flag and the script may be in
+``command`` or ``args``), is read as shell text, split into simple commands at ``;``, ``&&``,
+``||``, ``|``, ``&``, newlines and subshell brackets. Any other form is one command in exec
+form, its words being the elements of command + args. Reading is deliberately shallow: this is
+not a shell parser, it recognises the shapes that readiness loops take in charts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from webhook.config import Endpoint, Service
+
+SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh"})
+# Commands whose only purpose in an init container is to see whether a host answers.
+PROBE_COMMANDS = frozenset(
+    {"nc", "ncat", "netcat", "telnet", "wget", "curl", "nslookup", "host", "dig", "getent",
+     "pg_isready", "ping"}
+)
+# Commands that neither probe nor change anything: the glue of a readiness loop.
+IDLE_COMMANDS = frozenset(
+    {"sleep", "echo", "printf", "true", "false", ":", "exit", "date", "test", "[", "[[", "let",
+     "expr", "seq", "break", "continue", "set", "cat", "wait", "return"}
+)
+# Words that only steer the shell, stripped from the front of a simple command.
+SHELL_KEYWORDS = frozenset(
+    {"until", "while", "do", "done", "if", "then", "else", "elif", "fi", "!", "{", "}", "exec",
+     "time", "for", "in", "case", "esac"}
+)
+# Commands that run the rest of the words as a command: `timeout 5 nc -z mlflow 5000`.
+WRAPPERS = frozenset({"timeout", "env", "nice", "nohup", "command", "busybox"})
+
+_SEPARATORS = re.compile(r"&&|\|\||[;|&\n()`]|\$\(")
+_WORD = re.compile(r"\S+")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_LABEL_CHARS = r"A-Za-z0-9_\-"
+_DEV_TCP_HOST = re.compile(r"/dev/(?:tcp|udp)/(?P<host>[A-Za-z][-A-Za-z0-9.]*)/")
+_URL_HOST = re.compile(
+    r"^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/]*@)?(?P<host>[A-Za-z][-A-Za-z0-9.]*)(?::\d+)?(?:/|$)"
+)
+_EXEC_JOINER = "\x1f"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPattern:
+    """Recognises one managed service's in-cluster host names inside a word.
+
+    A host ``mlflow`` is matched as ``mlflow``, ``mlflow.NS``, ``mlflow.NS.svc`` and
+    ``mlflow.NS.svc.cluster.local``, followed by an optional ``:PORT`` or ``/PORT``.
+    """
+
+    service: Service
+    regex: re.Pattern[str]
+
+    @classmethod
+    def for_service(cls, service: Service) -> HostPattern:
+        names = "|".join(re.escape(host) for host in sorted(service.hosts, key=len, reverse=True))
+        label = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+        regex = re.compile(
+            rf"(?<![{_LABEL_CHARS}.])"
+            rf"(?P<host>(?:{names})(?:\.{label}(?:\.svc(?:\.cluster\.local)?)?)?)"
+            rf"(?![{_LABEL_CHARS}]|\.[A-Za-z0-9])"
+            r"(?:(?P<sep>[:/])(?P<port>\d{1,5})(?!\d))?"
+        )
+        return cls(service=service, regex=regex)
+
+
+@dataclass(slots=True)
+class ProgramReading:
+    """What a container's program does, as far as waiting goes."""
+
+    managed: list[str] = field(default_factory=list)  # services probed, in order of appearance
+    probes_external: bool = False  # probes a configured external address (already retargeted)
+    probes_other_hosts: bool = False  # probes something unmanaged, such as kafka
+    does_work: bool = False  # runs anything that is not a probe or loop glue
+
+    @property
+    def only_waits_for_managed(self) -> bool:
+        return bool(self.managed) and not self.probes_other_hosts and not self.does_work
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """One simple command: where it lies, and its words."""
+
+    argv_index: int  # which element of command + args it lies in
+    start: int
+    end: int
+    words: tuple[str, ...]
+
+
+class ProgramReader:
+    """Reads and retargets programs for one set of managed services."""
+
+    def __init__(self, services: Sequence[Service]) -> None:
+        self._patterns = tuple(HostPattern.for_service(service) for service in services)
+        external_hosts = {s.external.host for s in services if s.external is not None}
+        self._external_hosts = frozenset(host.lower() for host in external_hosts)
+
+    def read(self, argv: Sequence[str]) -> ProgramReading:
+        reading = ProgramReading()
+        for segment in _segments(argv):
+            self._read_segment(segment.words, reading)
+        return reading
+
+    def retarget(self, argv: Sequence[str]) -> list[str] | None:
+        """``argv`` with every probe of a managed host pointed at its external address.
+
+        Only probe commands are touched, so work in the same script keeps its text. Returns
+        None when nothing changes. Hosts of services without an external address are left.
+        """
+        if _shell_script_index(argv) is None:
+            rewritten = self._retarget_exec_form(argv)
+        else:
+            rewritten = self._retarget_shell_form(argv)
+        return rewritten if rewritten != list(argv) else None
+
+    def _retarget_exec_form(self, argv: Sequence[str]) -> list[str]:
+        if not _is_probe(tuple(argv)) or any(_EXEC_JOINER in word for word in argv):
+            return list(argv)
+        # Joined so that `nc -z mlflow 5000` finds its port in the next element; the joiner
+        # counts as white space for the port rule and cannot occur in a real argument.
+        return self._retarget_text(_EXEC_JOINER.join(argv)).split(_EXEC_JOINER)
+
+    def _retarget_shell_form(self, argv: Sequence[str]) -> list[str]:
+        rewritten = list(argv)
+        # Edit from the end so that earlier spans stay valid.
+        for segment in reversed(list(_segments(argv))):
+            if not _is_probe(segment.words):
+                continue
+            text = rewritten[segment.argv_index]
+            original = text[segment.start : segment.end]
+            retargeted = self._retarget_text(original)
+            rewritten[segment.argv_index] = text[: segment.start] + retargeted + text[segment.end :]
+        return rewritten
+
+    def _read_segment(self, words: tuple[str, ...], reading: ProgramReading) -> None:
+        command, arguments = _command_of(words)
+        if _is_probe(words):
+            probed_anything = False
+            for word in arguments if command in PROBE_COMMANDS else words:
+                service = self._managed_service_in(word)
+                if service is not None:
+                    probed_anything = True
+                    if service.name not in reading.managed:
+                        reading.managed.append(service.name)
+                elif self._names_external_host(word):
+                    probed_anything = True
+                    reading.probes_external = True
+            if not probed_anything and _names_some_host(arguments or list(words)):
+                reading.probes_other_hosts = True
+        elif command and command not in IDLE_COMMANDS:
+            reading.does_work = True
+
+    def _managed_service_in(self, word: str) -> Service | None:
+        for pattern in self._patterns:
+            if pattern.regex.search(_unquote(word)):
+                return pattern.service
+        return None
+
+    def _names_external_host(self, word: str) -> bool:
+        host = _host_of(_unquote(word))
+        return host is not None and host.lower() in self._external_hosts
+
+    def _retarget_text(self, text: str) -> str:
+        for pattern in self._patterns:
+            external = pattern.service.external
+            if external is not None:
+                text = _retarget_matches(pattern.regex, text, external)
+        return text
+
+
+def _retarget_matches(regex: re.Pattern[str], text: str, external: Endpoint) -> str:
+    """Replace each host match (and its port, attached or as the next word) in ``text``."""
+    pieces: list[str] = []
+    position = 0
+    for match in regex.finditer(text):
+        pieces.append(text[position : match.start()])
+        position = match.end()
+        if match.group("port") is not None:
+            pieces.append(f"{external.host}{match.group('sep')}{external.port}")
+            continue
+        following = re.match(r"(\s+)(\d{1,5})(?![\w.:/-])", text[position:])
+        url_without_port = text[max(0, match.start() - 3) : match.start()] == "://"
+        if following is not None and not url_without_port:
+            # `nc -z mlflow 5000`: the port is the next word.
+            pieces.append(f"{external.host}{following.group(1)}{external.port}")
+            position += following.end()
+        elif url_without_port:
+            # `http://mlflow/health` meant the service port; the external one must be explicit.
+            pieces.append(str(external))
+        else:
+            pieces.append(external.host)
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
+def _segments(argv: Sequence[str]) -> Iterator[_Segment]:
+    script_index = _shell_script_index(argv)
+    if script_index is None:
+        # Exec form: one command, whose words are the elements themselves.
+        if argv:
+            yield _Segment(argv_index=0, start=0, end=0, words=tuple(argv))
+        return
+    script = argv[script_index]
+    start = 0
+    for separator in _SEPARATORS.finditer(script):
+        yield _shell_segment(script_index, script, start, separator.start())
+        start = separator.end()
+    yield _shell_segment(script_index, script, start, len(script))
+
+
+def _shell_segment(argv_index: int, script: str, start: int, end: int) -> _Segment:
+    words = tuple(word.group() for word in _WORD.finditer(script, start, end))
+    return _Segment(argv_index=argv_index, start=start, end=end, words=words)
+
+
+def _shell_script_index(argv: Sequence[str]) -> int | None:
+    """Index of the script in ``sh -c SCRIPT`` forms, or None for an exec form."""
+    if not argv or _basename(argv[0]) not in SHELLS:
+        return None
+    for index in range(1, len(argv) - 1):
+        flag = argv[index]
+        if not flag.startswith("-"):
+            return None
+        if "c" in flag[1:] and not flag.startswith("--"):
+            return index + 1
+    return None
+
+
+def _command_of(words: Sequence[str]) -> tuple[str, list[str]]:
+    """The command name of a simple command and its arguments, past keywords and wrappers."""
+    index = 0
+    while index < len(words):
+        word = _unquote(words[index])
+        name = _basename(word)
+        if word in SHELL_KEYWORDS or _ASSIGNMENT.match(word) or _is_redirection(word):
+            index += 1
+        elif name in WRAPPERS:
+            index += 1
+            # Skip the wrapper's own options and numbers (`timeout -s KILL 5`).
+            while index < len(words) and (
+                words[index].startswith("-") or words[index].rstrip("smhd").isdigit()
+            ):
+                index += 1
+        else:
+            return name, [_unquote(w) for w in words[index + 1 :]]
+    return "", []
+
+
+def _is_probe(words: Sequence[str]) -> bool:
+    return _command_of(words)[0] in PROBE_COMMANDS or _uses_dev_tcp(words)
+
+
+def _uses_dev_tcp(words: Sequence[str]) -> bool:
+    return any("/dev/tcp/" in word or "/dev/udp/" in word for word in words)
+
+
+def _names_some_host(arguments: Sequence[str]) -> bool:
+    return any(
+        _host_of(word) is not None for word in arguments if not word.startswith("-")
+    )
+
+
+def _host_of(word: str) -> str | None:
+    """The host a probe argument names: `h`, `h:p`, `scheme://[user@]h[:p]/...`, `/dev/tcp/h/p`."""
+    match = _DEV_TCP_HOST.search(word) or _URL_HOST.match(word)
+    if match is None:
+        return None
+    return match.group("host").rstrip(".")
+
+
+def _is_redirection(word: str) -> bool:
+    return bool(re.match(r"^\d*[<>]", word))
+
+
+def _unquote(word: str) -> str:
+    return word.strip("'\"")
+
+
+def _basename(word: str) -> str:
+    return word.rsplit("/", 1)[-1]
