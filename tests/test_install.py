@@ -145,7 +145,7 @@ def tls_secret_object(data: dict[str, str], **metadata: Any) -> dict[str, Any]:
     }
 
 
-# --- needs_reissue ---------------------------------------------------------------------------
+# --- needs_reissue
 
 
 def test_a_valid_secret_needs_nothing() -> None:
@@ -227,7 +227,7 @@ def test_a_certificate_from_the_future_needs_a_certificate() -> None:
     assert reason is not None and "not valid before" in reason
 
 
-# --- ca_bundle_operations ----------------------------------------------------------------------
+# --- ca_bundle_operations
 
 
 def test_only_webhooks_that_lack_the_ca_are_patched_and_each_change_is_guarded() -> None:
@@ -256,7 +256,7 @@ def test_a_bundle_that_already_contains_the_ca_among_others_is_left_alone() -> N
     assert install.ca_bundle_operations(configuration, ca_pem=ca.cert_pem) == []
 
 
-# --- reconcile ---------------------------------------------------------------------------------
+# --- reconcile
 
 
 def test_first_run_issues_creates_the_secret_and_patches_the_bundle_second_run_does_nothing() -> (
@@ -370,7 +370,7 @@ def test_a_margin_as_long_as_the_validity_is_refused() -> None:
         reconcile(FakeCluster(configuration=webhook_configuration()), days=30, renew_within_days=30)
 
 
-# --- install() through the real client, against a fake apiserver ------------------------------
+# --- install() through the real client, against a fake apiserver
 
 
 class FakeApiServer(BaseHTTPRequestHandler):
