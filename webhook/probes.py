@@ -35,8 +35,9 @@ IDLE_COMMANDS = frozenset(
 # Words that only steer the shell, stripped from the front of a simple command.
 SHELL_KEYWORDS = frozenset(
     {"until", "while", "do", "done", "if", "then", "else", "elif", "fi", "!", "{", "}", "exec",
-     "time", "for", "in", "case", "esac"}
+     "time", "esac"}
 )
+LOOP_HEADERS = frozenset({"for", "case", "select"})
 # Commands that run the rest of the words as a command: `timeout 5 nc -z mlflow 5000`.
 WRAPPERS = frozenset({"timeout", "env", "nice", "nohup", "command", "busybox"})
 
@@ -239,16 +240,23 @@ def _shell_script_index(argv: Sequence[str]) -> int | None:
 
 
 def _command_of(words: Sequence[str]) -> tuple[str, list[str]]:
-    """The command name of a simple command and its arguments, past keywords and wrappers."""
+    """The command name of a simple command and its arguments, past keywords and wrappers.
+
+    A nested shell (`timeout 60 sh -c '...'`) is looked through as well: the words after it
+    are the start of its script.
+    """
     index = 0
     while index < len(words):
         word = _unquote(words[index])
         name = _basename(word)
+        if word in LOOP_HEADERS:
+            # `for i in 1 2 3` and `case $x in` only name the loop; the body is elsewhere.
+            return "", []
         if word in SHELL_KEYWORDS or _ASSIGNMENT.match(word) or _is_redirection(word):
             index += 1
-        elif name in WRAPPERS:
+        elif name in WRAPPERS or name in SHELLS:
             index += 1
-            # Skip the wrapper's own options and numbers (`timeout -s KILL 5`).
+            # Skip the wrapper's own options and numbers (`timeout -s KILL 5`, `sh -ec`).
             while index < len(words) and (
                 words[index].startswith("-") or words[index].rstrip("smhd").isdigit()
             ):
@@ -274,6 +282,7 @@ def _names_some_host(arguments: Sequence[str]) -> bool:
 
 def _host_of(word: str) -> str | None:
     """The host a probe argument names: `h`, `h:p`, `scheme://[user@]h[:p]/...`, `/dev/tcp/h/p`."""
+    word = word.rstrip(";,&|)'\"")  # shell punctuation glued to the word is not the host
     match = _DEV_TCP_HOST.search(word) or _URL_HOST.match(word)
     if match is None:
         return None

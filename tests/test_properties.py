@@ -1,0 +1,185 @@
+"""Properties that hold for every pod, checked on generated ones.
+
+The CI profile (HYPOTHESIS_PROFILE=ci, set by .ci/run) runs 10,000 examples per property.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import replace
+from typing import Any
+
+import jsonpatch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import make_settings
+from webhook.admission import AdmissionHandler, EnvelopeError
+from webhook.config import Action, CredentialMode, Credentials
+from webhook.mutate import PodShapeError, Rules
+
+settings.register_profile(
+    "ci", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+BASE = make_settings()
+VARIANTS = [
+    Rules(BASE),
+    Rules(replace(BASE, action=Action.REWRITE)),
+    Rules(replace(BASE, credentials=Credentials(
+        access_key_id="k", secret_access_key="s", mode=CredentialMode.SECRET_KEY_REF))),
+]
+MANAGED = BASE.managed_env_names
+HOSTS = ["mlflow", "minio", "fastapi-app", "fastapi", "postgres", "kafka", "redis",
+         "mlflow.flts", "minio.flts.svc", "fastapi-app.flts.svc.cluster.local",
+         "host.docker.internal", "mlflow-db"]
+PROBES = [
+    "until nc -z {h} {p}; do sleep 2; done",
+    "until wget -q -O- http://{h}:{p}/health; do sleep 1; done",
+    "until curl -sf http://{h}/; do sleep 1; done",
+    "until (echo > /dev/tcp/{h}/{p}) 2>/dev/null; do sleep 1; done",
+    "until nslookup {h}; do sleep 2; done",
+    "until pg_isready -h {h} -p {p}; do sleep 1; done",
+    "nc -z {h} {p}",
+]
+WORK = ["alembic upgrade head", "python migrate.py --uri http://{h}:{p}", "cp -r /seed /data"]
+
+names = st.sampled_from(["app", "sidecar", "wait-for-mlflow", "wait-for-fastapi",
+                         "wait-for-kafka", "migrate", "init", "check"])
+env_names = st.sampled_from([*MANAGED, "MODEL_TYPE", "KAFKA_BOOTSTRAP_SERVERS", "X"])
+
+
+@st.composite
+def scripts(draw: st.DrawFn) -> list[str]:
+    parts = []
+    for _ in range(draw(st.integers(1, 3))):
+        template = draw(st.sampled_from(PROBES + WORK))
+        parts.append(template.format(h=draw(st.sampled_from(HOSTS)),
+                                     p=draw(st.integers(1, 65535))))
+    script = "; ".join(parts)
+    return draw(st.sampled_from([["sh", "-c", script], script.split()]))
+
+
+env_entries = st.builds(
+    lambda name, value, ref: {"name": name, "valueFrom": {"configMapKeyRef": {"name": value,
+                                                                            "key": "k"}}}
+    if ref else {"name": name, "value": value},
+    env_names, st.text(max_size=8), st.booleans(),
+)
+
+
+@st.composite
+def containers(draw: st.DrawFn, *, init: bool) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": draw(names), "image": "busybox"}
+    if init or draw(st.booleans()):
+        argv = draw(scripts())
+        if draw(st.booleans()) and len(argv) > 2:
+            container["command"], container["args"] = argv[:2], argv[2:]
+        else:
+            container["command"] = argv
+    if draw(st.booleans()):
+        container["env"] = draw(st.lists(env_entries, max_size=8))
+    return container
+
+
+@st.composite
+def pods(draw: st.DrawFn) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": draw(st.lists(containers(init=False), min_size=1,
+                                                        max_size=3))}
+    if draw(st.booleans()):
+        spec["initContainers"] = draw(st.lists(containers(init=True), max_size=4))
+    metadata: dict[str, Any] = {"generateName": "p-"}
+    if draw(st.booleans()):
+        metadata["annotations"] = draw(st.dictionaries(
+            st.sampled_from(["a", "backend-injector/status", "backend-injector/inject"]),
+            st.sampled_from(["", "false", "true", "{}", '{"removed":["x"]}', "[]"]),
+        ))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def managed_names_are_unique(pod: dict[str, Any]) -> bool:
+    for key in ("containers", "initContainers"):
+        for container in pod["spec"].get(key, []):
+            seen = [e["name"] for e in container.get("env") or [] if e["name"] in MANAGED]
+            if len(seen) != len(set(seen)):
+                return False
+    return True
+
+
+@given(pods(), st.sampled_from(VARIANTS))
+def test_patch_applies_is_idempotent_and_keeps_what_is_not_a_waiter(
+    pod: dict[str, Any], rules: Rules
+) -> None:
+    original = copy.deepcopy(pod)
+    mutation = rules.mutate_pod(pod)
+    assert pod == original, "the rules must not modify their input"
+    result = jsonpatch.apply_patch(pod, mutation.operations)
+    if mutation.skipped:
+        assert mutation.operations == []
+        return
+    # Removed init containers were in the pod; every other init container is still there, in
+    # order, with only its env and (when retargeted) its command/args changed.
+    before = pod["spec"].get("initContainers", [])
+    after = result["spec"].get("initContainers", [])
+    kept = [c for i, c in enumerate(before)
+            if i not in _removed_indexes(mutation.operations)]
+    assert [c["name"] for c in after] == [c["name"] for c in kept]
+    for old, new in zip(kept, after, strict=True):
+        strip = {"env", "command", "args"} if old["name"] in mutation.rewritten else {"env"}
+        assert {k: v for k, v in old.items() if k not in strip} == {
+            k: v for k, v in new.items() if k not in strip
+        }
+    assert managed_names_are_unique(result)
+    for container in result["spec"]["containers"]:
+        assert set(MANAGED) <= {e["name"] for e in container["env"]}
+    assert rules.mutate_pod(result).operations == [], "a second pass must change nothing"
+
+
+def _removed_indexes(operations: list[dict[str, Any]]) -> set[int]:
+    indexes = set()
+    for operation in operations:
+        if operation["op"] == "remove" and operation["path"] == "/spec/initContainers":
+            return set(range(1000))
+        if operation["op"] == "remove" and operation["path"].startswith("/spec/initContainers/") \
+                and operation["path"].count("/") == 3:
+            indexes.add(int(operation["path"].rsplit("/", 1)[1]))
+    return indexes
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.sampled_from(["name", "env", "spec", "containers", "initContainers",
+                                       "metadata", "command", "args", "value", "x"]),
+                      children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_any_object_gets_an_answer_or_a_clear_shape_error(obj: Any) -> None:
+    try:
+        mutation = VARIANTS[0].mutate_pod(obj)
+    except PodShapeError:
+        return
+    jsonpatch.apply_patch(obj, mutation.operations)
+
+
+@given(st.one_of(json_values, st.binary(max_size=64)))
+def test_any_body_gets_a_review_or_an_envelope_error(body: Any) -> None:
+    handler = AdmissionHandler(VARIANTS[0])
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    envelope = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "u", "operation": "CREATE",
+                            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                            "object": body if not isinstance(body, bytes) else None}}
+    for candidate in (raw, json.dumps(envelope).encode()):
+        try:
+            answer = json.loads(handler.review(candidate).body)
+        except EnvelopeError:
+            continue
+        assert answer["response"]["uid"] and answer["response"]["allowed"] is True
