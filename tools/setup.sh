@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Prepare a machine for backend-injector: the Python environment in .venv and, with --all,
+# what the whole test suite needs besides (Debian packages and the Kubernetes, etcd and helm
+# binaries built from Go modules, cached under ~/.cache/backend-injector).
+#
+#   tools/setup.sh          .venv with the package and its test dependencies
+#   tools/setup.sh --all    the above, plus iproute2 and the control-plane binaries
+#
+# Safe to run again: each step does nothing when its result is already there.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    echo "setup: creating .venv" >&2
+    "$python" -m venv .venv
+fi
+# The stamp holds the hash of pyproject.toml: dependencies are installed again when it changes.
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [[ ! -e $stamp ]]; then
+    echo "setup: installing Python packages" >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
+
+if [[ ${1:-} == --all ]]; then
+    # `ip netns` runs the webhook as a host of its own for the e2e suite.
+    if ! command -v ip >/dev/null 2>&1; then
+        echo "setup: installing iproute2" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null
+    fi
+    bash tools/build-binaries.sh
+fi

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set up, lint, type-check, check the deployment
+# files, then run every test (unit, fixtures, HTTP over TLS, and e2e against a real
+# kube-apiserver). Extra arguments go to pytest.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+bash tools/setup.sh --all
+
+echo "== ruff" >&2
+.venv/bin/ruff check webhook tests benchmarks
+echo "== mypy" >&2
+.venv/bin/mypy
+echo "== manifests and Dockerfile" >&2
+bash tools/check-manifests.sh
+echo "== pytest" >&2
+# Property tests run their full 10,000 examples here (see tests/test_properties.py).
+export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+.venv/bin/python -m pytest "$@"
