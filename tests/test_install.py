@@ -366,7 +366,7 @@ def test_a_secret_of_another_type_is_an_error() -> None:
 
 
 def test_a_margin_as_long_as_the_validity_is_refused() -> None:
-    with pytest.raises(ValueError, match="must be less than days"):
+    with pytest.raises(install.InstallError, match="must be less than --days"):
         reconcile(FakeCluster(configuration=webhook_configuration()), days=30, renew_within_days=30)
 
 

@@ -196,7 +196,12 @@ def write_bundle(out_dir: str | os.PathLike[str], *, ca: KeyPair, serving: KeyPa
     _write_atomically(paths.key, serving.key_pem, mode=_SECRET_FILE_MODE)
     logger.info(
         "wrote certificate bundle",
-        extra={"directory": str(directory), "not_after": not_after(serving.cert_pem).isoformat()},
+        extra={
+            "fields": {
+                "directory": str(directory),
+                "not_after": not_after(serving.cert_pem).isoformat(),
+            }
+        },
     )
     return paths
 

@@ -150,50 +150,30 @@ def reconcile(
     """Bring the TLS Secret and the caBundle up to date; the whole of `install` but the wiring."""
     if renew_within_days >= days:
         # Otherwise every fresh certificate is already "due" and each run would reissue.
-        raise ValueError(f"renew_within_days ({renew_within_days}) must be less than days ({days})")
+        raise InstallError(
+            f"--renew-within-days ({renew_within_days}) must be less than --days ({days})"
+        )
     moment = now if now is not None else dt.datetime.now(dt.UTC)
-    margin = dt.timedelta(days=renew_within_days)
     hostnames = certs.service_hostnames(service, namespace)
 
-    webhook_configuration = cluster.read_webhook_configuration(name=webhook_config_name)
-    if webhook_configuration is None:
-        # Checked first so that a missing configuration does not leave a fresh Secret behind.
-        raise InstallError(
-            f"MutatingWebhookConfiguration {webhook_config_name!r} not found: "
-            "apply the manifests first (kubectl apply -k manifests/overlays/...)"
-        )
-
-    secret = cluster.read_secret(namespace=namespace, name=secret_name)
-    if secret is not None and secret.get("type") != TLS_SECRET_TYPE:
-        raise InstallError(
-            f"Secret {namespace}/{secret_name} has type {secret.get('type')!r}, "
-            f"not {TLS_SECRET_TYPE!r}; delete it and run install again"
-        )
+    # Read first so that a missing configuration does not leave a fresh Secret behind.
+    webhook_configuration = _read_webhook_configuration(cluster, webhook_config_name)
+    secret = _read_tls_secret(cluster, namespace=namespace, name=secret_name)
     secret_data = _secret_data(secret)
-    reason = needs_reissue(secret_data, hostnames, moment, margin)
-
-    previous_ca_pem: bytes | None = None
+    reason = needs_reissue(secret_data, hostnames, moment, dt.timedelta(days=renew_within_days))
     if reason is None:
-        ca_pem = _decoded(secret_data, CA_CERT_KEY)
-        serving_not_after = certs.not_after(_decoded(secret_data, CERT_KEY))
+        material = _current_material(secret_data)
     else:
-        logger.info("issuing a serving certificate", extra={"reason": reason})
-        ca = reusable_ca(secret_data, now=moment, outlive=moment + dt.timedelta(days=days))
-        if ca is None:
-            previous_ca_pem = _still_valid_ca(secret_data, now=moment)
-            ca = certs.build_ca(
-                common_name=f"{service}.{namespace} webhook CA",
-                days=days * CA_LIFETIME_FACTOR,
-                now=moment,
-            )
-        serving = certs.build_serving_certificate(ca=ca, hostnames=hostnames, days=days, now=moment)
-        body = tls_secret(namespace=namespace, name=secret_name, ca=ca, serving=serving)
+        logger.info("issuing a serving certificate", extra={"fields": {"reason": reason}})
+        issued = _issue(secret_data, service=service, namespace=namespace, days=days, now=moment)
+        body = tls_secret(
+            namespace=namespace, name=secret_name, ca=issued.ca, serving=issued.serving
+        )
         _write_secret(cluster, existing=secret, body=body)
-        ca_pem = ca.cert_pem
-        serving_not_after = certs.not_after(serving.cert_pem)
+        material = issued.material
 
     operations = ca_bundle_operations(
-        webhook_configuration, ca_pem=ca_pem, previous_ca_pem=previous_ca_pem
+        webhook_configuration, ca_pem=material.ca_pem, previous_ca_pem=material.previous_ca_pem
     )
     if operations:
         cluster.patch_webhook_configuration(name=webhook_config_name, operations=operations)
@@ -201,18 +181,98 @@ def reconcile(
         issued=reason is not None,
         secret_updated=reason is not None,
         webhook_patched=bool(operations),
-        not_after=serving_not_after,
+        not_after=material.not_after,
         reason=reason,
     )
-    logger.info(
-        result.summary(),
-        extra={
-            "issued": result.issued,
-            "secret_updated": result.secret_updated,
-            "webhook_patched": result.webhook_patched,
-        },
-    )
+    logger.info(result.summary(), extra={"fields": _log_fields(result)})
     return result
+
+
+@dataclass(frozen=True)
+class _Material:
+    """What the caBundle must trust after this run, and until when the certificate lasts."""
+
+    ca_pem: bytes
+    not_after: dt.datetime
+    previous_ca_pem: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _Issued:
+    """Certificates issued by this run; `previous_ca_pem` is set when the CA was replaced."""
+
+    ca: certs.KeyPair
+    serving: certs.KeyPair
+    previous_ca_pem: bytes | None
+
+    @property
+    def material(self) -> _Material:
+        return _Material(
+            ca_pem=self.ca.cert_pem,
+            not_after=certs.not_after(self.serving.cert_pem),
+            previous_ca_pem=self.previous_ca_pem,
+        )
+
+
+def _current_material(secret_data: Mapping[str, str] | None) -> _Material:
+    return _Material(
+        ca_pem=_decoded(secret_data, CA_CERT_KEY),
+        not_after=certs.not_after(_decoded(secret_data, CERT_KEY)),
+    )
+
+
+def _issue(
+    secret_data: Mapping[str, str] | None,
+    *,
+    service: str,
+    namespace: str,
+    days: int,
+    now: dt.datetime,
+) -> _Issued:
+    """A new serving certificate, signed by the Secret's CA when it can outlive it."""
+    previous_ca_pem = None
+    ca = reusable_ca(secret_data, now=now, outlive=now + dt.timedelta(days=days))
+    if ca is None:
+        previous_ca_pem = _still_valid_ca(secret_data, now=now)
+        ca = certs.build_ca(
+            common_name=f"{service}.{namespace} webhook CA",
+            days=days * CA_LIFETIME_FACTOR,
+            now=now,
+        )
+    hostnames = certs.service_hostnames(service, namespace)
+    serving = certs.build_serving_certificate(ca=ca, hostnames=hostnames, days=days, now=now)
+    return _Issued(ca=ca, serving=serving, previous_ca_pem=previous_ca_pem)
+
+
+def _read_webhook_configuration(cluster: Cluster, name: str) -> JsonObject:
+    configuration = cluster.read_webhook_configuration(name=name)
+    if configuration is None:
+        raise InstallError(
+            f"MutatingWebhookConfiguration {name!r} not found: "
+            "apply the manifests first (kubectl apply -k manifests/overlays/...)"
+        )
+    return configuration
+
+
+def _read_tls_secret(cluster: Cluster, *, namespace: str, name: str) -> JsonObject | None:
+    secret = cluster.read_secret(namespace=namespace, name=name)
+    if secret is not None and secret.get("type") != TLS_SECRET_TYPE:
+        # The type of a Secret cannot be changed in place, and deleting someone's Secret is
+        # not ours to decide.
+        raise InstallError(
+            f"Secret {namespace}/{name} has type {secret.get('type')!r}, "
+            f"not {TLS_SECRET_TYPE!r}; delete it and run install again"
+        )
+    return secret
+
+
+def _log_fields(result: InstallResult) -> dict[str, Any]:
+    return {
+        "issued": result.issued,
+        "secret_updated": result.secret_updated,
+        "webhook_patched": result.webhook_patched,
+        "not_after": result.not_after.isoformat(),
+    }
 
 
 def needs_reissue(
