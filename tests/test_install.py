@@ -537,3 +537,13 @@ def test_install_reports_missing_rights_as_an_install_error(
             renew_within_days=30,
             kubeconfig=str(kubeconfig),
         )
+
+
+def test_an_unusable_kubeconfig_is_an_install_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n")
+    with pytest.raises(install.InstallError, match="no usable cluster configuration"):
+        install.connect(kubeconfig=str(kubeconfig), context="missing")

@@ -384,13 +384,18 @@ def connect(*, kubeconfig: str | None, context: str | None) -> Any:
     running in a cluster; then the default kubeconfig ($KUBECONFIG or ~/.kube/config)."""
     from kubernetes import client, config  # imported here: `serve` never needs it
 
-    if kubeconfig is None and context is None and _running_in_a_pod():
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return client.ApiClient(configuration)
-    return config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=kubeconfig, context=context
-    )
+    try:
+        if kubeconfig is None and context is None and _running_in_a_pod():
+            configuration = client.Configuration()
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+            return client.ApiClient(configuration)
+        return config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context
+        )
+    except config.ConfigException as error:
+        raise InstallError(f"no usable cluster configuration: {error}") from error
 
 
 class KubernetesCluster:
