@@ -4,92 +4,25 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import socket
-import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import jsonpatch
 import pytest
 
 from tests.conftest import pod
-from webhook import certs
-
-SECRET = "s3cr3t-value-never-logged"
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    ca: Path
-    log: Path
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=self.ca),
-                            timeout=10, **kwargs)
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def write_pair(directory: Path, hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
-    ca = certs.build_ca(common_name="test CA", days=1)
-    serving = certs.build_serving_certificate(ca=ca, hostnames=list(hostnames), days=1)
-    certs.write_bundle(directory, ca=ca, serving=serving)
-    return directory
-
-
-def start_server(tmp_path: Path, *extra: str, tls_dir: Path | None = None) -> Server:
-    port = free_port()
-    log = tmp_path / "server.log"
-    arguments = ["--host", "127.0.0.1", "--port", str(port), *extra]
-    if tls_dir is not None:
-        arguments += ["--tls-cert", str(tls_dir / "tls.crt"), "--tls-key", str(tls_dir / "tls.key")]
-    environ = {**os.environ, "BACKEND_INJECTOR_SECRET_ACCESS_KEY": SECRET}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "webhook", "serve", *arguments],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=environ,
-    )
-    server = Server(process, f"https://127.0.0.1:{port}", (tls_dir or tmp_path) / "ca.crt", log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()}")
-        try:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            if httpx.get(f"{server.url}/readyz", verify=context, timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"server not ready: {log.read_text()}")
-
-
-def stop(server: Server) -> None:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
+from tests.serving import (
+    SECRET,
+    Server,
+    review_body,
+    start_server,
+    stop,
+    unverified_context,
+    write_pair,
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,15 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(directory, tls_dir=write_pair(directory / "tls"))
     yield running
     stop(running)
-
-
-def review_body(obj: dict[str, Any], uid: str = "uid-1") -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "namespace": "flts", "operation": "CREATE", "object": obj},
-    }
 
 
 def test_mutate_over_tls_returns_a_patch_that_applies(server: Server) -> None:
@@ -186,10 +110,7 @@ def test_without_certificates_it_serves_a_throwaway_one(tmp_path: Path) -> None:
     running = start_server(tmp_path)
     try:
         assert any("self-signed" in line["message"] for line in running.log_lines())
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        assert httpx.get(running.url + "/healthz", verify=context).status_code == 200
+        assert httpx.get(running.url + "/healthz", verify=unverified_context()).is_success
     finally:
         stop(running)
 
@@ -212,9 +133,7 @@ def test_two_workers_share_the_port(tmp_path: Path) -> None:
 
 def served_certificate(url: str) -> bytes:
     host, port = url.removeprefix("https://").split(":")
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = unverified_context()
     with socket.create_connection((host, int(port))) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as tls:
         der = tls.getpeercert(binary_form=True)

@@ -125,7 +125,11 @@ def describe_changes(mutation: Mutation) -> list[str]:
     if mutation.rewritten:
         warnings.append(f"retargeted init containers {_names(mutation.rewritten)}")
     if mutation.env:
-        warnings.append(f"set {_names(mutation.env)} in {_names(mutation.containers)}")
+        # Containers first: a long list of variable names is what gets cut at the limit.
+        warnings.append(
+            f"set {len(mutation.env)} variables in {_names(mutation.containers)}: "
+            f"{_names(mutation.env)}"
+        )
     if mutation.kept_waiting:
         warnings.append(
             f"init containers {_names(mutation.kept_waiting)} still wait for a service "

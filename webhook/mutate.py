@@ -6,7 +6,8 @@ ordered so that every index is valid when it is applied:
 
 1. init containers that stay: env replaced in place, probes retargeted (original indexes);
 2. init containers that go: removed from the back (or the whole list, when all go);
-3. app containers: env replaced in place, duplicates removed from the back, absent ones added;
+3. app containers: env replaced in place, duplicates removed from the back, absent ones added
+   (native sidecars, init containers with ``restartPolicy: Always``, get absent ones too);
 4. the status annotation.
 
 What counts as a waiter, and what happens to it, is decided per init container:
@@ -111,7 +112,10 @@ class Rules:
                 continue
             if reading.managed:
                 self._retarget(container, path, argv, reading, mutation)
-            self._set_env(container, path, mutation, add_absent=False)
+            # A native sidecar (restartPolicy Always) runs beside the app for the pod's whole
+            # life, so it is served like an app container.
+            sidecar = container.get("restartPolicy") == "Always"
+            self._set_env(container, path, mutation, add_absent=sidecar)
         if leaving and len(leaving) == len(init_containers):
             # An empty list would be legal, but dropping the field is what a person would write.
             mutation.operations.append({"op": "remove", "path": "/spec/initContainers"})

@@ -41,7 +41,8 @@ LOOP_HEADERS = frozenset({"for", "case", "select"})
 # Commands that run the rest of the words as a command: `timeout 5 nc -z mlflow 5000`.
 WRAPPERS = frozenset({"timeout", "env", "nice", "nohup", "command", "busybox"})
 
-_SEPARATORS = re.compile(r"&&|\|\||[;|&\n()`]|\$\(")
+# A lone `&` separates commands, but not inside a redirection (`2>&1`, `>&2`, `&>/dev/null`).
+_SEPARATORS = re.compile(r"&&|\|\||[;|\n()`]|\$\(|(?<![<>])&(?![>\d-])")
 _WORD = re.compile(r"\S+")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _LABEL_CHARS = r"A-Za-z0-9_\-"
@@ -290,7 +291,7 @@ def _host_of(word: str) -> str | None:
 
 
 def _is_redirection(word: str) -> bool:
-    return bool(re.match(r"^\d*[<>]", word))
+    return bool(re.match(r"^(?:\d*[<>]|&>)", word))
 
 
 def _unquote(word: str) -> str:

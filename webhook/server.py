@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -54,6 +55,13 @@ class ServingOptions:
     # is always the client that closes an idle connection: a server closing first can race a
     # request being sent on it, and the apiserver does not retry a failed POST.
     keep_alive_seconds: int = 120
+    # A client that opens a connection and never finishes the TLS handshake is dropped after
+    # this long. The apiserver completes a handshake in milliseconds; asyncio's 60 s default
+    # lets idle sockets pile up.
+    handshake_timeout_seconds: float = 10.0
+    # Above this many open connections (plus requests in flight) new requests get 503. The
+    # apiserver keeps a few dozen connections per replica; this leaves room for many.
+    max_connections: int = 1000
     # After SIGTERM: how long to keep serving with /readyz false before closing the listener.
     shutdown_delay_seconds: float = 0.0
     graceful_timeout_seconds: int = 20
@@ -123,8 +131,10 @@ class WebhookServer(uvicorn.Server):
         readiness: Readiness,
         watcher: CertificateWatcher,
         shutdown_delay_seconds: float,
+        handshake_timeout_seconds: float,
     ) -> None:
         super().__init__(config)
+        self._handshake_timeout = handshake_timeout_seconds
         self._readiness = readiness
         self._watcher = watcher
         self._shutdown_delay = shutdown_delay_seconds
@@ -132,7 +142,17 @@ class WebhookServer(uvicorn.Server):
         self._watch_task: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+        # uvicorn offers no setting for the TLS handshake timeout; its one call to
+        # create_server is given it here.
+        loop.create_server = functools.partial(  # type: ignore[method-assign]
+            create_server, ssl_handshake_timeout=self._handshake_timeout
+        )
+        try:
+            await super().startup(sockets)
+        finally:
+            loop.create_server = create_server  # type: ignore[method-assign]
         self._watch_task = asyncio.create_task(self._watcher.watch())
         self._readiness.set(True, "serving")
 
@@ -223,6 +243,7 @@ def _run_worker(
         access_log=False,
         server_header=False,
         timeout_keep_alive=options.keep_alive_seconds,
+        limit_concurrency=options.max_connections,
         timeout_graceful_shutdown=options.graceful_timeout_seconds,
         ssl_certfile=str(options.tls_cert),
         ssl_keyfile=str(options.tls_key),
@@ -235,6 +256,7 @@ def _run_worker(
         readiness=readiness,
         watcher=CertificateWatcher(context, options.tls_cert, options.tls_key),
         shutdown_delay_seconds=options.shutdown_delay_seconds,
+        handshake_timeout_seconds=options.handshake_timeout_seconds,
     )
     server.run(sockets=[listener])
 
