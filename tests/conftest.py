@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.serving import Server, start_server, stop, write_pair
 from webhook.config import Settings, load_settings
 from webhook.mutate import Rules
 
@@ -25,6 +27,15 @@ def make_settings(tmp_path: Path | None = None, **document: Any) -> Settings:
 @pytest.fixture
 def rules() -> Rules:
     return Rules(make_settings())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A `backend-injector serve` process for a whole test module, with its own CA."""
+    directory = tmp_path_factory.mktemp("server")
+    running = start_server(directory, tls_dir=write_pair(directory / "tls"))
+    yield running
+    stop(running)
 
 
 def waiter(name: str, script: str) -> dict[str, Any]:

@@ -114,3 +114,4 @@ def review_body(obj: dict[str, Any], uid: str = "uid-1") -> dict[str, Any]:
     }
 
 
+

@@ -41,14 +41,6 @@ from webhook import certs
 REQUEST = build_request(orjson.dumps(review_body(pod())))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    directory = tmp_path_factory.mktemp("hardened")
-    running = start_server(directory, tls_dir=write_pair(directory / "tls"))
-    yield running
-    stop(running)
-
-
 def port_of(server: Server) -> int:
     return int(server.url.rsplit(":", 1)[1])
 

@@ -6,7 +6,6 @@ import base64
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,14 +22,6 @@ from tests.serving import (
     unverified_context,
     write_pair,
 )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    directory = tmp_path_factory.mktemp("server")
-    running = start_server(directory, tls_dir=write_pair(directory / "tls"))
-    yield running
-    stop(running)
 
 
 def test_mutate_over_tls_returns_a_patch_that_applies(server: Server) -> None:
