@@ -1,0 +1,88 @@
+"""Fixtures for tests that run against a real control plane (see controlplane.py).
+
+Every test under tests/e2e is marked ``e2e``. The binaries are built (or found in the cache)
+once per session, right after collection and only when an e2e test was selected: a cold
+build takes tens of minutes, which must not count against any single test's timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from .controlplane import Binaries, ControlPlane, ControlPlaneError, build_binaries
+
+E2E_DIR = Path(__file__).resolve().parent
+
+# Set to keep the control plane's temp dir (certs, kubeconfig, logs) after the session.
+KEEP_ENV = "BACKEND_INJECTOR_E2E_KEEP"
+
+_binaries: Binaries | None = None
+_build_error: BaseException | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "e2e: runs against a real kube-apiserver built from the Kubernetes Go modules"
+    )
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    return E2E_DIR in Path(str(item.path)).resolve().parents
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_e2e(item):
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the binaries before the first test, with pytest's output capture suspended.
+
+    A failure is kept and re-raised by the ``control_plane`` fixture, so the e2e tests
+    error (never skip) while the rest of the suite still runs.
+    """
+    global _binaries, _build_error
+    if not any(_is_e2e(item) for item in session.items):
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    # Without this the build's progress would sit in the capture buffer for half an hour.
+    suspended = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with suspended:
+        try:
+            _binaries = build_binaries(stream=sys.stderr)
+        except (ControlPlaneError, OSError) as error:
+            _build_error = error
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """A running etcd + kube-apiserver + kube-controller-manager for the whole session."""
+    if _build_error is not None:
+        raise ControlPlaneError(f"building the binaries failed: {_build_error}")
+    binaries = _binaries if _binaries is not None else build_binaries(stream=sys.stderr)
+    plane = ControlPlane(binaries, keep_dir=bool(os.environ.get(KEEP_ENV)))
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the tail of the control-plane logs to the report of a failed e2e test."""
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        plane = getattr(item, "funcargs", {}).get("control_plane")
+        if isinstance(plane, ControlPlane):
+            report.sections.append(("control-plane logs (tail)", plane.tail_logs()))
+    return report

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Builds the real control-plane binaries that the e2e tests run, from published Go modules
+# (no release tarballs or images can be downloaded on the project's machines).
+#
+#   binary                   built from (version pinned in)
+#   kube-apiserver           k8s.io/kubernetes  (tools/kube/go.mod)
+#   kube-controller-manager  k8s.io/kubernetes  (tools/kube/go.mod)
+#   kubectl                  k8s.io/kubernetes  (tools/kube/go.mod)
+#   etcd                     go.etcd.io/etcd/server/v3 (tools/etcd/go.mod + main.go)
+#   helm                     helm.sh/helm/v3    (tools/helm/go.mod)
+#
+# Each binary is cached outside the clone, keyed by its module version, at
+#   ${BACKEND_INJECTOR_CACHE:-$HOME/.cache/backend-injector}/bin/<name>-<version>/<name>
+# so a warm machine builds nothing. Bumping a version in a go.mod gives a new key.
+#
+# Usage:
+#   tools/build-binaries.sh               build whatever is missing (progress on stderr)
+#   tools/build-binaries.sh --print-dir   print the cache's bin dir and exit (builds nothing)
+#   tools/build-binaries.sh --print-paths print "<name>=<absolute path>" per binary, one a
+#                                         line, and exit (builds nothing); the e2e harness
+#                                         runs the build first and then reads this.
+#
+# Needs only Go (the go line of the go.mod files) and the Go module proxy; it reads no stdin
+# and works with CI=true. A cold build takes tens of minutes on 2 cores; Go's own module and
+# build caches ($GOMODCACHE, $GOCACHE) are reused between runs.
+set -euo pipefail
+
+tools_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache_root="${BACKEND_INJECTOR_CACHE:-$HOME/.cache/backend-injector}"
+bin_root="$cache_root/bin"
+
+# Prints the version that go.mod file $1 requires for module $2 (single-line or block form).
+required_version() {
+    awk -v m="$2" '
+        $1 == "require" && $2 == m { print $3; exit }
+        $1 == m && $2 ~ /^v[0-9]/ { print $2; exit }
+    ' "$1"
+}
+
+kube_version="$(required_version "$tools_dir/kube/go.mod" k8s.io/kubernetes)"
+etcd_version="$(required_version "$tools_dir/etcd/go.mod" go.etcd.io/etcd/server/v3)"
+helm_version="$(required_version "$tools_dir/helm/go.mod" helm.sh/helm/v3)"
+helm_client_go="$(required_version "$tools_dir/helm/go.mod" k8s.io/client-go)"
+for v in kube_version etcd_version helm_version helm_client_go; do
+    if [[ -z "${!v}" ]]; then
+        echo "build-binaries: cannot read $v from tools/*/go.mod" >&2
+        exit 1
+    fi
+done
+
+# name|version|module dir|package
+targets=(
+    "etcd|$etcd_version|etcd|."
+    "kube-apiserver|$kube_version|kube|k8s.io/kubernetes/cmd/kube-apiserver"
+    "kube-controller-manager|$kube_version|kube|k8s.io/kubernetes/cmd/kube-controller-manager"
+    "kubectl|$kube_version|kube|k8s.io/kubernetes/cmd/kubectl"
+    "helm|$helm_version|helm|helm.sh/helm/v3/cmd/helm"
+)
+
+binary_path() { echo "$bin_root/$1-$2/$1"; }
+
+case "${1:-}" in
+    --print-dir)
+        echo "$bin_root"
+        exit 0
+        ;;
+    --print-paths)
+        for t in "${targets[@]}"; do
+            IFS='|' read -r name version _ _ <<<"$t"
+            echo "$name=$(binary_path "$name" "$version")"
+        done
+        exit 0
+        ;;
+    "") ;;
+    *)
+        echo "usage: $0 [--print-dir|--print-paths]" >&2
+        exit 2
+        ;;
+esac
+
+# Kubernetes' version stamps: without them /version says v0.0.0-master and the apiserver's
+# emulated-version and feature-gate logic misbehave. Same variables hack/lib/version.sh sets.
+# The build date is the module's publication time, so rebuilds are reproducible.
+kube_ldflags() {
+    local major minor build_date ldflags="-s -w" pkg
+    major="$(cut -d. -f1 <<<"${kube_version#v}")"
+    minor="$(cut -d. -f2 <<<"${kube_version#v}")"
+    build_date="$(cd "$tools_dir/kube" &&
+        go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes)"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=$major"
+        ldflags+=" -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+        ldflags+=" -X $pkg.buildDate=$build_date"
+    done
+    echo "$ldflags"
+}
+
+# Helm's Makefile stamps its version and the Kubernetes version its client-go speaks
+# (client-go v0.X.Y is Kubernetes 1.X), which `helm template` uses as .Capabilities.
+helm_ldflags() {
+    local major minor p ldflags="-s -w"
+    major=$(($(cut -d. -f1 <<<"${helm_client_go#v}") + 1))
+    minor="$(cut -d. -f2 <<<"${helm_client_go#v}")"
+    ldflags+=" -X helm.sh/helm/v3/internal/version.version=$helm_version"
+    ldflags+=" -X helm.sh/helm/v3/internal/version.metadata="
+    ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+        ldflags+=" -X $p.k8sVersionMajor=$major -X $p.k8sVersionMinor=$minor"
+    done
+    echo "$ldflags"
+}
+
+missing=()
+for t in "${targets[@]}"; do
+    IFS='|' read -r name version _ _ <<<"$t"
+    [[ -x "$(binary_path "$name" "$version")" ]] || missing+=("$t")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "build-binaries: all binaries present in $bin_root" >&2
+    exit 0
+fi
+
+if ! command -v go >/dev/null; then
+    echo "build-binaries: 'go' is not on PATH; it is needed to build the binaries" >&2
+    exit 1
+fi
+
+mkdir -p "$bin_root"
+# Two test sessions starting at once must not build the same thing twice.
+if command -v flock >/dev/null; then
+    exec 9>"$bin_root/.lock"
+    flock 9
+fi
+
+# Static binaries as Kubernetes ships them; the local toolchain only (no toolchain
+# download); go.sum is committed, so the module graph must not change; -buildvcs=false
+# because the clone's git state says nothing about these modules.
+export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false"
+
+total_start=$SECONDS
+for t in "${missing[@]}"; do
+    IFS='|' read -r name version module pkg <<<"$t"
+    out="$(binary_path "$name" "$version")"
+    # Another process may have built it while this one waited for the lock.
+    [[ -x "$out" ]] && continue
+    tags=""
+    case "$module" in
+        kube)
+            ldflags="$(kube_ldflags)"
+            tags="selinux,notest,grpcnotrace"
+            ;;
+        helm) ldflags="$(helm_ldflags)" ;;
+        *) ldflags="-s -w" ;;
+    esac
+    echo "build-binaries: building $name $version ..." >&2
+    start=$SECONDS
+    mkdir -p "$(dirname "$out")"
+    trap 'rm -f "$out.tmp.$$"' EXIT
+    # Build to a temporary name and rename, so an interrupted build never leaves a
+    # half-written binary that a later run would take for a cached one.
+    (cd "$tools_dir/$module" &&
+        go build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$out.tmp.$$" "$pkg")
+    mv -f "$out.tmp.$$" "$out"
+    echo "build-binaries: built $name $version in $((SECONDS - start))s -> $out" >&2
+done
+echo "build-binaries: done in $((SECONDS - total_start))s" >&2
