@@ -8,7 +8,6 @@ than the review itself. Everything else (``/healthz``, ``/readyz``, ``/metrics``
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from webhook.admission import AdmissionHandler, EnvelopeError, ReviewOutcome
+from webhook.logs import ReviewLog
 from webhook.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
@@ -35,7 +35,7 @@ DEFAULT_BODY_LIMIT = 7 * 1024 * 1024
 # Above this size a review is handled off the event loop so other requests keep flowing.
 THREAD_THRESHOLD = 1024 * 1024
 
-logger = logging.getLogger("webhook.review")
+review_log = ReviewLog("webhook.review")
 
 
 @dataclass(slots=True)
@@ -168,7 +168,7 @@ def _log_review(outcome: ReviewOutcome, seconds: float) -> None:
         fields["env"] = mutation.env
     if mutation is not None and mutation.skipped:
         fields["skipped"] = mutation.skipped
-    logger.info("review", extra={"fields": fields})
+    review_log.info("review", fields)
 
 
 async def _send_json(

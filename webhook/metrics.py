@@ -7,6 +7,8 @@ default webhook timeout (10 s), with finer steps below 5 ms where this webhook s
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from webhook.admission import ReviewOutcome
@@ -14,6 +16,10 @@ from webhook.admission import ReviewOutcome
 DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+
+# Operation labels are limited to the apiserver's own, so a hostile client cannot create
+# a new time series with every request.
+OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 
 
 class Metrics:
@@ -46,18 +52,28 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Looking a labelled child up costs more than counting; keep the ones in use.
+        self._review_children: dict[tuple[str, str], Any] = {}
+        self._removed = self.mutations.labels("removed")
+        self._rewritten = self.mutations.labels("rewritten")
+        self._env = self.mutations.labels("env")
+
     def observe_review(self, outcome: ReviewOutcome, seconds: float) -> None:
-        self.reviews.labels(outcome.operation or "unknown", outcome.result).inc()
+        labels = (outcome.operation if outcome.operation in OPERATIONS else "other",
+                  outcome.result)
+        child = self._review_children.get(labels)
+        if child is None:
+            child = self._review_children[labels] = self.reviews.labels(*labels)
+        child.inc()
         self.duration.observe(seconds)
         mutation = outcome.mutation
         if mutation is not None and mutation.changed:
-            for action, names in (
-                ("removed", mutation.removed),
-                ("rewritten", mutation.rewritten),
-                ("env", mutation.containers),
-            ):
-                if names:
-                    self.mutations.labels(action).inc(len(names))
+            if mutation.removed:
+                self._removed.inc(len(mutation.removed))
+            if mutation.rewritten:
+                self._rewritten.inc(len(mutation.rewritten))
+            if mutation.containers:
+                self._env.inc(len(mutation.containers))
 
     def observe_error(self, kind: str) -> None:
         self.errors.labels(kind).inc()

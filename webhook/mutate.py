@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from webhook.config import ACCESS_KEY_ENV, SECRET_KEY_ENV, Action, CredentialMode, Settings
 from webhook.probes import ProgramReader, ProgramReading
 
@@ -41,6 +43,9 @@ Operation = dict[str, Any]
 
 class PodShapeError(ValueError):
     """The object is not shaped like a pod where the rules must read or change it.
+
+    (Objects are checked against ``dict`` and ``list``, the types JSON and YAML decode to,
+    rather than the abstract Mapping: the abstract check is the slowest step of a review.)
 
     The webhook then admits it unchanged with a warning: the apiserver's own validation is
     the right place to reject a malformed pod, and a guess here could corrupt a valid one.
@@ -80,7 +85,7 @@ class Rules:
 
     def mutate_pod(self, pod: Any) -> Mutation:
         """Decide the changes for ``pod``. Raises PodShapeError for an unreadable pod."""
-        if not isinstance(pod, Mapping):
+        if not isinstance(pod, dict):
             raise PodShapeError("the object is not a mapping")
         metadata = _optional_mapping(pod, "metadata", "metadata")
         spec = _optional_mapping(pod, "spec", "spec")
@@ -175,7 +180,7 @@ class Rules:
         duplicates: list[int] = []
         changed: list[str] = []
         for index, entry in enumerate(env):
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise PodShapeError(f"{path}/env/{index} has no name")
             variable = entry["name"]
             if variable not in self._managed_names:
@@ -246,14 +251,14 @@ def _record_status(metadata: Mapping[str, Any], has_metadata: bool, mutation: Mu
     Merging keeps the account of an earlier pass (reinvocation) when a later one adds to it.
     """
     annotations = metadata.get("annotations")
-    current = annotations.get(STATUS_KEY) if isinstance(annotations, Mapping) else None
+    current = annotations.get(STATUS_KEY) if isinstance(annotations, dict) else None
     earlier = _parse_status(current)
     status = {
         "removed": _union(earlier.get("removed"), mutation.removed),
         "rewritten": _union(earlier.get("rewritten"), mutation.rewritten),
         "env": _union(earlier.get("env"), mutation.env),
     }
-    encoded = json.dumps(status, separators=(",", ":"))
+    encoded = orjson.dumps(status).decode()
     if current == encoded:
         return
     value: Any
@@ -290,7 +295,7 @@ def _optional_mapping(parent: Mapping[str, Any], key: str, where: str) -> Mappin
     value = parent.get(key)
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         raise PodShapeError(f"{where} is not a mapping")
     return value
 
@@ -302,7 +307,7 @@ def _container_list(spec: Mapping[str, Any], key: str) -> list[Mapping[str, Any]
     if not isinstance(value, list):
         raise PodShapeError(f"spec/{key} is not a list")
     for index, container in enumerate(value):
-        if not isinstance(container, Mapping):
+        if not isinstance(container, dict):
             raise PodShapeError(f"spec/{key}/{index} is not a mapping")
         _name_of(container, f"spec/{key}/{index}")
     return value

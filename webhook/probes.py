@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from webhook.config import Endpoint, Service
 
@@ -51,6 +52,7 @@ _URL_HOST = re.compile(
     r"^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/]*@)?(?P<host>[A-Za-z][-A-Za-z0-9.]*)(?::\d+)?(?:/|$)"
 )
 _EXEC_JOINER = "\x1f"
+CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,9 @@ class ProgramReading:
         return bool(self.managed) and not self.probes_other_hosts and not self.does_work
 
 
+_Cached = TypeVar("_Cached")
+
+
 @dataclass(frozen=True, slots=True)
 class _Segment:
     """One simple command: where it lies, and its words."""
@@ -108,11 +113,20 @@ class ProgramReader:
         self._patterns = tuple(HostPattern.for_service(service) for service in services)
         external_hosts = {s.external.host for s in services if s.external is not None}
         self._external_hosts = frozenset(host.lower() for host in external_hosts)
+        # The pods of one workload carry the same init containers over and over, so readings
+        # are remembered by program; reading is most of the cost of a review otherwise.
+        self._readings: dict[tuple[str, ...], ProgramReading] = {}
+        self._retargeted: dict[tuple[str, ...], list[str] | None] = {}
 
     def read(self, argv: Sequence[str]) -> ProgramReading:
-        reading = ProgramReading()
-        for segment in _segments(argv):
-            self._read_segment(segment.words, reading)
+        """What ``argv`` does. The result is shared between calls: do not change it."""
+        key = tuple(argv)
+        reading = self._readings.get(key)
+        if reading is None:
+            reading = ProgramReading()
+            for segment in _segments(argv):
+                self._read_segment(segment.words, reading)
+            _remember(self._readings, key, reading)
         return reading
 
     def retarget(self, argv: Sequence[str]) -> list[str] | None:
@@ -121,6 +135,13 @@ class ProgramReader:
         Only probe commands are touched, so work in the same script keeps its text. Returns
         None when nothing changes. Hosts of services without an external address are left.
         """
+        key = tuple(argv)
+        if key not in self._retargeted:
+            _remember(self._retargeted, key, self._retarget_uncached(argv))
+        retargeted = self._retargeted[key]
+        return list(retargeted) if retargeted is not None else None
+
+    def _retarget_uncached(self, argv: Sequence[str]) -> list[str] | None:
         if _shell_script_index(argv) is None:
             rewritten = self._retarget_exec_form(argv)
         else:
@@ -180,6 +201,13 @@ class ProgramReader:
             if external is not None:
                 text = _retarget_matches(pattern.regex, text, external)
         return text
+
+
+def _remember(cache: dict[tuple[str, ...], _Cached], key: tuple[str, ...], value: _Cached) -> None:
+    # Bounded so that a stream of unique programs cannot grow the process without limit.
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
 
 
 def _retarget_matches(regex: re.Pattern[str], text: str, external: Endpoint) -> str:

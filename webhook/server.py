@@ -23,7 +23,7 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -234,6 +234,24 @@ def _run_worker(
 ) -> None:
     readiness = Readiness()
     app = create_app(handler, metrics=Metrics(), readiness=readiness)
+    config, context = uvicorn_config(app, options)
+    server = WebhookServer(
+        config,
+        readiness=readiness,
+        watcher=CertificateWatcher(context, options.tls_cert, options.tls_key),
+        shutdown_delay_seconds=options.shutdown_delay_seconds,
+        handshake_timeout_seconds=options.handshake_timeout_seconds,
+    )
+    server.run(sockets=[listener])
+
+
+def uvicorn_config(
+    app: Callable[..., Awaitable[None]], options: ServingOptions
+) -> tuple[uvicorn.Config, ssl.SSLContext]:
+    """uvicorn's configuration as this project serves: uvloop, httptools, our TLS context.
+
+    Public so that the benchmarks serve their comparison apps on exactly the same stack.
+    """
     config = uvicorn.Config(
         app,
         loop="uvloop",
@@ -251,14 +269,7 @@ def _run_worker(
     config.load()
     context = build_tls_context(options.tls_cert, options.tls_key, options.client_ca)
     config.ssl = context
-    server = WebhookServer(
-        config,
-        readiness=readiness,
-        watcher=CertificateWatcher(context, options.tls_cert, options.tls_key),
-        shutdown_delay_seconds=options.shutdown_delay_seconds,
-        handshake_timeout_seconds=options.handshake_timeout_seconds,
-    )
-    server.run(sockets=[listener])
+    return config, context
 
 
 def _supervise(

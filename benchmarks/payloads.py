@@ -1,0 +1,51 @@
+"""The reviews the benchmarks send: a seed-like small pod and a large one.
+
+The small one is the GRU trainer as the ReplicaSet controller creates it (~3 KB of JSON); the
+large one (~100 KB) has many containers and variables, to show how cost grows with size.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "gru-trainer"
+
+
+def small_review() -> dict[str, Any]:
+    review: dict[str, Any] = json.loads((FIXTURE / "request.json").read_text())
+    # managedFields are set by the apiserver after admission; a real review has none yet.
+    review["request"]["object"]["metadata"].pop("managedFields", None)
+    return review
+
+
+def large_review() -> dict[str, Any]:
+    review = small_review()
+    spec = review["request"]["object"]["spec"]
+    app = spec["containers"][0]
+    containers = []
+    for number in range(28):
+        container = copy.deepcopy(app)
+        container["name"] = f"worker-{number}"
+        container["env"] = [
+            *app.get("env", []),
+            *({"name": f"SETTING_{number}_{index}", "value": f"value-{index}" * 3}
+              for index in range(40)),
+        ]
+        containers.append(container)
+    spec["containers"] = containers
+    spec["initContainers"] = spec["initContainers"] * 4
+    for number, init in enumerate(spec["initContainers"]):
+        init["name"] = f"{init['name']}-{number}"
+    return review
+
+
+def encoded(review: dict[str, Any]) -> bytes:
+    return json.dumps(review, separators=(",", ":")).encode()
+
+
+if __name__ == "__main__":
+    for name, review in (("small", small_review()), ("large", large_review())):
+        print(name, len(encoded(review)), "bytes")

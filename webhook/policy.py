@@ -1,0 +1,791 @@
+"""The native twin: a MutatingAdmissionPolicy (CEL, in the apiserver) with the webhook's rules.
+
+``build_policy`` turns the same ``Settings`` the webhook runs with into a
+MutatingAdmissionPolicy and its MutatingAdmissionPolicyBinding. The CEL mirrors
+``mutate.py`` and ``probes.py`` step by step, so that a pod admitted through the policy ends up
+as the webhook would leave it:
+
+* the program of each init container (command + args) is split into simple commands like
+  ``probes.py`` does it (``sh -c`` scripts at ``;``, ``&&``, ``|``, newlines, brackets...),
+  the command word is found past keywords, assignments, redirections and wrappers, and each
+  probe's arguments are matched against RE2 forms of the managed host patterns;
+* waiters are removed (or, in ``rewrite`` mode, their probes retargeted by a tokenizer that
+  stands in for ``re.sub``, which Kubernetes CEL lacks);
+* env is replaced in place, later duplicates dropped, absent variables appended to app
+  containers, in the webhook's order;
+* the ``backend-injector/status`` annotation gets the same compact JSON, merged with an
+  earlier one read back with regexes (CEL cannot parse JSON).
+
+CEL has no functions, no ``let`` and no loops with state. Three idioms stand in for them:
+Python functions below expand to CEL text (macros), ``[x].map(v, body)[0]`` binds ``v`` to a
+value computed once, and lists of strings are flattened with ``join``/``split`` (the
+``flatten`` of the CEL lists library only arrived in Kubernetes 1.34 and the v1beta1 policy
+must also run on 1.34, whose CEL compatibility level is 1.33). Containers are changed with
+``transformMapEntry`` and written back as whole lists (JSON Patch ``replace``), which gives the
+same stored pod as the webhook's per-index operations.
+
+Credentials in ``value`` mode are literals inside the policy object, readable by anyone who may
+read MutatingAdmissionPolicies; the YAML header says so and docs/policy.md recommends
+``secretKeyRef`` mode with the policy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from webhook.config import Action, CredentialMode, Service, Settings
+from webhook.mutate import _OPT_OUT_VALUES as OPT_OUT_VALUES  # one list for both twins
+from webhook.mutate import INJECT_KEY, STATUS_KEY
+from webhook.mutate import _managed_env_entries as managed_env_entries
+from webhook.probes import (
+    IDLE_COMMANDS,
+    LOOP_HEADERS,
+    PROBE_COMMANDS,
+    SHELL_KEYWORDS,
+    SHELLS,
+    WRAPPERS,
+)
+
+API_VERSIONS = ("admissionregistration.k8s.io/v1", "admissionregistration.k8s.io/v1beta1")
+DEFAULT_API_VERSION = API_VERSIONS[0]
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+# --- regular expressions (RE2: no lookaround, no backreferences) ---------------------------
+#
+# Python's \s and \S are Unicode-aware and RE2's are ASCII-only, so the white space of
+# str.isspace() is spelled out: the tabs and breaks, the separators \x1c-\x1f (which also make
+# the exec-form joiner count as white space, as in probes.py) and the Unicode spaces.
+_SPACE = (
+    "\\t\\n\\v\\f\\r \\x1c-\\x1f\\x85\\xa0"
+    "\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+WORD_RE = f"[^{_SPACE}]+"
+# Private-use characters standing in, while a script is split, for the separator `$(` (so
+# that a character class can split at it) and for an `&` inside a redirection (`2>&1`, `&>f`,
+# `>&-`), which does not separate commands. A script that already holds one is not
+# retargeted.
+_MARK = "\ue000"
+_AMPERSAND = "\ue001"
+# Literal replacements (CEL has no regex replace) that hide the `&` of redirections, which
+# probes.py recognises with look-arounds: `&` after `<` or `>`, or before `>`, `-`, a digit.
+_REDIRECTION_AMPERSANDS = (
+    (">&", ">" + _AMPERSAND),
+    ("<&", "<" + _AMPERSAND),
+    ("&>", _AMPERSAND + ">"),
+    ("&-", _AMPERSAND + "-"),
+    *((f"&{digit}", f"{_AMPERSAND}{digit}") for digit in range(10)),
+)
+_SEPARATORS = ";&|\\n()`" + _MARK
+SEGMENT_RE = f"[^{_SEPARATORS}]+"
+SEGMENT_TOKEN_RE = f"[{_SEPARATORS}]|[^{_SEPARATORS}]+"
+SEPARATOR_TOKEN_RE = f"^[{_SEPARATORS}]$"
+# probes._unquote strips quote characters from both ends; `find` returns the leftmost match,
+# from the first non-quote character to the last one.
+UNQUOTE_RE = "(?s)[^'\"](?:.*[^'\"])?"
+BASENAME_RE = "[^/]*$"
+ASSIGNMENT_RE = "^[A-Za-z_][A-Za-z0-9_]*="
+REDIRECTION_RE = "^(?:[0-9]*[<>]|&>)"
+WRAPPER_OPTION_RE = "^[0-9]+[smhd]*$"  # `-s`, `5`, `30s`: what probes.py skips after `timeout`
+# Each word of a simple command is classed K (keyword, assignment, redirection), W (wrapper or
+# shell) or O (option or number); the command word is the first one past this prefix.
+COMMAND_PREFIX_RE = "^(?:K|WO*)*"
+DEV_TCP_RE = "/dev/(?:tcp|udp)/[A-Za-z][-A-Za-z0-9.]*/"
+RSTRIP_RE = "(?s)^(?:.*[^;,&|)'\"])?"  # probes._host_of strips this punctuation at the end
+URL_HOST_RE = "^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/]*@)?[A-Za-z][-A-Za-z0-9.]*(?::[0-9]+)?(?:/|$)"
+STATUS_SHAPE_RE = "(?s)^\\s*\\{.*\\}\\s*$"
+_LABEL = "[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_LABEL_CHARS = "A-Za-z0-9_.-"
+_EXEC_JOINER = "\x1f"
+
+
+def _literal(text: str) -> str:
+    """``text`` as a regex matching it literally (hosts are DNS names: only `.` needs it)."""
+    return re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", text)
+
+
+def _host_names(hosts: Iterable[str]) -> str:
+    # Longest first, as in probes.HostPattern: `fastapi-app` before `fastapi`.
+    return "|".join(_literal(host) for host in sorted(hosts, key=len, reverse=True))
+
+
+def _host_form(hosts: Iterable[str]) -> str:
+    """NAME, NAME.NS, NAME.NS.svc and NAME.NS.svc.cluster.local for any of ``hosts``."""
+    return f"(?:{_host_names(hosts)})(?:\\.{_LABEL}(?:\\.svc(?:\\.cluster\\.local)?)?)?"
+
+
+def host_search_re(service: Service) -> str:
+    """RE2 twin of ``HostPattern.regex.search``: the look-behind and look-ahead of probes.py
+    become a consumed boundary character (or the end), which is the same for a yes/no search.
+    """
+    return (
+        f"(?:^|[^{_LABEL_CHARS}])"
+        + _host_form(service.hosts)
+        + f"(?:$|[^{_LABEL_CHARS}]|\\.$|\\.[^A-Za-z0-9])"
+    )
+
+
+def host_token_re(hosts: Iterable[str]) -> str:
+    """One host occurrence as ``_retarget_matches`` sees it, with what it consumes after it.
+
+    In order of preference, as probes.py decides: an attached port (``mlflow:5000``), a port as
+    the next word (``mlflow 5000``), the bare host. The character after the host (the
+    look-ahead in probes.py) is consumed; when it is a label character the rest of that run
+    is consumed too, since no host can start inside it (the look-behind).
+    """
+    host = _host_form(hosts)
+    attached_port = (
+        f"{host}[:/][0-9]{{1,5}}(?:$|[^0-9{_LABEL_CHARS}]|[A-Za-z_.-][{_LABEL_CHARS}]*)"
+    )
+    next_word_port = f"{host}[{_SPACE}]+[0-9]{{1,5}}(?:$|[^\\w.:/-])"
+    bare = f"{host}(?:$|[^{_LABEL_CHARS}]|\\.$|\\.[^{_LABEL_CHARS}]|\\.[_.-][{_LABEL_CHARS}]*)"
+    return f"{attached_port}|{next_word_port}|{bare}"
+
+
+def retarget_token_re(hosts: Iterable[str]) -> str:
+    """Tokens whose concatenation is the text: host occurrences, label runs, single characters."""
+    return f"{host_token_re(hosts)}|[{_LABEL_CHARS}]+|(?s:.)"
+
+
+def all_regexes(settings: Settings) -> list[str]:
+    """Every regular expression the policy uses, for tests that check their syntax."""
+    services = settings.services
+    external_hosts = _external_hosts(services)
+    regexes = [
+        WORD_RE, SEGMENT_RE, SEGMENT_TOKEN_RE, SEPARATOR_TOKEN_RE, UNQUOTE_RE, BASENAME_RE,
+        ASSIGNMENT_RE, REDIRECTION_RE, WRAPPER_OPTION_RE, COMMAND_PREFIX_RE, DEV_TCP_RE,
+        RSTRIP_RE, URL_HOST_RE, STATUS_SHAPE_RE, "^[:/][0-9]", "^[:/][0-9]{1,5}",
+        f"^[{_SPACE}]+[0-9]", f"^[{_SPACE}]+", "^[0-9]{1,5}", '"[^"]*"',
+    ]
+    if external_hosts:
+        regexes += [_external_dev_tcp_re(external_hosts), _external_url_re(external_hosts)]
+    regexes += [host_search_re(service) for service in services]
+    retargetable = [s for s in services if s.external is not None]
+    if retargetable:
+        hosts = [host for s in retargetable for host in s.hosts]
+        regexes += [retarget_token_re(hosts), f"^(?:{host_token_re(hosts)})$"]
+        for service in retargetable:
+            regexes += [_service_start_re(service), "^" + _host_form(service.hosts)]
+    regexes += [_status_list_re(key) for key in ("removed", "rewritten", "env")]
+    return regexes
+
+
+def _external_hosts(services: Sequence[Service]) -> list[str]:
+    return sorted({s.external.host.lower() for s in services if s.external is not None})
+
+
+def _external_dev_tcp_re(external_hosts: Sequence[str]) -> str:
+    names = "|".join(_literal(host) for host in external_hosts)
+    return f"^/dev/(?:tcp|udp)/(?i:{names})\\.*/$"
+
+
+def _external_url_re(external_hosts: Sequence[str]) -> str:
+    names = "|".join(_literal(host) for host in external_hosts)
+    return (
+        "^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/]*@)?"
+        f"(?i:{names})\\.*(?::[0-9]+)?(?:/|$)"
+    )
+
+
+def _service_start_re(service: Service) -> str:
+    return f"^(?:{_host_names(service.hosts)})(?:[^A-Za-z0-9_-]|$)"
+
+
+def _status_list_re(key: str) -> str:
+    return f'"{key}"\\s*:\\s*\\[[^\\]]*\\]'
+
+
+# --- CEL text -------------------------------------------------------------------------------
+
+
+def cel_string(text: str) -> str:
+    """A CEL double-quoted string literal: backslash, quote and anything unprintable escaped."""
+    out = []
+    for char in text:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif " " <= char <= "~":
+            out.append(char)
+        elif ord(char) <= 0xFFFF:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def cel_value(value: Any) -> str:
+    """A JSON-like value as a CEL literal. Map values and list items are wrapped in ``dyn``
+    because Kubernetes CEL requires homogeneous literals (a string next to a map is not)."""
+    if isinstance(value, str):
+        return cel_string(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Mapping):
+        entries = ", ".join(f"{cel_string(k)}: dyn({cel_value(v)})" for k, v in value.items())
+        return "{" + entries + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(f"dyn({cel_value(item)})" for item in value) + "]"
+    raise TypeError(f"no CEL literal for {type(value).__name__}")
+
+
+def _strings(values: Iterable[str]) -> str:
+    return "[" + ", ".join(cel_string(value) for value in sorted(values)) + "]"
+
+
+def _marked(script: str) -> str:
+    """``script`` with `$(` and the `&` of redirections hidden, ready to split at separators."""
+    marked = f'{script}.replace("$(", {cel_string(_MARK)})'
+    for old, new in _REDIRECTION_AMPERSANDS:
+        marked += f".replace({cel_string(old)}, {cel_string(new)})"
+    return marked
+
+
+def _unmarked_ampersands(text: str) -> str:
+    return f'{text}.replace({cel_string(_AMPERSAND)}, "&")'
+
+
+def _let(value: str, name: str, body: str) -> str:
+    """``body`` with ``name`` bound to ``value``, evaluated once (CEL has no `let`)."""
+    return f"[{value}].map({name}, {body})[0]"
+
+
+def _unquote(word: str) -> str:
+    return f"{word}.find({cel_string(UNQUOTE_RE)})"
+
+
+def _basename(word: str) -> str:
+    return f"{word}.find({cel_string(BASENAME_RE)})"
+
+
+def _word_class(word: str) -> str:
+    """K, W, O or X for one word, as probes._command_of treats it."""
+    keyword = (
+        f"u_ in {_strings(SHELL_KEYWORDS)} || u_.matches({cel_string(ASSIGNMENT_RE)})"
+        f" || u_.matches({cel_string(REDIRECTION_RE)})"
+    )
+    wrapper = f"{_basename('u_')} in {_strings(WRAPPERS | SHELLS)}"
+    option = f'{word}.startsWith("-") || {word}.matches({cel_string(WRAPPER_OPTION_RE)})'
+    body = f'({keyword}) ? "K" : ({wrapper} ? "W" : ({option} ? "O" : "X"))'
+    return _let(_unquote(word), "u_", body)
+
+
+def _segment_record(words: str) -> str:
+    """{cmd, args, words} of one simple command, as probes._command_of finds them."""
+    prefix = (
+        f'{words}.map(wc_, {_word_class("wc_")}).join("")'
+        f".find({cel_string(COMMAND_PREFIX_RE)}).size()"
+    )
+    found = (
+        f"u_ in {_strings(LOOP_HEADERS)}"
+        f' ? {{"cmd": dyn(""), "args": dyn([]), "words": dyn({words})}}'
+        f' : {{"cmd": dyn({_basename("u_")}),'
+        f' "args": dyn({words}.transformList(ia_, a_, ia_ > k_, {_unquote("a_")})),'
+        f' "words": dyn({words})}}'
+    )
+    body = (
+        f"k_ < {words}.size() ? {_let(_unquote(f'{words}[k_]'), 'u_', found)}"
+        f' : {{"cmd": dyn(""), "args": dyn([]), "words": dyn({words})}}'
+    )
+    return _let(prefix, "k_", body)
+
+
+def _is_probe(record: str) -> str:
+    return (
+        f"({record}.cmd in {_strings(PROBE_COMMANDS)}"
+        f' || {record}.words.exists(wp_, wp_.contains("/dev/tcp/")'
+        f' || wp_.contains("/dev/udp/")))'
+    )
+
+
+def _probed_words(record: str) -> str:
+    return f"({record}.cmd in {_strings(PROBE_COMMANDS)} ? {record}.args : {record}.words)"
+
+
+def _names_external_host(word: str, external_hosts: Sequence[str]) -> str:
+    """probes._names_external_host: the host a probe argument names is an external one."""
+    if not external_hosts:
+        return "false"
+    dev_tcp = cel_string(DEV_TCP_RE)
+    body = (
+        f"ux_.matches({dev_tcp})"
+        f" ? ux_.find({dev_tcp}).matches({cel_string(_external_dev_tcp_re(external_hosts))})"
+        f" : ux_.find({cel_string(RSTRIP_RE)})"
+        f".matches({cel_string(_external_url_re(external_hosts))})"
+    )
+    return _let(_unquote(word), "ux_", body)
+
+
+def _names_some_host(word: str) -> str:
+    """probes._host_of(word) is not None (no unquoting: _names_some_host does not unquote)."""
+    return (
+        f"({word}.matches({cel_string(DEV_TCP_RE)})"
+        f" || {word}.find({cel_string(RSTRIP_RE)}).matches({cel_string(URL_HOST_RE)}))"
+    )
+
+
+def _word_tag(word: str, services: Sequence[Service]) -> str:
+    """"s<i>" for the first managed service the word probes, "@" for the external address."""
+    external = _names_external_host(word, _external_hosts(services))
+    tag = f'({external} ? "@" : "")'
+    for index in reversed(range(len(services))):
+        tag = (
+            f"({word}.matches({cel_string(host_search_re(services[index]))})"
+            f' ? "s{index}" : {tag})'
+        )
+    return tag
+
+
+def _segment_facts(record: str, services: Sequence[Service]) -> str:
+    """What one simple command contributes, as tags: "s<i>", "@", "!o" (another host),
+    "!w" (work). The twin of probes.ProgramReader._read_segment."""
+    other_candidates = f"({record}.args.size() > 0 ? {record}.args : {record}.words)"
+    other = (
+        f'tt_.exists(t_, t_ != "") || !{other_candidates}.exists(wo_,'
+        f' !wo_.startsWith("-") && {_names_some_host("wo_")}) ? [] : ["!o"]'
+    )
+    probe = _let(
+        f"{_probed_words(record)}.map(wt_, {_word_tag('wt_', services)})",
+        "tt_",
+        f'tt_.filter(t_, t_ != "") + ({other})',
+    )
+    work = f'{record}.cmd != "" && !({record}.cmd in {_strings(IDLE_COMMANDS)}) ? ["!w"] : []'
+    return f"({_is_probe(record)} ? {probe} : ({work}))"
+
+
+def _retarget_text(text: str, services: Sequence[Service]) -> str:
+    """probes._retarget_matches for every service with an external address, without re.sub:
+    the text is cut into tokens, host tokens are rewritten, and the tokens joined again."""
+    retargetable = [s for s in services if s.external is not None]
+    hosts = [host for s in retargetable for host in s.hosts]
+    choice = "[]"
+    for service in reversed(retargetable):
+        assert service.external is not None
+        found = cel_string("^" + _host_form(service.hosts))
+        choice = (
+            f"(tk_.matches({cel_string(_service_start_re(service))})"
+            f" ? [tk_.find({found}), {cel_string(service.external.host)},"
+            f" {cel_string(str(service.external.port))}] : {choice})"
+        )
+    after_url = 'tks_.transformList(z_, y_, z_ < q_ && z_ >= q_ - 3, y_).join("").endsWith("://")'
+    space = f"[{_SPACE}]"
+    next_word = _let(
+        f"r_.find({cel_string('^' + space + '+')})",
+        "sp_",
+        "p_[1] + sp_ + p_[2] + r_.substring(sp_.size()"
+        f" + r_.substring(sp_.size()).find({cel_string('^[0-9]{1,5}')}).size())",
+    )
+    rewrite = (
+        f"r_.matches({cel_string('^[:/][0-9]')})"
+        f" ? p_[1] + r_.substring(0, 1) + p_[2]"
+        f" + r_.substring(r_.find({cel_string('^[:/][0-9]{1,5}')}).size())"
+        f' : ({after_url} ? p_[1] + ":" + p_[2] + r_'
+        f" : (r_.matches({cel_string('^' + space + '+[0-9]')}) ? {next_word} : p_[1] + r_))"
+    )
+    replaced = _let(choice, "p_", _let("tk_.substring(p_[0].size())", "r_", rewrite))
+    is_host = f"tk_.matches({cel_string(f'^(?:{host_token_re(hosts)})$')})"
+    return _let(
+        f"{text}.findAll({cel_string(retarget_token_re(hosts))})",
+        "tks_",
+        f'tks_.transformList(q_, tk_, {is_host} ? {replaced} : tk_).join("")',
+    )
+
+
+def _new_env(env: str, *, add_absent: str) -> str:
+    """mutate.Rules._set_env as a list: managed entries replaced at their first index, later
+    duplicates dropped, absent ones appended when the CEL condition ``add_absent`` holds."""
+    first = f"{env}.map(x_, x_.name).indexOf(e_.name) == j_"
+    kept = (
+        f"{env}.transformList(j_, e_, !(e_.name in variables.managedEnv) || {first},"
+        f" e_.name in variables.managedEnv ? variables.managedEnv[e_.name] : e_)"
+    )
+    absent = (
+        f"variables.managedOrder.filter(n_, !{env}.exists(x_, x_.name == n_))"
+        ".map(n_, variables.managedEnv[n_])"
+    )
+    return f"{kept} + ({add_absent} ? {absent} : [])"
+
+
+def _env_changes(env: str, *, add_absent: str) -> str:
+    """The names _set_env reports as changed, in its order, joined with commas."""
+    managed = "e_.name in variables.managedEnv"
+    first = f"{env}.map(x_, x_.name).indexOf(e_.name) == j_"
+    replaced = (
+        f"{env}.transformList(j_, e_, {managed} && {first}"
+        " && e_ != variables.managedEnv[e_.name], e_.name)"
+    )
+    duplicates = f"{env}.transformList(j_, e_, {managed} && !({first}), e_.name)"
+    absent = f"variables.managedOrder.filter(n_, !{env}.exists(x_, x_.name == n_))"
+    return f'({replaced} + {duplicates} + ({add_absent} ? {absent} : [])).join(",")'
+
+
+# A native sidecar (an init container with restartPolicy Always) is served like an app
+# container: it gets the absent variables too.
+_SIDECAR = 'c_.?restartPolicy.orValue("") == "Always"'
+
+
+def _updated_container(container: str, fields: Mapping[str, str], env: str) -> str:
+    """``container`` with ``fields`` (name -> CEL value) replaced where present, and ``env``
+    set (added after `name` when the container has none)."""
+    value = "v_"
+    for key, new in fields.items():
+        value = f'(k2_ == {cel_string(key)} ? {new} : {value})'
+    return (
+        f"{container}.transformMapEntry(k2_, v_,"
+        f' k2_ == "name" && !("env" in {container}) && {env}.size() > 0'
+        f' ? {{"name": v_, "env": dyn({env})}}'
+        f' : {{k2_: (k2_ == "env" ? dyn({env}) : {value})}})'
+    )
+
+
+def _json_list(names: str) -> str:
+    return f'"[" + {names}.map(n_, "\\"" + n_ + "\\"").join(",") + "]"'
+
+
+def _earlier_status(key: str) -> str:
+    """The names under ``key`` in an earlier status annotation (our own compact JSON)."""
+    found = f"variables.currentStatus.find({cel_string(_status_list_re(key))})"
+    quoted = cel_string('"[^"]*"')
+    return _let(
+        found,
+        "m_",
+        f'm_ == "" ? [] : m_.substring(m_.indexOf("[")).findAll({quoted})'
+        ".map(s_, s_.substring(1, s_.size() - 1))",
+    )
+
+
+# --- the objects ---------------------------------------------------------------------------
+
+
+def _variables(settings: Settings) -> list[dict[str, str]]:
+    services = settings.services
+    no_external = [f"s{i}" for i, s in enumerate(services) if s.external is None]
+    entries = managed_env_entries(settings)
+    shell_flag = 'x_.startsWith("-") && !x_.startsWith("--") && x_.substring(1).contains("c")'
+    script_index = (
+        f"a_.size() >= 3 && {_basename('a_[0]')} in {_strings(SHELLS)}"
+        " ? " + _let(
+            f'a_.transformList(j_, x_, j_ >= 1 && j_ < a_.size() - 1'
+            f' && (!x_.startsWith("-") || ({shell_flag})), ({shell_flag}) ? j_ + 1 : -1)',
+            "c_",
+            "c_.size() > 0 ? c_[0] : -1",
+        )
+        + " : -1"
+    )
+    segments = (
+        "variables.argvs.transformList(i_, a_, variables.scriptIndex[i_] < 0"
+        " ? (a_.size() > 0 ? [a_] : [])"
+        f" : {_marked('a_[variables.scriptIndex[i_]]')}.findAll({cel_string(SEGMENT_RE)})"
+        f".map(s_, {_unmarked_ampersands('s_')}.findAll({cel_string(WORD_RE)})))"
+    )
+    managed = 'variables.facts[i_].exists(f_, f_.startsWith("s"))'
+    named = f"c_.name in {_strings(settings.waiter_names)}"
+    waits = (
+        f'{managed} && !("!o" in variables.facts[i_]) && !("!w" in variables.facts[i_])'
+    )
+    if settings.action is Action.REMOVE:
+        remove = f"({named}) || ({waits})"
+    else:
+        orphaned = f"variables.facts[i_].exists(f_, f_ in {_strings(no_external)})"
+        remove = (
+            f"(({named}) || ({waits}))"
+            f' && (!({managed}) ? !("@" in variables.facts[i_]) : {orphaned})'
+        )
+    retargets = any(s.external is not None for s in services)
+    count_segments_before = (
+        f"st_.transformList(z_, y_, z_ < h_ && !y_.matches({cel_string(SEPARATOR_TOKEN_RE)}),"
+        " y_).size()"
+    )
+    # What to retarget, per init container, as [text, "1" if it is a probe]: the tokens of
+    # the script (segments and separators), or the exec-form words joined; [] for nothing.
+    script = "variables.argvs[i_][variables.scriptIndex[i_]]"
+    retarget_input = (
+        "variables.inits.transformList(i_, c_, variables.removeInit[i_] || !" + managed
+        + " ? [] : (variables.scriptIndex[i_] < 0"
+        " ? (variables.probeFlags[i_].size() > 0 && variables.probeFlags[i_][0]"
+        f" && !variables.argvs[i_].exists(x_, x_.contains({cel_string(_EXEC_JOINER)}))"
+        f' ? [[variables.argvs[i_].join({cel_string(_EXEC_JOINER)}), "1"]] : [])'
+        f" : ({script}.contains({cel_string(_MARK)}) || {script}.contains({cel_string(_AMPERSAND)})"
+        " ? [] : "
+        + _let(
+            f"{_marked(script)}.findAll({cel_string(SEGMENT_TOKEN_RE)})",
+            "st_",
+            f"st_.transformList(h_, t_, [{_unmarked_ampersands('t_')},"
+            f' t_.matches({cel_string(SEPARATOR_TOKEN_RE)}) ? "0"'
+            f' : (variables.probeFlags[i_][{count_segments_before}] ? "1" : "0")])',
+        )
+        + ")))"
+    )
+    retarget_output = (
+        "variables.retargetInput.map(pcs_, pcs_.map(pc_, pc_[1] == \"1\""
+        f" ? {_retarget_text('pc_[0]', services)} : pc_[0]).join(\"\"))"
+    )
+    new_argvs = (
+        "variables.argvs.transformList(i_, a_, variables.retargetInput[i_].size() == 0 ? a_"
+        " : (variables.scriptIndex[i_] < 0"
+        f" ? variables.retargetOutput[i_].split({cel_string(_EXEC_JOINER)})"
+        " : a_.transformList(j_, x_, j_ == variables.scriptIndex[i_]"
+        f' ? variables.retargetOutput[i_].replace({cel_string(_MARK)}, "$(") : x_)))'
+    )
+    variables: list[tuple[str, str]] = [
+        ("managedEnv", "{" + ", ".join(
+            f"{cel_string(name)}: dyn({cel_value(entry)})" for name, entry in entries.items()
+        ) + "}"),
+        ("managedOrder", "[" + ", ".join(cel_string(name) for name in entries) + "]"),
+        ("inits", "object.spec.?initContainers.orValue([])"),
+        ("containers", "object.spec.?containers.orValue([])"),
+        ("argvs", "variables.inits.map(c_, c_.?command.orValue([]) + c_.?args.orValue([]))"),
+        ("scriptIndex", f"variables.argvs.map(a_, {script_index})"),
+        ("segments", segments),
+        ("records", f"variables.segments.map(g_, g_.map(ws_, {_segment_record('ws_')}))"),
+        ("probeFlags", f"variables.records.map(g_, g_.map(r_, {_is_probe('r_')}))"),
+        ("facts", (
+            f'variables.records.map(g_, g_.map(r_, {_segment_facts("r_", services)}.join(","))'
+            '.join(",").split(",").filter(f_, f_ != ""))'
+        )),
+        ("removeInit", f"variables.inits.transformList(i_, c_, {remove})"),
+    ]
+    if retargets:
+        variables += [
+            ("retargetInput", retarget_input),
+            ("retargetOutput", retarget_output),
+            ("newArgvs", new_argvs),
+        ]
+    else:
+        variables.append(("newArgvs", "variables.argvs"))
+    variables += [
+        ("initEnvs", (
+            f"variables.inits.map(c_, {_new_env('c_.?env.orValue([])', add_absent=_SIDECAR)})"
+        )),
+        ("containerEnvs", (
+            f"variables.containers.map(c_, {_new_env('c_.?env.orValue([])', add_absent='true')})"
+        )),
+        ("newInits", (
+            "variables.inits.transformList(i_, c_, !variables.removeInit[i_], "
+            + _updated_container(
+                "c_",
+                {
+                    "command": "dyn(variables.newArgvs[i_].transformList(jc_, xc_,"
+                    " jc_ < c_.?command.orValue([]).size(), xc_))",
+                    "args": "dyn(variables.newArgvs[i_].transformList(jc_, xc_,"
+                    " jc_ >= c_.?command.orValue([]).size(), xc_))",
+                },
+                "variables.initEnvs[i_]",
+            )
+            + ")"
+        )),
+        ("newContainers", (
+            "variables.containers.transformList(i_, c_, "
+            + _updated_container("c_", {}, "variables.containerEnvs[i_]")
+            + ")"
+        )),
+        ("removed", "variables.inits.transformList(i_, c_, variables.removeInit[i_], c_.name)"),
+        ("rewritten", (
+            "variables.inits.transformList(i_, c_, !variables.removeInit[i_]"
+            " && variables.newArgvs[i_] != variables.argvs[i_], c_.name)"
+        )),
+        ("envChanged", (
+            "[variables.inits.transformList(i_, c_, !variables.removeInit[i_], "
+            + _env_changes("c_.?env.orValue([])", add_absent=_SIDECAR)
+            + ').join(","), variables.containers.map(c_, '
+            + _env_changes("c_.?env.orValue([])", add_absent="true")
+            + ').join(",")].join(",").split(",").filter(n_, n_ != "")'
+        )),
+        ("envNames", (
+            "variables.envChanged.transformList(j_, n_,"
+            " variables.envChanged.indexOf(n_) == j_, n_)"
+        )),
+        ("changed", (
+            "variables.newInits != variables.inits"
+            " || variables.newContainers != variables.containers"
+        )),
+        ("currentStatus", (
+            f"object.metadata.?annotations[?{cel_string(STATUS_KEY)}].orValue(\"\")"
+        )),
+        ("earlier", (
+            f"variables.currentStatus.matches({cel_string(STATUS_SHAPE_RE)})"
+            f" ? [{_earlier_status('removed')}, {_earlier_status('rewritten')},"
+            f" {_earlier_status('env')}] : [[], [], []]"
+        )),
+        ("status", (
+            "'{\"removed\":' + "
+            + _json_list("(variables.earlier[0] + variables.removed"
+                         ".filter(n_, !(n_ in variables.earlier[0])))")
+            + " + ',\"rewritten\":' + "
+            + _json_list("(variables.earlier[1] + variables.rewritten"
+                         ".filter(n_, !(n_ in variables.earlier[1])))")
+            + " + ',\"env\":' + "
+            + _json_list("(variables.earlier[2] + variables.envNames"
+                         ".filter(n_, !(n_ in variables.earlier[2])))")
+            + " + '}'"
+        )),
+    ]
+    return [{"name": name, "expression": expression} for name, expression in variables]
+
+
+def _patch_expression() -> str:
+    status_path = "/metadata/annotations/" + STATUS_KEY.replace("~", "~0").replace("/", "~1")
+    return (
+        "(variables.newInits != variables.inits"
+        " ? (variables.newInits.size() == 0"
+        ' ? [JSONPatch{op: "remove", path: "/spec/initContainers"}]'
+        ' : [JSONPatch{op: "replace", path: "/spec/initContainers", value: variables.newInits}])'
+        " : [])"
+        " + (variables.newContainers != variables.containers"
+        ' ? [JSONPatch{op: "replace", path: "/spec/containers", value: variables.newContainers}]'
+        " : [])"
+        " + (!variables.changed || variables.currentStatus == variables.status ? []"
+        " : (has(object.metadata.annotations)"
+        f' ? [JSONPatch{{op: "add", path: {cel_string(status_path)}, value: variables.status}}]'
+        ' : [JSONPatch{op: "add", path: "/metadata/annotations",'
+        f" value: {{{cel_string(STATUS_KEY)}: variables.status}}}}]))"
+    )
+
+
+def _opt_out_expression() -> str:
+    """mutate._opt_out_reason: the annotation or the label, any spelling of "false"."""
+    values = _strings(OPT_OUT_VALUES)
+    key = cel_string(INJECT_KEY)
+    checks = [
+        f"(has(object.metadata.{where}) && {key} in object.metadata.{where}"
+        f" && object.metadata.{where}[{key}].trim().lowerAscii() in {values})"
+        for where in ("annotations", "labels")
+    ]
+    return "!(" + " || ".join(checks) + ")"
+
+
+def _namespace_exclusion(settings: Settings) -> list[dict[str, Any]]:
+    if not settings.excluded_namespaces:
+        return []
+    return [{
+        "key": NAMESPACE_NAME_LABEL,
+        "operator": "NotIn",
+        "values": sorted(settings.excluded_namespaces),
+    }]
+
+
+def build_policy(
+    settings: Settings,
+    *,
+    api_version: str = DEFAULT_API_VERSION,
+    name: str = "backend-injector",
+) -> list[dict[str, Any]]:
+    """A MutatingAdmissionPolicy with the webhook's rules for ``settings``, and its binding."""
+    if api_version not in API_VERSIONS:
+        raise ValueError(f"api_version must be one of {', '.join(API_VERSIONS)}")
+    labels = {"app.kubernetes.io/name": "backend-injector"}
+    excluded = _namespace_exclusion(settings)
+    constraints: dict[str, Any] = {
+        "resourceRules": [{
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["pods"],
+        }],
+        "matchPolicy": "Equivalent",
+    }
+    if excluded:
+        # Also here and not only in the binding: a binding edited by hand must still never
+        # reach the namespaces the control plane or the webhook itself live in.
+        constraints["namespaceSelector"] = {"matchExpressions": excluded}
+    policy = {
+        "apiVersion": api_version,
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "IfNeeded",
+            "matchConstraints": constraints,
+            "matchConditions": [{"name": "not-opted-out", "expression": _opt_out_expression()}],
+            "variables": _variables(settings),
+            "mutations": [{
+                "patchType": "JSONPatch",
+                "jsonPatch": {"expression": _patch_expression()},
+            }],
+        },
+    }
+    binding = {
+        "apiVersion": api_version,
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "policyName": name,
+            "matchResources": {
+                "namespaceSelector": {"matchExpressions": [
+                    {"key": INJECT_KEY, "operator": "In", "values": ["enabled"]},
+                    *excluded,
+                ]},
+                # Saves evaluating the policy for labelled opt-outs; the matchCondition covers
+                # the annotation and the other spellings.
+                "objectSelector": {"matchExpressions": [
+                    {"key": INJECT_KEY, "operator": "NotIn", "values": ["false"]},
+                ]},
+            },
+        },
+    }
+    return [policy, binding]
+
+
+class _Dumper(yaml.SafeDumper):
+    """Long CEL expressions as literal blocks, so the YAML stays readable and diffable."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(documents: Sequence[Mapping[str, Any]], settings: Settings | None = None) -> str:
+    """Multi-document YAML with a header that says what it is (and warns about credentials)."""
+    header = [
+        "# backend-injector as a MutatingAdmissionPolicy: the webhook's rules in CEL.",
+        "# Generated by `backend-injector policy`; regenerate rather than edit.",
+    ]
+    if settings is not None and settings.credentials.mode is CredentialMode.VALUE:
+        header += [
+            "# WARNING: credentials.mode is `value`, so the S3 credentials are literals inside",
+            "# this policy, readable by anyone who may read MutatingAdmissionPolicies. Prefer",
+            "# credentials.mode: secretKeyRef with the policy (see docs/policy.md).",
+        ]
+    body = "---\n".join(
+        yaml.dump(dict(document), Dumper=_Dumper, sort_keys=False, width=100)
+        for document in documents
+    )
+    return "\n".join(header) + "\n---\n" + body
+
+
+def run_policy_command(settings: Settings, api_version: str = DEFAULT_API_VERSION) -> str:
+    """What `backend-injector policy` prints: the policy and its binding as YAML."""
+    return dump_yaml(build_policy(settings, api_version=api_version), settings)
+
+
+def expressions(documents: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every CEL expression in built documents (for tests and reviews)."""
+    found: list[str] = []
+    for document in documents:
+        spec = document.get("spec", {})
+        found += [c["expression"] for c in spec.get("matchConditions", [])]
+        found += [v["expression"] for v in spec.get("variables", [])]
+        found += [m["jsonPatch"]["expression"] for m in spec.get("mutations", [])]
+    return found
+
+
+__all__ = [
+    "API_VERSIONS",
+    "DEFAULT_API_VERSION",
+    "all_regexes",
+    "build_policy",
+    "cel_string",
+    "dump_yaml",
+    "expressions",
+    "run_policy_command",
+]
