@@ -49,3 +49,13 @@ def encoded(review: dict[str, Any]) -> bytes:
 if __name__ == "__main__":
     for name, review in (("small", small_review()), ("large", large_review())):
         print(name, len(encoded(review)), "bytes")
+
+
+def unique_reviews(count: int) -> list[dict[str, Any]]:
+    """Small reviews that all differ (each its own generateName), so none repeats."""
+    reviews = []
+    for number in range(count):
+        review = small_review()
+        review["request"]["object"]["metadata"]["generateName"] = f"train-gru-{number:06d}-"
+        reviews.append(review)
+    return reviews

@@ -86,7 +86,8 @@ def test_a_bug_in_the_rules_still_gets_an_answer(monkeypatch: pytest.MonkeyPatch
         raise RuntimeError("boom")
 
     monkeypatch.setattr(Rules, "mutate_pod", broken)
-    response = answer(review())["response"]
+    handler = AdmissionHandler(Rules(make_settings()))
+    response = json.loads(handler.review(json.dumps(review()).encode()).body)["response"]
     assert response["allowed"] is True
     assert "internal error" in response["warnings"][0]
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import orjson
 
 from webhook.mutate import Mutation, PodShapeError, Rules
+from webhook.review_cache import ReviewCache
 
 API_VERSIONS = frozenset({"admission.k8s.io/v1", "admission.k8s.io/v1beta1"})
 # The apiserver shows a warning in full up to this length and may cut longer ones.
@@ -55,12 +56,28 @@ class ReviewOutcome:
 class AdmissionHandler:
     """Answers AdmissionReviews with one set of rules."""
 
-    def __init__(self, rules: Rules, *, excluded_namespaces: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        rules: Rules,
+        *,
+        excluded_namespaces: frozenset[str] = frozenset(),
+        cache: ReviewCache | None = None,
+    ) -> None:
         self._rules = rules
         self._excluded_namespaces = excluded_namespaces
+        self._cache = cache if cache is not None else ReviewCache()
 
     def review(self, body: bytes | str) -> ReviewOutcome:
         """Answer one review. Raises EnvelopeError when ``body`` is not a review."""
+        key = self._cache.key(body) if isinstance(body, bytes) else None
+        if key is not None and (remembered := self._cache.get(key)) is not None:
+            return remembered
+        outcome = self._review(body)
+        if key is not None and outcome.result != "internal-error":
+            self._cache.put(key, outcome)
+        return outcome
+
+    def _review(self, body: bytes | str) -> ReviewOutcome:
         api_version, request = _parse_envelope(body)
         uid = request["uid"]
         operation = _text(request.get("operation"))
