@@ -22,6 +22,7 @@ import argparse
 import os
 import platform
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -65,6 +66,7 @@ FULL = Mode("full", rounds=5, seconds=8.0, paced_seconds=10.0,
 @dataclass
 class Measurements:
     throughput: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    wrk: dict[str, list[float]] = field(default_factory=dict)  # a C load generator, to compare
     paced: dict[str, LoadResult] = field(default_factory=dict)
     generator_busy: dict[str, list[float]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
@@ -125,6 +127,30 @@ def measure(port: int, requests: list[bytes], **options: object) -> tuple[LoadRe
     return result, busy
 
 
+def wrk_throughput(port: int, body: bytes, seconds: float, work: Path) -> float | None:
+    """Throughput as wrk (C, one thread) sees it, or None where wrk is not installed."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    body_file = work / "wrk-body.json"
+    body_file.write_bytes(body)
+    script = work / "wrk-post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+    )
+    output = subprocess.run(
+        [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "-s", str(script),
+         f"https://127.0.0.1:{port}/mutate"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    for line in output.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    return None
+
+
 def rss_of(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -164,6 +190,11 @@ def run_benchmarks(mode: Mode, work: Path) -> Measurements:
                     found.throughput.setdefault((variant, size), []).append(result.throughput)
                     found.generator_busy.setdefault(variant, []).append(busy)
                     found.failures[variant] = found.failures.get(variant, 0) + result.failed
+                if mode is FULL:
+                    seen = wrk_throughput(port, payloads.encoded(payloads.small_review()),
+                                          mode.seconds, work)
+                    if seen is not None:
+                        found.wrk.setdefault(variant, []).append(seen)
                 if round_number == mode.rounds - 1:
                     paced, _ = measure(port, requests["unique"], duration=mode.paced_seconds,
                                        rate=PACED_RATE)
@@ -290,6 +321,19 @@ def report(found: Measurements, mode: Mode) -> str:
         "The generator is not the bottleneck where it drives the `limit` variant faster than "
         "backend-injector with no more than its own core: see the generator column.",
     ]
+    if found.wrk:
+        lines += [
+            "",
+            "Cross-check with wrk (C, one thread, same connections, small pod repeated):",
+            "",
+            "| variant | wrk reviews/s | this generator | ratio to backend-injector (wrk) |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        ours_wrk = median(found.wrk.get("backend-injector", []))
+        for variant in VARIANTS:
+            seen = median(found.wrk.get(variant, []))
+            lines.append(f"| {variant} | {seen:,.0f} | {throughput(variant):,.0f} | "
+                         f"{ours_wrk / seen:.2f} |")
     return "\n".join(lines) + "\n"
 
 
