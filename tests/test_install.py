@@ -547,3 +547,17 @@ def test_an_unusable_kubeconfig_is_an_install_error(
     kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n")
     with pytest.raises(install.InstallError, match="no usable cluster configuration"):
         install.connect(kubeconfig=str(kubeconfig), context="missing")
+
+
+def test_a_secret_replaced_by_hand_keeps_the_served_ca_in_the_bundle() -> None:
+    cluster = FakeCluster(configuration=webhook_configuration())
+    reconcile(cluster)
+    assert cluster.secret is not None and cluster.configuration is not None
+    served_ca = unb64(cluster.secret["data"]["ca.crt"])
+    # A person makes a new CA and certificate elsewhere and puts them in the Secret.
+    ca = certs.build_ca(common_name="by hand", days=3650, now=NOW)
+    serving = certs.build_serving_certificate(ca=ca, hostnames=HOSTNAMES, days=365, now=NOW)
+    cluster.secret = install.tls_secret(namespace=NAMESPACE, name=SECRET, ca=ca, serving=serving)
+    result = reconcile(cluster)
+    assert not result.issued and result.webhook_patched
+    assert bundle_certificates(cluster.configuration) == [ca.cert_pem, served_ca]

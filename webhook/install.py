@@ -173,7 +173,13 @@ def reconcile(
         material = issued.material
 
     operations = ca_bundle_operations(
-        webhook_configuration, ca_pem=material.ca_pem, previous_ca_pem=material.previous_ca_pem
+        webhook_configuration,
+        ca_pem=material.ca_pem,
+        previous_ca_pem=material.previous_ca_pem,
+        # No certificate was issued, yet the bundle may lack the Secret's CA: someone put a new
+        # CA in the Secret, and the servers still serve the one the bundle trusts.
+        keep_current_ca=reason is None,
+        now=moment,
     )
     if operations:
         cluster.patch_webhook_configuration(name=webhook_config_name, operations=operations)
@@ -355,21 +361,36 @@ def tls_secret(
 
 
 def ca_bundle_operations(
-    webhook_configuration: JsonObject, *, ca_pem: bytes, previous_ca_pem: bytes | None = None
+    webhook_configuration: JsonObject,
+    *,
+    ca_pem: bytes,
+    previous_ca_pem: bytes | None = None,
+    keep_current_ca: bool = False,
+    now: dt.datetime | None = None,
 ) -> list[PatchOperation]:
     """JSON patch operations giving every webhook a caBundle that trusts `ca_pem`.
 
     A webhook whose caBundle already contains the CA is left alone. Each change is guarded by a
     `test` of the webhook's name, so a concurrent edit that reorders the list makes the patch
     fail instead of writing into the wrong webhook.
+
+    With `keep_current_ca` (the Secret was replaced by hand with another CA, so this run has no
+    `previous_ca_pem`) the first still-valid CA of the webhook's current bundle is kept beside
+    the new one, because the running servers serve the old certificate until they load the new
+    files, and a bundle without its CA would refuse every review meanwhile. A Secret deleted
+    to be rebuilt (the path for a leaked key) does not set it: the old CA goes at once.
     """
-    bundle = _encoded(ca_pem + (previous_ca_pem or b""))
     wanted = _fingerprint(ca_pem)
     operations: list[PatchOperation] = []
     for index, webhook in enumerate(webhook_configuration.get("webhooks") or []):
         client_config = webhook.get("clientConfig") or {}
         if wanted in _bundle_fingerprints(client_config.get("caBundle")):
             continue
+        kept = previous_ca_pem
+        if kept is None and keep_current_ca:
+            moment = now if now is not None else dt.datetime.now(dt.UTC)
+            kept = _first_valid_ca(client_config.get("caBundle"), wanted, moment)
+        bundle = _encoded(ca_pem + (kept or b""))
         operations.append(
             {"op": "test", "path": f"/webhooks/{index}/name", "value": webhook["name"]}
         )
@@ -552,6 +573,20 @@ def _bundle_fingerprints(ca_bundle: str | None) -> set[bytes]:
         return {_fingerprint_of(cert) for cert in x509.load_pem_x509_certificates(pem)}
     except ValueError:
         return set()  # an unreadable bundle trusts nothing: replace it
+
+
+def _first_valid_ca(ca_bundle: str | None, other_than: bytes, now: dt.datetime) -> bytes | None:
+    """The first certificate of a caBundle that has not expired, as PEM; None if none."""
+    if not ca_bundle:
+        return None
+    try:
+        certificates = x509.load_pem_x509_certificates(base64.b64decode(ca_bundle, validate=True))
+    except ValueError:
+        return None
+    for cert in certificates:
+        if _fingerprint_of(cert) != other_than and cert.not_valid_after_utc > now:
+            return cert.public_bytes(serialization.Encoding.PEM)
+    return None
 
 
 def _fingerprint(cert_pem: bytes) -> bytes:

@@ -19,6 +19,7 @@ plane's log directory, so its tail is attached to every failure report.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -342,12 +343,9 @@ def endpoint_slice(address: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def deployment(
-    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Deployment]:
-    plane = control_plane
-    work = tmp_path_factory.mktemp("webhook")
+@contextlib.contextmanager
+def deployed_webhook(plane: ControlPlane, work: Path) -> Iterator[Deployment]:
+    """The webhook deployed on `plane`, torn down on exit (also used by the benchmarks)."""
     objects = [obj for obj in rendered_overlay(plane) if obj["kind"] in APPLIED_KINDS]
     assert sorted(obj["kind"] for obj in objects) == sorted(APPLIED_KINDS), objects
     netns: NetworkNamespace | None = None
@@ -414,6 +412,14 @@ def deployment(
             netns.delete()
         # Leave no trace of the deployment for later modules (they may create the namespace).
         plane.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=60s")
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    with deployed_webhook(control_plane, tmp_path_factory.mktemp("webhook")) as deployed:
+        yield deployed
 
 
 def tls_secret(files: dict[str, bytes]) -> dict[str, Any]:
@@ -808,13 +814,6 @@ def test_ca_rotation_by_install_keeps_every_pod_admitted(deployment: Deployment)
     assert len(creator.outcomes) >= 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="install replaces the caBundle with the Secret's CA alone when the Secret was "
-    "replaced from outside; the CA the running webhook still serves is dropped, so pods are "
-    "refused until it loads the new files (install keeps the old CA only when it makes the "
-    "new one itself)",
-)
 def test_replacing_the_secret_with_a_new_ca_then_install_keeps_every_pod_admitted(
     deployment: Deployment,
 ) -> None:
