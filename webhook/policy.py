@@ -20,9 +20,14 @@ CEL has no functions, no ``let`` and no loops with state. Three idioms stand in 
 Python functions below expand to CEL text (macros), ``[x].map(v, body)[0]`` binds ``v`` to a
 value computed once, and lists of strings are flattened with ``join``/``split`` (the
 ``flatten`` of the CEL lists library only arrived in Kubernetes 1.34 and the v1beta1 policy
-must also run on 1.34, whose CEL compatibility level is 1.33). Containers are changed with
-``transformMapEntry`` and written back as whole lists (JSON Patch ``replace``), which gives the
-same stored pod as the webhook's per-index operations.
+must also run on 1.34, whose CEL compatibility level is 1.33).
+
+The patch is built like the webhook's: per-index operations in the same order (init
+containers in place, removals from the back, app containers, the annotation). Every value in
+it is a literal of the policy or a list of strings: the pod reaches CEL as typed values, and a
+sub-object copied from it cannot be marshalled into a patch. Every operation is guarded on
+equality, so a second pass changes nothing; that matters more than for the webhook, since the
+apiserver runs an ``IfNeeded`` policy again on its own output whenever it changed the pod.
 
 Credentials in ``value`` mode are literals inside the policy object, readable by anyone who may
 read MutatingAdmissionPolicies; the YAML header says so and docs/policy.md recommends
@@ -64,25 +69,30 @@ _SPACE = (
     "\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 WORD_RE = f"[^{_SPACE}]+"
-# Private-use characters standing in, while a script is split, for the separator `$(` (so
-# that a character class can split at it) and for an `&` inside a redirection (`2>&1`, `&>f`,
-# `>&-`), which does not separate commands. A script that already holds one is not
-# retargeted.
+# Private-use characters standing in, while a script is split, for the separators `$(` and
+# `&&` (so that a character class can split at them) and for an `&` inside a redirection
+# (`2>&1`, `&>f`, `>&-`), which does not separate commands. A script that already holds one
+# is not retargeted.
 _MARK = "\ue000"
 _AMPERSAND = "\ue001"
-# Literal replacements (CEL has no regex replace) that hide the `&` of redirections, which
-# probes.py recognises with look-arounds: `&` after `<` or `>`, or before `>`, `-`, a digit.
-_REDIRECTION_AMPERSANDS = (
+_AND = "\ue002"
+# Literal replacements (CEL has no regex replace), in this order: `&&` first, since probes.py
+# tries it before a lone `&` wherever a scan starts; then the `&` of redirections, which
+# probes.py recognises with look-arounds: after `<` or `>`, or before `>`, `-` or a digit.
+_HIDDEN = (
+    ("$(", _MARK),
+    ("&&", _AND),
     (">&", ">" + _AMPERSAND),
     ("<&", "<" + _AMPERSAND),
     ("&>", _AMPERSAND + ">"),
     ("&-", _AMPERSAND + "-"),
     *((f"&{digit}", f"{_AMPERSAND}{digit}") for digit in range(10)),
 )
-_SEPARATORS = ";&|\\n()`" + _MARK
-SEGMENT_RE = f"[^{_SEPARATORS}]+"
-SEGMENT_TOKEN_RE = f"[{_SEPARATORS}]|[^{_SEPARATORS}]+"
-SEPARATOR_TOKEN_RE = f"^[{_SEPARATORS}]$"
+_SEPARATORS = ";&|\\n()`" + _MARK + _AND
+# A simple command with the separator that ends it: the tokens of a script, one per segment
+# of probes._segments (empty ones included), so that reading and retargeting share indexes.
+SEGMENT_RE = f"[^{_SEPARATORS}]*[{_SEPARATORS}]|[^{_SEPARATORS}]+"
+SEGMENT_WORD_RE = f"[^{_SPACE}{_SEPARATORS}]+"
 # probes._unquote strips quote characters from both ends; `find` returns the leftmost match,
 # from the first non-quote character to the last one.
 UNQUOTE_RE = "(?s)[^'\"](?:.*[^'\"])?"
@@ -136,13 +146,14 @@ def host_token_re(hosts: Iterable[str]) -> str:
     look-ahead in probes.py) is consumed; when it is a label character the rest of that run
     is consumed too, since no host can start inside it (the look-behind).
     """
-    host = _host_form(hosts)
-    attached_port = (
-        f"{host}[:/][0-9]{{1,5}}(?:$|[^0-9{_LABEL_CHARS}]|[A-Za-z_.-][{_LABEL_CHARS}]*)"
-    )
-    next_word_port = f"{host}[{_SPACE}]+[0-9]{{1,5}}(?:$|[^\\w.:/-])"
-    bare = f"{host}(?:$|[^{_LABEL_CHARS}]|\\.$|\\.[^{_LABEL_CHARS}]|\\.[_.-][{_LABEL_CHARS}]*)"
-    return f"{attached_port}|{next_word_port}|{bare}"
+    # The host is written once: a shorter host form never succeeds where the longest failed
+    # (it is followed by `.` and a letter or digit), so this is the three alternatives
+    # HOST+attached, HOST+next word, HOST+bare in that order, at a third of the length (the
+    # apiserver charges regex length times text length).
+    attached_port = f"[:/][0-9]{{1,5}}(?:$|[^0-9{_LABEL_CHARS}]|[A-Za-z_.-][{_LABEL_CHARS}]*)"
+    next_word_port = f"[{_SPACE}]+[0-9]{{1,5}}(?:$|[^\\w.:/-])"
+    bare = f"$|[^{_LABEL_CHARS}]|\\.$|\\.[^{_LABEL_CHARS}]|\\.[_.-][{_LABEL_CHARS}]*"
+    return f"{_host_form(hosts)}(?:{attached_port}|{next_word_port}|{bare})"
 
 
 def retarget_token_re(hosts: Iterable[str]) -> str:
@@ -155,7 +166,7 @@ def all_regexes(settings: Settings) -> list[str]:
     services = settings.services
     external_hosts = _external_hosts(services)
     regexes = [
-        WORD_RE, SEGMENT_RE, SEGMENT_TOKEN_RE, SEPARATOR_TOKEN_RE, UNQUOTE_RE, BASENAME_RE,
+        WORD_RE, SEGMENT_RE, SEGMENT_WORD_RE, UNQUOTE_RE, BASENAME_RE,
         ASSIGNMENT_RE, REDIRECTION_RE, WRAPPER_OPTION_RE, COMMAND_PREFIX_RE, DEV_TCP_RE,
         RSTRIP_RE, URL_HOST_RE, STATUS_SHAPE_RE, "^[:/][0-9]", "^[:/][0-9]{1,5}",
         f"^[{_SPACE}]+[0-9]", f"^[{_SPACE}]+", "^[0-9]{1,5}", '"[^"]*"',
@@ -240,9 +251,9 @@ def _strings(values: Iterable[str]) -> str:
 
 
 def _marked(script: str) -> str:
-    """``script`` with `$(` and the `&` of redirections hidden, ready to split at separators."""
-    marked = f'{script}.replace("$(", {cel_string(_MARK)})'
-    for old, new in _REDIRECTION_AMPERSANDS:
+    """``script`` with `$(`, `&&` and the `&` of redirections hidden, ready to be split."""
+    marked = script
+    for old, new in _HIDDEN:
         marked += f".replace({cel_string(old)}, {cel_string(new)})"
     return marked
 
@@ -373,7 +384,12 @@ def _retarget_text(text: str, services: Sequence[Service]) -> str:
             f" ? [tk_.find({found}), {cel_string(service.external.host)},"
             f" {cel_string(str(service.external.port))}] : {choice})"
         )
-    after_url = 'tks_.transformList(z_, y_, z_ < q_ && z_ >= q_ - 3, y_).join("").endsWith("://")'
+    # The three characters before the token, as probes.py looks back for `://`: tokens are at
+    # least one character long, so three tokens back reach far enough.
+    after_url = (
+        '((q_ >= 3 ? tks_[q_ - 3] : "") + (q_ >= 2 ? tks_[q_ - 2] : "")'
+        ' + (q_ >= 1 ? tks_[q_ - 1] : "")).endsWith("://")'
+    )
     space = f"[{_SPACE}]"
     next_word = _let(
         f"r_.find({cel_string('^' + space + '+')})",
@@ -389,27 +405,41 @@ def _retarget_text(text: str, services: Sequence[Service]) -> str:
         f" : (r_.matches({cel_string('^' + space + '+[0-9]')}) ? {next_word} : p_[1] + r_))"
     )
     replaced = _let(choice, "p_", _let("tk_.substring(p_[0].size())", "r_", rewrite))
-    is_host = f"tk_.matches({cel_string(f'^(?:{host_token_re(hosts)})$')})"
-    return _let(
+    # Cheap tests first: most tokens are not hosts, and most texts name none.
+    starts = " || ".join(f"tk_.startsWith({cel_string(host)})" for host in sorted(set(hosts)))
+    is_host = f"({starts}) && tk_.matches({cel_string(f'^(?:{host_token_re(hosts)})$')})"
+    names_one = " || ".join(f"{text}.contains({cel_string(host)})" for host in sorted(set(hosts)))
+    tokens = _let(
         f"{text}.findAll({cel_string(retarget_token_re(hosts))})",
         "tks_",
         f'tks_.transformList(q_, tk_, {is_host} ? {replaced} : tk_).join("")',
     )
+    return f"(!({names_one}) ? {text} : {tokens})"
 
 
-def _new_env(env: str, *, add_absent: str) -> str:
-    """mutate.Rules._set_env as a list: managed entries replaced at their first index, later
-    duplicates dropped, absent ones appended when the CEL condition ``add_absent`` holds."""
+def _env_operations(env: str, path: str, *, add_absent: str) -> str:
+    """mutate.Rules._set_env as operation descriptors, in its order: managed entries replaced
+    at their first index, later duplicates removed from the back, absent ones appended when
+    the CEL condition ``add_absent`` holds (app containers and native sidecars)."""
+    managed = "e_.name in variables.managedEnv"
     first = f"{env}.map(x_, x_.name).indexOf(e_.name) == j_"
-    kept = (
-        f"{env}.transformList(j_, e_, !(e_.name in variables.managedEnv) || {first},"
-        f" e_.name in variables.managedEnv ? variables.managedEnv[e_.name] : e_)"
+    replaced = (
+        f"{env}.transformList(j_, e_, {managed} && {first}"
+        f' && e_ != variables.managedEnv[e_.name], "R " + {path} + "/env/" + string(j_)'
+        ' + " " + e_.name)'
     )
-    absent = (
-        f"variables.managedOrder.filter(n_, !{env}.exists(x_, x_.name == n_))"
-        ".map(n_, variables.managedEnv[n_])"
+    duplicates = _let(
+        f"{env}.transformList(j_, e_, {managed} && !({first}), j_)",
+        "d_",
+        f'd_.transformList(k_, v_, "D " + {path} + "/env/" + string(d_[d_.size() - 1 - k_]))',
     )
-    return f"{kept} + ({add_absent} ? {absent} : [])"
+    absent = _let(
+        f"variables.managedOrder.filter(n_, !{env}.exists(x_, x_.name == n_))",
+        "n2_",
+        f'{env}.size() > 0 ? n2_.map(n_, "A " + {path} + "/env/- " + n_)'
+        f' : (n2_.size() > 0 ? ["L " + {path} + "/env"] : [])',
+    )
+    return f"{replaced} + {duplicates} + ({add_absent} ? {absent} : [])"
 
 
 def _env_changes(env: str, *, add_absent: str) -> str:
@@ -428,20 +458,9 @@ def _env_changes(env: str, *, add_absent: str) -> str:
 # A native sidecar (an init container with restartPolicy Always) is served like an app
 # container: it gets the absent variables too.
 _SIDECAR = 'c_.?restartPolicy.orValue("") == "Always"'
-
-
-def _updated_container(container: str, fields: Mapping[str, str], env: str) -> str:
-    """``container`` with ``fields`` (name -> CEL value) replaced where present, and ``env``
-    set (added after `name` when the container has none)."""
-    value = "v_"
-    for key, new in fields.items():
-        value = f'(k2_ == {cel_string(key)} ? {new} : {value})'
-    return (
-        f"{container}.transformMapEntry(k2_, v_,"
-        f' k2_ == "name" && !("env" in {container}) && {env}.size() > 0'
-        f' ? {{"name": v_, "env": dyn({env})}}'
-        f' : {{k2_: (k2_ == "env" ? dyn({env}) : {value})}})'
-    )
+_ENV = "c_.?env.orValue([])"
+_INIT_PATH = '"/spec/initContainers/" + string(i_)'
+_CONTAINER_PATH = '"/spec/containers/" + string(i_)'
 
 
 def _json_list(names: str) -> str:
@@ -457,6 +476,92 @@ def _earlier_status(key: str) -> str:
         "m_",
         f'm_ == "" ? [] : m_.substring(m_.indexOf("[")).findAll({quoted})'
         ".map(s_, s_.substring(1, s_.size() - 1))",
+    )
+
+
+# --- layout ---------------------------------------------------------------------------------
+
+_OPENERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _atoms(expression: str) -> list[str]:
+    """Brackets, commas, string literals (whole) and the text between them."""
+    atoms: list[str] = []
+    text = ""
+    index = 0
+    while index < len(expression):
+        char = expression[index]
+        if char in "\"'":
+            end = index + 1
+            while expression[end] != char:
+                end += 2 if expression[end] == "\\" else 1
+            text += expression[index : end + 1]
+            index = end + 1
+            continue
+        if char in _OPENERS or char in _OPENERS.values() or char == ",":
+            if text:
+                atoms.append(text)
+            atoms.append(char)
+            text = ""
+        else:
+            text += char
+        index += 1
+    if text:
+        atoms.append(text)
+    return atoms
+
+
+def _group(atoms: list[str], start: int) -> tuple[list[Any], int]:
+    """Nest ``atoms`` from ``start`` up to the closing bracket into lists; returns the end."""
+    items: list[Any] = []
+    index = start
+    while index < len(atoms):
+        atom = atoms[index]
+        if atom in _OPENERS:
+            inner, index = _group(atoms, index + 1)
+            items.append([atom, *inner])
+        elif atom in _OPENERS.values():
+            items.append(atom)
+            return items, index + 1
+        else:
+            items.append(atom)
+            index += 1
+    return items, index
+
+
+def _flat(items: list[Any]) -> str:
+    return "".join(_flat(item) if isinstance(item, list) else item for item in items)
+
+
+def _render(items: list[Any], indent: int, width: int) -> str:
+    """A bracketed group on one line if it fits, else one comma-separated element a line."""
+    flat = _flat(items)
+    if indent + len(flat) <= width or not isinstance(items[0], str) or items[0] not in _OPENERS:
+        return "".join(
+            _render(item, indent, width) if isinstance(item, list) else item for item in items
+        )
+    pad = " " * (indent + 2)
+    lines: list[str] = []
+    current = ""
+    for item in items[1:-1]:
+        if item == ",":
+            lines.append(current.strip() + ",")
+            current = ""
+        elif isinstance(item, list):
+            current += _render(item, indent + 2, width)
+        else:
+            current += item
+    if current.strip():
+        lines.append(current.strip())
+    body = "\n".join(pad + line for line in lines)
+    return f"{items[0]}\n{body}\n{' ' * indent}{items[-1]}"
+
+
+def pretty(expression: str, width: int = 96) -> str:
+    """``expression`` laid out on several lines; only white space outside strings changes."""
+    items, _ = _group(_atoms(expression), 0)
+    return "".join(
+        _render(item, 0, width) if isinstance(item, list) else item for item in items
     )
 
 
@@ -482,7 +587,8 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         "variables.argvs.transformList(i_, a_, variables.scriptIndex[i_] < 0"
         " ? (a_.size() > 0 ? [a_] : [])"
         f" : {_marked('a_[variables.scriptIndex[i_]]')}.findAll({cel_string(SEGMENT_RE)})"
-        f".map(s_, {_unmarked_ampersands('s_')}.findAll({cel_string(WORD_RE)})))"
+        f".map(s_, s_.findAll({cel_string(SEGMENT_WORD_RE)})"
+        f".map(w_, {_unmarked_ampersands('w_')})))"
     )
     managed = 'variables.facts[i_].exists(f_, f_.startsWith("s"))'
     named = f"c_.name in {_strings(settings.waiter_names)}"
@@ -498,12 +604,9 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
             f' && (!({managed}) ? !("@" in variables.facts[i_]) : {orphaned})'
         )
     retargets = any(s.external is not None for s in services)
-    count_segments_before = (
-        f"st_.transformList(z_, y_, z_ < h_ && !y_.matches({cel_string(SEPARATOR_TOKEN_RE)}),"
-        " y_).size()"
-    )
-    # What to retarget, per init container, as [text, "1" if it is a probe]: the tokens of
-    # the script (segments and separators), or the exec-form words joined; [] for nothing.
+    # What to retarget, per init container, as [text, "1" if it is a probe]: the segments of
+    # the script (each with the separator that ends it, which a host match sees as the end
+    # of the text, as probes.py does), or the exec-form words joined; [] for nothing.
     script = "variables.argvs[i_][variables.scriptIndex[i_]]"
     retarget_input = (
         "variables.inits.transformList(i_, c_, variables.removeInit[i_] || !" + managed
@@ -511,14 +614,13 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         " ? (variables.probeFlags[i_].size() > 0 && variables.probeFlags[i_][0]"
         f" && !variables.argvs[i_].exists(x_, x_.contains({cel_string(_EXEC_JOINER)}))"
         f' ? [[variables.argvs[i_].join({cel_string(_EXEC_JOINER)}), "1"]] : [])'
-        f" : ({script}.contains({cel_string(_MARK)}) || {script}.contains({cel_string(_AMPERSAND)})"
-        " ? [] : "
+        f" : ([{', '.join(cel_string(m) for m in (_MARK, _AMPERSAND, _AND))}]"
+        f".exists(m_, {script}.contains(m_)) ? [] : "
         + _let(
-            f"{_marked(script)}.findAll({cel_string(SEGMENT_TOKEN_RE)})",
+            f"{_marked(script)}.findAll({cel_string(SEGMENT_RE)})",
             "st_",
             f"st_.transformList(h_, t_, [{_unmarked_ampersands('t_')},"
-            f' t_.matches({cel_string(SEPARATOR_TOKEN_RE)}) ? "0"'
-            f' : (variables.probeFlags[i_][{count_segments_before}] ? "1" : "0")])',
+            ' variables.probeFlags[i_][h_] ? "1" : "0"])',
         )
         + ")))"
     )
@@ -531,7 +633,8 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         " : (variables.scriptIndex[i_] < 0"
         f" ? variables.retargetOutput[i_].split({cel_string(_EXEC_JOINER)})"
         " : a_.transformList(j_, x_, j_ == variables.scriptIndex[i_]"
-        f' ? variables.retargetOutput[i_].replace({cel_string(_MARK)}, "$(") : x_)))'
+        f" ? variables.retargetOutput[i_].replace({cel_string(_MARK)}, \"$(\")"
+        f".replace({cel_string(_AND)}, \"&&\") : x_)))"
     )
     variables: list[tuple[str, str]] = [
         ("managedEnv", "{" + ", ".join(
@@ -559,31 +662,46 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         ]
     else:
         variables.append(("newArgvs", "variables.argvs"))
+    # Operations travel as descriptors, "KIND PATH [ARG]", joined into one string and split
+    # again: that flattens the per-container lists without the lists library's flatten().
+    # Their values are built only from literals and strings: the pod reaches CEL as typed
+    # values, which a patch value cannot carry (a copied sub-object fails to marshal).
     variables += [
-        ("initEnvs", (
-            f"variables.inits.map(c_, {_new_env('c_.?env.orValue([])', add_absent=_SIDECAR)})"
+        ("newCommands", (
+            "variables.inits.transformList(i_, c_, variables.newArgvs[i_].transformList(j_, x_,"
+            " j_ < c_.?command.orValue([]).size(), x_))"
         )),
-        ("containerEnvs", (
-            f"variables.containers.map(c_, {_new_env('c_.?env.orValue([])', add_absent='true')})"
+        ("newArgs", (
+            "variables.inits.transformList(i_, c_, variables.newArgvs[i_].transformList(j_, x_,"
+            " j_ >= c_.?command.orValue([]).size(), x_))"
         )),
-        ("newInits", (
-            "variables.inits.transformList(i_, c_, !variables.removeInit[i_], "
-            + _updated_container(
-                "c_",
-                {
-                    "command": "dyn(variables.newArgvs[i_].transformList(jc_, xc_,"
-                    " jc_ < c_.?command.orValue([]).size(), xc_))",
-                    "args": "dyn(variables.newArgvs[i_].transformList(jc_, xc_,"
-                    " jc_ >= c_.?command.orValue([]).size(), xc_))",
-                },
-                "variables.initEnvs[i_]",
+        ("initOperations", (
+            "variables.inits.transformList(i_, c_, !variables.removeInit[i_],"
+            " ((variables.newCommands[i_] != c_.?command.orValue([]).map(x_, x_)"
+            f' ? ["C " + {_INIT_PATH} + "/command " + string(i_)] : [])'
+            " + (variables.newArgs[i_] != c_.?args.orValue([]).map(x_, x_)"
+            f' ? ["G " + {_INIT_PATH} + "/args " + string(i_)] : [])'
+            f" + {_env_operations(_ENV, _INIT_PATH, add_absent=_SIDECAR)}).join(\"\\n\"))"
+            '.join("\\n")'
+        )),
+        ("removals", (
+            "variables.removeInit.all(r_, r_) && variables.inits.size() > 0"
+            ' ? "D /spec/initContainers"'
+            " : " + _let(
+                "variables.inits.transformList(i_, c_, variables.removeInit[i_], i_)",
+                "d_",
+                'd_.transformList(k_, v_, "D /spec/initContainers/"'
+                ' + string(d_[d_.size() - 1 - k_])).join("\\n")',
             )
-            + ")"
         )),
-        ("newContainers", (
-            "variables.containers.transformList(i_, c_, "
-            + _updated_container("c_", {}, "variables.containerEnvs[i_]")
-            + ")"
+        ("containerOperations", (
+            "variables.containers.transformList(i_, c_,"
+            f" ({_env_operations(_ENV, _CONTAINER_PATH, add_absent='true')}).join(\"\\n\"))"
+            '.join("\\n")'
+        )),
+        ("operations", (
+            "[variables.initOperations, variables.removals, variables.containerOperations]"
+            '.join("\\n").split("\\n").filter(o_, o_ != "")'
         )),
         ("removed", "variables.inits.transformList(i_, c_, variables.removeInit[i_], c_.name)"),
         ("rewritten", (
@@ -600,10 +718,6 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         ("envNames", (
             "variables.envChanged.transformList(j_, n_,"
             " variables.envChanged.indexOf(n_) == j_, n_)"
-        )),
-        ("changed", (
-            "variables.newInits != variables.inits"
-            " || variables.newContainers != variables.containers"
         )),
         ("currentStatus", (
             f"object.metadata.?annotations[?{cel_string(STATUS_KEY)}].orValue(\"\")"
@@ -626,22 +740,26 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
             + " + '}'"
         )),
     ]
-    return [{"name": name, "expression": expression} for name, expression in variables]
+    return [{"name": name, "expression": pretty(expression)} for name, expression in variables]
 
 
 def _patch_expression() -> str:
     status_path = "/metadata/annotations/" + STATUS_KEY.replace("~", "~0").replace("/", "~1")
+    operation = (
+        'f_[0] == "R" ? JSONPatch{op: "replace", path: f_[1], value: variables.managedEnv[f_[2]]}'
+        ' : (f_[0] == "D" ? JSONPatch{op: "remove", path: f_[1]}'
+        ' : (f_[0] == "A" ? JSONPatch{op: "add", path: f_[1], value: variables.managedEnv[f_[2]]}'
+        ' : (f_[0] == "L" ? JSONPatch{op: "add", path: f_[1],'
+        " value: variables.managedOrder.map(n_, variables.managedEnv[n_])}"
+        ' : (f_[0] == "C" ? JSONPatch{op: "replace", path: f_[1],'
+        " value: variables.newCommands[int(f_[2])]}"
+        ' : JSONPatch{op: "replace", path: f_[1], value: variables.newArgs[int(f_[2])]}))))'
+    )
+    split = _let('o_.split(" ")', "f_", operation)
     return (
-        "(variables.newInits != variables.inits"
-        " ? (variables.newInits.size() == 0"
-        ' ? [JSONPatch{op: "remove", path: "/spec/initContainers"}]'
-        ' : [JSONPatch{op: "replace", path: "/spec/initContainers", value: variables.newInits}])'
-        " : [])"
-        " + (variables.newContainers != variables.containers"
-        ' ? [JSONPatch{op: "replace", path: "/spec/containers", value: variables.newContainers}]'
-        " : [])"
-        " + (!variables.changed || variables.currentStatus == variables.status ? []"
-        " : (has(object.metadata.annotations)"
+        f"variables.operations.map(o_, {split})"
+        " + (variables.operations.size() == 0 || variables.currentStatus == variables.status"
+        " ? [] : (has(object.metadata.annotations)"
         f' ? [JSONPatch{{op: "add", path: {cel_string(status_path)}, value: variables.status}}]'
         ' : [JSONPatch{op: "add", path: "/metadata/annotations",'
         f" value: {{{cel_string(STATUS_KEY)}: variables.status}}}}]))"
@@ -702,11 +820,13 @@ def build_policy(
             "failurePolicy": "Fail",
             "reinvocationPolicy": "IfNeeded",
             "matchConstraints": constraints,
-            "matchConditions": [{"name": "not-opted-out", "expression": _opt_out_expression()}],
+            "matchConditions": [
+                {"name": "not-opted-out", "expression": pretty(_opt_out_expression())},
+            ],
             "variables": _variables(settings),
             "mutations": [{
                 "patchType": "JSONPatch",
-                "jsonPatch": {"expression": _patch_expression()},
+                "jsonPatch": {"expression": pretty(_patch_expression())},
             }],
         },
     }

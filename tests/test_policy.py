@@ -1,0 +1,385 @@
+"""The MutatingAdmissionPolicy twin: its shape, its selectors, its regexes, its guards.
+
+What the CEL does to pods is proven against the real apiserver in
+tests/e2e/test_policy_equivalence.py. Here: the objects are what Kubernetes expects, every
+regex is RE2-shaped, the RE2 stand-ins for probes.py's look-arounds and shell splitting agree
+with probes.py (Python's `re` runs both; for these constructs its leftmost-first matching is
+RE2's), and the expressions guard every operation so that a second pass is a no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import make_settings
+from webhook import policy
+from webhook.config import Action, CredentialMode, Settings, load_settings
+from webhook.mutate import INJECT_KEY, STATUS_KEY
+from webhook.probes import (
+    IDLE_COMMANDS,
+    PROBE_COMMANDS,
+    SHELL_KEYWORDS,
+    WRAPPERS,
+    HostPattern,
+    _host_of,
+    _segments,
+    _unquote,
+)
+
+DEFAULT = make_settings()
+REWRITE = dataclasses.replace(DEFAULT, action=Action.REWRITE)
+SECRET_REF = dataclasses.replace(
+    DEFAULT,
+    credentials=dataclasses.replace(DEFAULT.credentials, mode=CredentialMode.SECRET_KEY_REF),
+)
+
+
+def built(settings: Settings = DEFAULT, **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    policy_object, binding = policy.build_policy(settings, **options)
+    return policy_object, binding
+
+
+def variables(settings: Settings = DEFAULT) -> dict[str, str]:
+    return {v["name"]: v["expression"] for v in built(settings)[0]["spec"]["variables"]}
+
+
+def patch_expression(settings: Settings = DEFAULT) -> str:
+    return str(built(settings)[0]["spec"]["mutations"][0]["jsonPatch"]["expression"])
+
+
+def squashed(expression: str) -> str:
+    """The expression without layout: white space outside string literals removed."""
+    out, index = [], 0
+    while index < len(expression):
+        char = expression[index]
+        if char in "\"'":
+            end = index + 1
+            while expression[end] != char:
+                end += 2 if expression[end] == "\\" else 1
+            out.append(expression[index : end + 1])
+            index = end + 1
+        else:
+            if not char.isspace():
+                out.append(char)
+            index += 1
+    return "".join(out)
+
+
+def cel_literals(expression: str) -> Iterator[str]:
+    """The decoded string literals passed to matches/find/findAll in an expression."""
+    for match in re.finditer(r'\.(?:matches|find|findAll)\(("(?:[^"\\]|\\.)*")', expression):
+        yield decode(match.group(1))
+
+
+def decode(literal: str) -> str:
+    """A CEL double-quoted literal as written by policy.cel_string, decoded."""
+    body, out, index = literal[1:-1], [], 0
+    while index < len(body):
+        char = body[index]
+        if char != "\\":
+            out.append(char)
+            index += 1
+            continue
+        kind = body[index + 1]
+        if kind == "u":
+            out.append(chr(int(body[index + 2 : index + 6], 16)))
+            index += 6
+        elif kind == "U":
+            out.append(chr(int(body[index + 2 : index + 10], 16)))
+            index += 10
+        else:
+            out.append({"n": "\n"}.get(kind, kind))
+            index += 2
+    return "".join(out)
+
+
+# --- structure ------------------------------------------------------------------------------
+
+
+def test_a_policy_and_its_binding() -> None:
+    policy_object, binding = built(name="injector")
+    assert policy_object["apiVersion"] == binding["apiVersion"] == (
+        "admissionregistration.k8s.io/v1")
+    assert policy_object["kind"] == "MutatingAdmissionPolicy"
+    assert binding["kind"] == "MutatingAdmissionPolicyBinding"
+    assert policy_object["metadata"]["name"] == binding["metadata"]["name"] == "injector"
+    assert binding["spec"]["policyName"] == "injector"
+    spec = policy_object["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["reinvocationPolicy"] == "IfNeeded"
+    assert "paramKind" not in spec
+    assert [m["patchType"] for m in spec["mutations"]] == ["JSONPatch"]
+
+
+def test_v1beta1_on_request_and_nothing_else() -> None:
+    policy_object, binding = built(api_version="admissionregistration.k8s.io/v1beta1")
+    assert policy_object["apiVersion"] == binding["apiVersion"] == (
+        "admissionregistration.k8s.io/v1beta1")
+    with pytest.raises(ValueError, match="api_version"):
+        built(api_version="admissionregistration.k8s.io/v1alpha1")
+
+
+def test_pod_create_only() -> None:
+    constraints = built()[0]["spec"]["matchConstraints"]
+    assert constraints["resourceRules"] == [{
+        "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+    }]
+    assert constraints["matchPolicy"] == "Equivalent"
+
+
+def test_variables_are_named_once_and_defined_before_use() -> None:
+    names = [v["name"] for v in built(REWRITE)[0]["spec"]["variables"]]
+    assert len(names) == len(set(names))
+    for position, variable in enumerate(built(REWRITE)[0]["spec"]["variables"]):
+        used = set(re.findall(r"variables\.([A-Za-z]+)", variable["expression"]))
+        assert used <= set(names[:position]), variable["name"]
+    used_by_patch = set(re.findall(r"variables\.([A-Za-z]+)", patch_expression(REWRITE)))
+    assert used_by_patch <= set(names)
+
+
+# --- selectors ------------------------------------------------------------------------------
+
+
+def test_binding_selects_opted_in_namespaces_minus_the_excluded_ones() -> None:
+    binding = built()[1]
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {"matchExpressions": [
+        {"key": INJECT_KEY, "operator": "In", "values": ["enabled"]},
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+         "values": ["backend-injector", "kube-node-lease", "kube-public", "kube-system"]},
+    ]}
+    assert binding["spec"]["matchResources"]["objectSelector"] == {"matchExpressions": [
+        {"key": INJECT_KEY, "operator": "NotIn", "values": ["false"]},
+    ]}
+
+
+def test_policy_itself_never_reaches_the_excluded_namespaces() -> None:
+    constraints = built()[0]["spec"]["matchConstraints"]
+    assert constraints["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+         "values": sorted(DEFAULT.excluded_namespaces)},
+    ]
+
+
+def test_no_exclusions_means_no_empty_not_in(tmp_path: Any) -> None:
+    settings = make_settings(tmp_path, excluded_namespaces=[])
+    policy_object, binding = built(settings)
+    assert "namespaceSelector" not in policy_object["spec"]["matchConstraints"]
+    expressions = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert expressions == [{"key": INJECT_KEY, "operator": "In", "values": ["enabled"]}]
+
+
+def test_opt_out_by_annotation_or_label_in_any_spelling() -> None:
+    condition = built()[0]["spec"]["matchConditions"][0]["expression"]
+    for where in ("annotations", "labels"):
+        assert f"object.metadata.{where}[\"{INJECT_KEY}\"].trim().lowerAscii()" in squashed(
+            condition)
+    assert '["disabled","false","no","off"]' in squashed(condition)
+
+
+# --- regexes --------------------------------------------------------------------------------
+
+RE2_UNSUPPORTED = re.compile(r"\(\?[=!]|\(\?<[=!]|\(\?P=|\(\?>|\\[1-9]|[*+?}]\+")
+
+
+@pytest.mark.parametrize("settings", [DEFAULT, REWRITE, SECRET_REF], ids=["remove", "rewrite",
+                                                                          "secret-ref"])
+def test_every_regex_in_the_policy_is_re2_shaped_and_compiles(settings: Settings) -> None:
+    found = [literal for expression in policy.expressions(built(settings))
+             for literal in cel_literals(expression)]
+    assert len(found) > 20
+    for regex in found + policy.all_regexes(settings):
+        assert not RE2_UNSUPPORTED.search(regex), regex
+        re.compile(regex)  # Python's syntax as a proxy; the e2e has the apiserver compile them
+
+
+def test_regexes_in_the_expressions_are_the_listed_ones() -> None:
+    listed = set(policy.all_regexes(REWRITE))
+    for expression in policy.expressions(built(REWRITE)):
+        for literal in cel_literals(expression):
+            assert literal in listed, literal
+
+
+WORD = st.text(alphabet="mlflowinopstgrkafcd.-_:/'\"@x0159 $", max_size=24)
+
+
+@settings(max_examples=400, deadline=None)
+@given(WORD)
+def test_host_search_twin_agrees_with_probes(word: str) -> None:
+    for service in DEFAULT.services:
+        expected = bool(HostPattern.for_service(service).regex.search(_unquote(word)))
+        assert bool(re.search(policy.host_search_re(service), word)) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="host.dcker.intalHOST-/:@'\"x90;,)&|", max_size=30))
+def test_external_host_twin_agrees_with_probes(word: str) -> None:
+    hosts = ["host.docker.internal"]
+    unquoted = re.search(policy.UNQUOTE_RE, word)
+    text = unquoted.group() if unquoted else ""
+    dev_tcp = re.search(policy.DEV_TCP_RE, text)
+    if dev_tcp:
+        twin = bool(re.match(policy._external_dev_tcp_re(hosts), dev_tcp.group()))
+    else:
+        stripped = re.search(policy.RSTRIP_RE, text)
+        assert stripped is not None
+        twin = bool(re.match(policy._external_url_re(hosts), stripped.group()))
+    host = _host_of(_unquote(word))
+    assert twin == (host is not None and host.lower() in hosts)
+
+
+SCRIPT = st.lists(
+    st.sampled_from(["nc -z mlflow 5000", " ", ";", "&&", "&", "||", "|", "\n", "(", ")", "`",
+                     "$(", "2>&1", ">&2", "&>/dev/null", ">&-", "&1", "<&0", "sleep 1", "'",
+                     "x", "\u00a0", "\t"]),
+    max_size=12,
+).map("".join)
+
+
+def marked(script: str) -> str:
+    for old, new in policy._HIDDEN:
+        script = script.replace(old, new)
+    return script
+
+
+@settings(max_examples=400, deadline=None)
+@given(SCRIPT)
+def test_script_splitting_twin_agrees_with_probes(script: str) -> None:
+    expected = [list(s.words) for s in _segments(["sh", "-c", script]) if s.words]
+    tokens = re.findall(policy.SEGMENT_RE, marked(script))
+    assert "".join(tokens) == marked(script)
+    twin = [
+        [word.replace(policy._AMPERSAND, "&") for word in re.findall(policy.SEGMENT_WORD_RE, token)]
+        for token in tokens
+    ]
+    assert [words for words in twin if words] == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="mlflowinfastpi-app.svcluter:/ 5080x\x1f'", max_size=30))
+def test_retarget_tokens_cover_the_text(text: str) -> None:
+    hosts = [host for s in DEFAULT.services if s.external for host in s.hosts]
+    tokens = re.findall(policy.retarget_token_re(hosts), text)
+    assert "".join(tokens) == text
+
+
+# --- idempotency by construction ------------------------------------------------------------
+
+
+def test_every_operation_is_guarded_so_a_second_pass_is_a_no_op() -> None:
+    variables_of = {name: squashed(e) for name, e in variables(REWRITE).items()}
+    patch = squashed(patch_expression(REWRITE))
+    # env entries are replaced only where they differ from the managed entry, added only when
+    # absent; duplicates only exist before a first pass removed them
+    assert "e_!=variables.managedEnv[e_.name]" in variables_of["initOperations"]
+    assert "!c_.?env.orValue([]).exists(x_,x_.name==n_)" in variables_of["containerOperations"]
+    # command and args are replaced only when retargeting changed them
+    assert "variables.newCommands[i_]!=c_.?command.orValue([])" in variables_of["initOperations"]
+    assert "variables.newArgs[i_]!=c_.?args.orValue([])" in variables_of["initOperations"]
+    # the status annotation is written only with another operation, and only when it differs
+    assert ("variables.operations.size()==0||variables.currentStatus==variables.status?[]"
+            in patch)
+    assert f'object.metadata.?annotations[?"{STATUS_KEY}"].orValue("")' in (
+        variables_of["currentStatus"])
+
+
+def test_earlier_status_is_merged_not_overwritten() -> None:
+    status = squashed(variables()["status"])
+    read_back = list(cel_literals(variables()["earlier"]))
+    for index, key in enumerate(("removed", "rewritten", "env")):
+        assert policy._status_list_re(key) in read_back
+        assert f"variables.earlier[{index}]+" in status
+
+
+# --- credentials and env --------------------------------------------------------------------
+
+
+def test_value_mode_puts_the_credentials_in_the_policy_and_says_so() -> None:
+    settings = load_settings(environ={"BACKEND_INJECTOR_ACCESS_KEY_ID": "AKIDVISIBLE",
+                                      "BACKEND_INJECTOR_SECRET_ACCESS_KEY": "SECRETVISIBLE"})
+    text = policy.run_policy_command(settings)
+    assert "AKIDVISIBLE" in text and "SECRETVISIBLE" in text
+    assert "WARNING" in text.split("---")[0]
+
+
+def test_secret_key_ref_mode_keeps_credential_values_out() -> None:
+    settings = load_settings(environ={"BACKEND_INJECTOR_ACCESS_KEY_ID": "AKIDHIDDEN",
+                                      "BACKEND_INJECTOR_SECRET_ACCESS_KEY": "SECRETHIDDEN"})
+    settings = dataclasses.replace(settings, credentials=dataclasses.replace(
+        settings.credentials, mode=CredentialMode.SECRET_KEY_REF))
+    text = policy.run_policy_command(settings)
+    assert "AKIDHIDDEN" not in text and "SECRETHIDDEN" not in text
+    assert "WARNING" not in text
+    managed = squashed(variables(settings)["managedEnv"])
+    assert ('"AWS_ACCESS_KEY_ID":dyn({"name":dyn("AWS_ACCESS_KEY_ID"),"valueFrom":dyn('
+            '{"secretKeyRef":dyn({"name":dyn("backend-injector-credentials"),'
+            '"key":dyn("access-key-id")})})})') in managed
+
+
+def test_env_is_added_in_the_webhooks_order() -> None:
+    order = squashed(variables()["managedOrder"])
+    assert order == ('["MLFLOW_TRACKING_URI","MLFLOW_S3_ENDPOINT_URL","GATEWAY_URL",'
+                     '"AWS_ACCESS_KEY_ID","AWS_SECRET_ACCESS_KEY"]')
+
+
+def test_native_sidecars_get_absent_env_like_app_containers() -> None:
+    assert 'c_.?restartPolicy.orValue("")=="Always"' in squashed(variables()["initOperations"])
+
+
+# --- rules mirrored -------------------------------------------------------------------------
+
+
+def test_the_word_lists_of_probes_are_in_the_cel() -> None:
+    text = "\n".join(policy.expressions(built()))
+    for word in PROBE_COMMANDS | IDLE_COMMANDS | SHELL_KEYWORDS | WRAPPERS:
+        assert policy.cel_string(word) in text, word
+
+
+def test_remove_mode_needs_no_retargeting_of_waiters_but_keeps_it_for_kept_ones() -> None:
+    # Kept init containers that probe a managed host are retargeted whatever the action.
+    assert "retargetOutput" in variables(DEFAULT)
+    assert "retargetOutput" in variables(REWRITE)
+    assert squashed(variables(DEFAULT)["removeInit"]) != squashed(variables(REWRITE)["removeInit"])
+
+
+def test_without_external_addresses_nothing_is_retargeted(tmp_path: Any) -> None:
+    settings = make_settings(
+        tmp_path,
+        services={"mlflow": {"external": None}, "minio": {"external": None},
+                  "fastapi": {"external": None}},
+        env={"MLFLOW_TRACKING_URI": None, "MLFLOW_S3_ENDPOINT_URL": None, "GATEWAY_URL": None},
+    )
+    assert variables(settings)["newArgvs"] == "variables.argvs"
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def test_yaml_output_is_the_built_objects() -> None:
+    text = policy.run_policy_command(DEFAULT, "admissionregistration.k8s.io/v1beta1")
+    documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    assert documents == policy.build_policy(
+        DEFAULT, api_version="admissionregistration.k8s.io/v1beta1")
+    assert text.startswith("# backend-injector as a MutatingAdmissionPolicy")
+
+
+def test_layout_changes_only_white_space_outside_strings() -> None:
+    expression = ('[a.find("(,[x]") + b, {"k": dyn("v, (w)")}, c.map(x_, '
+                  + ", ".join(f'"{n}"' for n in range(40)) + ")]")
+    laid_out = policy.pretty(expression, width=40)
+    assert "\n" in laid_out
+    assert squashed(laid_out) == squashed(expression)
+    for expression in policy.expressions(built(REWRITE)):
+        assert squashed(policy.pretty(expression)) == squashed(expression)
+
+
+def test_cel_string_escapes_what_cel_needs() -> None:
+    assert policy.cel_string('a"b\\c\nd\ue000\x1f') == '"a\\"b\\\\c\\nd\\ue000\\u001f"'
+    assert decode(policy.cel_string("[^'\"]\u2028")) == "[^'\"]\u2028"
