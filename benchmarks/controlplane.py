@@ -85,12 +85,16 @@ async def create_pods(
             nonlocal failures
             due = start + index / mode.rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            pod = {**template, "metadata": {**template["metadata"],
+            # generateName, as controllers create pods; a distinct label so no review repeats.
+            pod = {**template, "metadata": {"generateName": "bench-",
                                             "labels": {"bench-seq": f"{tag}-{index}"}}}
             response = await client.post(f"/api/v1/namespaces/{namespace}/pods", json=pod)
             latencies.append(time.perf_counter() - due)
             if response.status_code != 201:
                 failures += 1
+                if failures == 1:
+                    print(f"  first failure: {response.status_code} {response.text[:300]}",
+                          file=sys.stderr)
 
         await asyncio.gather(*(one(index) for index in range(count)))
     return latencies, failures
