@@ -122,3 +122,16 @@ def test_cli_inject_refuses_broken_yaml(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "not valid YAML" in result.stderr
+
+
+def test_cli_policy_prints_the_policy_and_its_binding() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook", "policy", "--api-version",
+         "admissionregistration.k8s.io/v1beta1"],
+        capture_output=True, text=True, check=True,
+    )
+    kinds = [(doc["apiVersion"], doc["kind"]) for doc in documents(result.stdout)]
+    assert kinds == [
+        ("admissionregistration.k8s.io/v1beta1", "MutatingAdmissionPolicy"),
+        ("admissionregistration.k8s.io/v1beta1", "MutatingAdmissionPolicyBinding"),
+    ]

@@ -129,3 +129,32 @@ def test_script_in_args_with_shell_in_command() -> None:
     assert READER.retarget(split) == [
         "/bin/sh", "-c", "until nc -z host.docker.internal 5000; do sleep 2; done"
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (sh("until curl -sf http://mlflow:${MLFLOW_PORT}/health; do sleep 1; done"),
+         sh("until curl -sf http://host.docker.internal:5000/health; do sleep 1; done")),
+        (["bash", "-c", "until echo > /dev/tcp/minio/$MINIO_PORT; do sleep 1; done"],
+         ["bash", "-c", "until echo > /dev/tcp/host.docker.internal/9000; do sleep 1; done"]),
+    ],
+)
+def test_a_port_given_as_a_variable_is_replaced_too(argv: list[str], expected: list[str]) -> None:
+    assert READER.retarget(argv) == expected
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "until curl -sf http://mlflow:${MLFLOW_PORT}/health; do sleep 1; done",
+        "until curl -sf '\"mlflow\":5000'; do sleep 1; done",
+        "until nc -z mlflow._x 5000; do sleep 1; done",
+    ],
+)
+def test_a_retargeted_probe_is_recognised_as_external(script: str) -> None:
+    once = READER.retarget(sh(script))
+    assert once is not None
+    reading = READER.read(once)
+    assert reading.probes_external
+    assert reading.managed == []

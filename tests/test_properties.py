@@ -34,7 +34,7 @@ VARIANTS = [
         access_key_id="k", secret_access_key="s", mode=CredentialMode.SECRET_KEY_REF))),
 ]
 MANAGED = BASE.managed_env_names
-HOSTS = ["mlflow", "minio", "fastapi-app", "fastapi", "postgres", "kafka", "redis",
+HOSTS = ["mlflow", "minio", "fastapi-app", "fastapi", "postgres", "kafka", "redis", "mlflow._x",
          "mlflow.flts", "minio.flts.svc", "fastapi-app.flts.svc.cluster.local",
          "host.docker.internal", "mlflow-db"]
 PROBES = [
@@ -45,6 +45,9 @@ PROBES = [
     "until nslookup {h}; do sleep 2; done",
     "until pg_isready -h {h} -p {p}; do sleep 1; done",
     "nc -z {h} {p}",
+    "until curl -sf http://{h}:${{PORT}}/health; do sleep 1; done",
+    "until curl -sf '\"{h}\":{p}'; do sleep 1; done",
+    "until nc -z {h} {p} >/dev/null 2>&1; do echo waiting >&2; sleep 1; done",
 ]
 WORK = ["alembic upgrade head", "python migrate.py --uri http://{h}:{p}", "cp -r /seed /data"]
 

@@ -77,6 +77,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="print a unified diff instead of the manifests")
     inject.set_defaults(run=_inject)
 
+    policy = commands.add_parser(
+        "policy",
+        help="print the same rules as a native MutatingAdmissionPolicy and its binding",
+    )
+    _add_config_arguments(policy)
+    policy.add_argument(
+        "--api-version",
+        default="admissionregistration.k8s.io/v1",
+        choices=["admissionregistration.k8s.io/v1", "admissionregistration.k8s.io/v1beta1"],
+        help="API version of the policy objects (v1 from Kubernetes 1.36, v1beta1 from 1.34)",
+    )
+    policy.set_defaults(run=_policy)
+
     certs = commands.add_parser("certs", help="write a CA and a serving certificate")
     _add_service_arguments(certs)
     certs.add_argument("--out", type=Path, default=Path("certs"), help="directory (certs/)")
@@ -176,6 +189,13 @@ def _inject(args: argparse.Namespace) -> int:
     sys.stdout.write(unified_diff(text, injected, name) if args.diff else injected)
     for warning in report.warnings:
         print(f"backend-injector: {warning}", file=sys.stderr)
+    return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from webhook.policy import run_policy_command
+
+    sys.stdout.write(run_policy_command(_settings(args), args.api_version))
     return 0
 
 

@@ -74,7 +74,9 @@ class HostPattern:
             rf"(?<![{_LABEL_CHARS}.])"
             rf"(?P<host>(?:{names})(?:\.{label}(?:\.svc(?:\.cluster\.local)?)?)?)"
             rf"(?![{_LABEL_CHARS}]|\.[A-Za-z0-9])"
-            r"(?:(?P<sep>[:/])(?P<port>\d{1,5})(?!\d))?"
+            # The port: a number, or a variable standing for one (`mlflow:${MLFLOW_PORT}`),
+            # which names the in-cluster port just the same and is replaced with the external.
+            r"(?:(?P<sep>[:/])(?P<port>\d{1,5}(?!\d)|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?))?"
         )
         return cls(service=service, regex=regex)
 
@@ -111,8 +113,15 @@ class ProgramReader:
 
     def __init__(self, services: Sequence[Service]) -> None:
         self._patterns = tuple(HostPattern.for_service(service) for service in services)
-        external_hosts = {s.external.host for s in services if s.external is not None}
-        self._external_hosts = frozenset(host.lower() for host in external_hosts)
+        external_hosts = sorted({s.external.host for s in services if s.external is not None},
+                                key=len, reverse=True)
+        # Found the way managed hosts are, so a retargeted probe is always recognised as one
+        # (a second pass must change nothing), whatever quotes or ports surround the host.
+        self._external_host = re.compile(
+            rf"(?<![{_LABEL_CHARS}.])(?:{'|'.join(map(re.escape, external_hosts))})"
+            rf"(?![{_LABEL_CHARS}]|\.[A-Za-z0-9])",
+            re.IGNORECASE,
+        ) if external_hosts else None
         # The pods of one workload carry the same init containers over and over, so readings
         # are remembered by program; reading is most of the cost of a review otherwise.
         self._readings: dict[tuple[str, ...], ProgramReading] = {}
@@ -192,8 +201,7 @@ class ProgramReader:
         return None
 
     def _names_external_host(self, word: str) -> bool:
-        host = _host_of(_unquote(word))
-        return host is not None and host.lower() in self._external_hosts
+        return self._external_host is not None and bool(self._external_host.search(word))
 
     def _retarget_text(self, text: str) -> str:
         for pattern in self._patterns:
