@@ -136,23 +136,7 @@ class AdmissionHandler:
 
 def describe_changes(mutation: Mutation) -> list[str]:
     """Admission warnings saying what changed: container and variable names, never values."""
-    warnings = []
-    if mutation.removed:
-        warnings.append(f"removed init containers {_names(mutation.removed)}")
-    if mutation.rewritten:
-        warnings.append(f"retargeted init containers {_names(mutation.rewritten)}")
-    if mutation.env:
-        # Containers first: a long list of variable names is what gets cut at the limit.
-        warnings.append(
-            f"set {len(mutation.env)} variables in {_names(mutation.containers)}: "
-            f"{_names(mutation.env)}"
-        )
-    if mutation.kept_waiting:
-        warnings.append(
-            f"init containers {_names(mutation.kept_waiting)} still wait for a service "
-            "without an external address"
-        )
-    return [_clip(WARNING_PREFIX + warning) for warning in warnings]
+    return [_clip(WARNING_PREFIX + line) for line in mutation.describe(most=4)]
 
 
 def _parse_envelope(body: bytes | str) -> tuple[str, Mapping[str, Any]]:
@@ -205,11 +189,6 @@ def _pod_name(request: Mapping[str, Any], obj: Any) -> str:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
-
-
-def _names(names: list[str], *, most: int = 4) -> str:
-    shown = ", ".join(names[:most])
-    return shown if len(names) <= most else f"{shown} (+{len(names) - most} more)"
 
 
 def _clip(warning: str) -> str:

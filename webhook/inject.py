@@ -18,7 +18,7 @@ from typing import Any
 import jsonpatch
 import yaml
 
-from webhook.mutate import Mutation, PodShapeError, Rules
+from webhook.mutate import PodShapeError, Rules
 
 # Where each workload kind keeps its pod template.
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -89,7 +89,7 @@ def _mutate_object(obj: dict[str, Any], rules: Rules, report: InjectReport) -> b
         patched = jsonpatch.apply_patch(pod_like, mutation.operations)
         write_back(patched)
         report.mutated.append(holder)
-        report.warnings.extend(_describe(holder, mutation))
+        report.warnings.extend(f"{holder}: {line}" for line in mutation.describe())
         changed = True
     return changed
 
@@ -147,17 +147,6 @@ def _namespace_of(obj: dict[str, Any]) -> str:
     metadata = obj.get("metadata")
     namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
     return str(namespace) if namespace else ""
-
-
-def _describe(holder: str, mutation: Mutation) -> list[str]:
-    notes = []
-    if mutation.removed:
-        notes.append(f"{holder}: removed init containers {', '.join(mutation.removed)}")
-    if mutation.rewritten:
-        notes.append(f"{holder}: retargeted init containers {', '.join(mutation.rewritten)}")
-    if mutation.env:
-        notes.append(f"{holder}: set {', '.join(mutation.env)}")
-    return notes
 
 
 def _split_documents(text: str) -> list[str]:

@@ -68,6 +68,28 @@ class Mutation:
     def changed(self) -> bool:
         return bool(self.operations)
 
+    def describe(self, *, most: int | None = None) -> list[str]:
+        """What changed, one phrase per kind of change; names only, at most ``most`` each."""
+        lines = []
+        if self.removed:
+            lines.append(f"removed init containers {_listed(self.removed, most)}")
+        if self.rewritten:
+            lines.append(f"retargeted init containers {_listed(self.rewritten, most)}")
+        if self.env:
+            # Containers first: a long list of variable names is what a length limit cuts.
+            lines.append(f"set {len(self.env)} variables in {_listed(self.containers, most)}: "
+                         f"{_listed(self.env, most)}")
+        if self.kept_waiting:
+            lines.append(f"init containers {_listed(self.kept_waiting, most)} still wait for a "
+                         "service without an external address")
+        return lines
+
+
+def _listed(names: list[str], most: int | None) -> str:
+    if most is None or len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most])} (+{len(names) - most} more)"
+
 
 class Rules:
     """The rules for one configuration; build once, call ``mutate_pod`` per review."""
