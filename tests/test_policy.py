@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import make_settings
 from webhook import policy
-from webhook.config import Action, CredentialMode, Settings, load_settings
+from webhook.config import Action, CredentialMode, Service, Settings, load_settings
 from webhook.mutate import INJECT_KEY, STATUS_KEY
 from webhook.probes import (
     IDLE_COMMANDS,
@@ -29,7 +29,7 @@ from webhook.probes import (
     SHELL_KEYWORDS,
     WRAPPERS,
     HostPattern,
-    _host_of,
+    ProgramReader,
     _segments,
     _unquote,
 )
@@ -218,21 +218,45 @@ def test_host_search_twin_agrees_with_probes(word: str) -> None:
         assert bool(re.search(policy.host_search_re(service), word)) == expected
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.text(alphabet="host.dcker.intalHOST-/:@'\"x90;,)&|", max_size=30))
+EXTERNAL_WORD = st.lists(
+    st.sampled_from(["host.docker.internal", "HOST.DOCKER.INTERNAL", "ho\u017ft.do\u212aker."
+                     "\u0130nternal", "host", ".docker", ".internal", ".", "_x", "-", "x", "0", ":",
+                     "5000", "/", "@", "'", '"', "/dev/tcp/", "http://", "\u0131", "\u017f",
+                     "\u212a", ")", ";", "mlflow"]),
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(EXTERNAL_WORD)
 def test_external_host_twin_agrees_with_probes(word: str) -> None:
-    hosts = ["host.docker.internal"]
-    unquoted = re.search(policy.UNQUOTE_RE, word)
-    text = unquoted.group() if unquoted else ""
-    dev_tcp = re.search(policy.DEV_TCP_RE, text)
-    if dev_tcp:
-        twin = bool(re.match(policy._external_dev_tcp_re(hosts), dev_tcp.group()))
-    else:
-        stripped = re.search(policy.RSTRIP_RE, text)
-        assert stripped is not None
-        twin = bool(re.match(policy._external_url_re(hosts), stripped.group()))
-    host = _host_of(_unquote(word))
-    assert twin == (host is not None and host.lower() in hosts)
+    reader = ProgramReader(DEFAULT.services)
+    hosts = sorted({s.external.host for s in DEFAULT.services if s.external is not None})
+    twin = bool(re.search(policy.external_search_re(hosts), word))
+    assert twin == reader._names_external_host(word)
+
+
+def test_external_hosts_are_found_inside_quotes_and_urls() -> None:
+    regex = policy.external_search_re(["host.docker.internal"])
+    for word in ('"host.docker.internal":5000', "host.docker.internal._x",
+                 "user@'host.docker.internal'", "/dev/tcp/HOST.DOCKER.INTERNAL/9000",
+                 "http://host.docker.internal:5000:${MLFLOW_PORT}/health"):
+        assert re.search(regex, word), word
+    for word in ("xhost.docker.internal", "host.docker.internal.x", "host.docker.internals"):
+        assert not re.search(regex, word), word
+
+
+def test_the_case_folding_table_is_pythons() -> None:
+    """Every non-ASCII character that re.IGNORECASE matches with an ASCII letter is listed,
+    with the letters it matches: the RE2 twin spells them out instead of using (?i)."""
+    letters = re.compile("[a-z]", re.IGNORECASE)
+    folded = {chr(code) for code in range(128, 0x110000) if letters.fullmatch(chr(code))}
+    table = {char: letter for letter, chars in policy.PYTHON_IGNORECASE_EXTRAS.items()
+             for char in chars}
+    assert folded == set(table)
+    for char, letter in table.items():
+        assert [c for c in "abcdefghijklmnopqrstuvwxyz"
+                if re.fullmatch(c, char, re.IGNORECASE)] == [letter]
 
 
 SCRIPT = st.lists(
@@ -268,6 +292,71 @@ def test_retarget_tokens_cover_the_text(text: str) -> None:
     hosts = [host for s in DEFAULT.services if s.external for host in s.hosts]
     tokens = re.findall(policy.retarget_token_re(hosts), text)
     assert "".join(tokens) == text
+
+
+def retarget_twin(text: str, services: tuple[Service, ...]) -> str:
+    """policy._retarget_text run by Python's `re` on the same regexes, step for step."""
+    retargetable = [s for s in services if s.external is not None]
+    hosts = [host for s in retargetable for host in s.hosts]
+    if not any(host in text for host in hosts):
+        return text
+    space = f"[{policy._SPACE}]"
+    tokens = re.findall(policy.retarget_token_re(hosts), text)
+    out = []
+    for index, token in enumerate(tokens):
+        if not (any(token.startswith(host) for host in hosts)
+                and re.search(f"^(?:{policy.host_token_re(hosts)})$", token)):
+            out.append(token)
+            continue
+        service = next(s for s in retargetable if re.search(policy._service_start_re(s), token))
+        assert service.external is not None
+        host, port = service.external.host, str(service.external.port)
+        found = re.search("^" + policy._host_form(service.hosts), token)
+        assert found is not None
+        rest = token[len(found.group()):]
+        after_url = "".join(tokens[max(0, index - 3) : index]).endswith("://")
+        if re.search("^[:/][0-9]", rest):
+            number = re.search("^[:/][0-9]{1,5}", rest)
+            assert number is not None
+            out.append(host + rest[0] + port + rest[len(number.group()):])
+        elif re.search("^[:/][$]", rest):
+            out.append(host + rest[0] + port)
+        elif after_url:
+            out.append(host + ":" + port + rest)
+        elif re.search(f"^{space}+[0-9]", rest):
+            gap = re.search(f"^{space}+", rest)
+            assert gap is not None
+            number = re.search("^[0-9]{1,5}", rest[len(gap.group()):])
+            assert number is not None
+            out.append(host + gap.group() + port + rest[len(gap.group()) + len(number.group()):])
+        else:
+            out.append(host + rest)
+    return "".join(out)
+
+
+PROBE_TEXT = st.lists(
+    st.sampled_from(["mlflow", "minio", "fastapi-app", "fastapi", "postgres", ".flts", ".svc",
+                     ".cluster.local", ":", "/", " ", "\t", "\x1f", "5000", "123456", "80x",
+                     "$", "${", "}", "P", "_x", ".", "-", "'", '"', "http://", "@", "x", "9"]),
+    max_size=10,
+).map("".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(PROBE_TEXT)
+def test_retarget_twin_agrees_with_probes(text: str) -> None:
+    expected = ProgramReader(DEFAULT.services)._retarget_text(text)
+    assert retarget_twin(text, DEFAULT.services) == expected
+
+
+def test_variable_ports_are_replaced_with_the_external_port() -> None:
+    for text, expected in (
+        ("curl -sf http://mlflow:${MLFLOW_PORT}/health", "curl -sf http://host.docker.internal:5000/health"),
+        ("echo > /dev/tcp/minio/$MINIO_PORT", "echo > /dev/tcp/host.docker.internal/9000"),
+        ("nc -z fastapi:$P}x", "nc -z host.docker.internal:8000x"),
+    ):
+        assert ProgramReader(DEFAULT.services)._retarget_text(text) == expected
+        assert retarget_twin(text, DEFAULT.services) == expected
 
 
 # --- idempotency by construction ------------------------------------------------------------

@@ -106,6 +106,8 @@ COMMAND_PREFIX_RE = "^(?:K|WO*)*"
 DEV_TCP_RE = "/dev/(?:tcp|udp)/[A-Za-z][-A-Za-z0-9.]*/"
 RSTRIP_RE = "(?s)^(?:.*[^;,&|)'\"])?"  # probes._host_of strips this punctuation at the end
 URL_HOST_RE = "^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/]*@)?[A-Za-z][-A-Za-z0-9.]*(?::[0-9]+)?(?:/|$)"
+# probes.HostPattern's port may be a variable standing for a number: `$PORT`, `${PORT}`.
+VARIABLE_PORT_RE = "\\$\\{?[A-Za-z_][A-Za-z0-9_]*\\}?"
 STATUS_SHAPE_RE = "(?s)^\\s*\\{.*\\}\\s*$"
 _LABEL = "[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _LABEL_CHARS = "A-Za-z0-9_.-"
@@ -141,19 +143,23 @@ def host_search_re(service: Service) -> str:
 def host_token_re(hosts: Iterable[str]) -> str:
     """One host occurrence as ``_retarget_matches`` sees it, with what it consumes after it.
 
-    In order of preference, as probes.py decides: an attached port (``mlflow:5000``), a port as
-    the next word (``mlflow 5000``), the bare host. The character after the host (the
-    look-ahead in probes.py) is consumed; when it is a label character the rest of that run
-    is consumed too, since no host can start inside it (the look-behind).
+    In order of preference, as probes.py decides: an attached port (``mlflow:5000``, or a
+    variable, ``mlflow:${MLFLOW_PORT}``), a port as the next word (``mlflow 5000``), the bare
+    host. The character after the host (the look-ahead in probes.py) is consumed; when it is a
+    label character the rest of that run is consumed too, since no host can start inside it
+    (the look-behind).
     """
     # The host is written once: a shorter host form never succeeds where the longest failed
-    # (it is followed by `.` and a letter or digit), so this is the three alternatives
-    # HOST+attached, HOST+next word, HOST+bare in that order, at a third of the length (the
-    # apiserver charges regex length times text length).
+    # (it is followed by `.` and a letter or digit), so this is the four alternatives
+    # HOST+attached, HOST+variable, HOST+next word, HOST+bare in that order, at a fraction of
+    # the length (the apiserver charges regex length times text length).
     attached_port = f"[:/][0-9]{{1,5}}(?:$|[^0-9{_LABEL_CHARS}]|[A-Za-z_.-][{_LABEL_CHARS}]*)"
+    # A variable standing for the port (`mlflow:${MLFLOW_PORT}`) ends where probes.py's does:
+    # nothing after it is looked at, and no host can start inside its name.
+    variable_port = f"[:/]{VARIABLE_PORT_RE}"
     next_word_port = f"[{_SPACE}]+[0-9]{{1,5}}(?:$|[^\\w.:/-])"
     bare = f"$|[^{_LABEL_CHARS}]|\\.$|\\.[^{_LABEL_CHARS}]|\\.[_.-][{_LABEL_CHARS}]*"
-    return f"{_host_form(hosts)}(?:{attached_port}|{next_word_port}|{bare})"
+    return f"{_host_form(hosts)}(?:{attached_port}|{variable_port}|{next_word_port}|{bare})"
 
 
 def retarget_token_re(hosts: Iterable[str]) -> str:
@@ -169,10 +175,10 @@ def all_regexes(settings: Settings) -> list[str]:
         WORD_RE, SEGMENT_RE, SEGMENT_WORD_RE, UNQUOTE_RE, BASENAME_RE,
         ASSIGNMENT_RE, REDIRECTION_RE, WRAPPER_OPTION_RE, COMMAND_PREFIX_RE, DEV_TCP_RE,
         RSTRIP_RE, URL_HOST_RE, STATUS_SHAPE_RE, "^[:/][0-9]", "^[:/][0-9]{1,5}",
-        f"^[{_SPACE}]+[0-9]", f"^[{_SPACE}]+", "^[0-9]{1,5}", '"[^"]*"',
+        f"^[{_SPACE}]+[0-9]", f"^[{_SPACE}]+", "^[0-9]{1,5}", '"[^"]*"', "^[:/][$]",
     ]
     if external_hosts:
-        regexes += [_external_dev_tcp_re(external_hosts), _external_url_re(external_hosts)]
+        regexes.append(external_search_re(external_hosts))
     regexes += [host_search_re(service) for service in services]
     retargetable = [s for s in services if s.external is not None]
     if retargetable:
@@ -188,16 +194,36 @@ def _external_hosts(services: Sequence[Service]) -> list[str]:
     return sorted({s.external.host.lower() for s in services if s.external is not None})
 
 
-def _external_dev_tcp_re(external_hosts: Sequence[str]) -> str:
-    names = "|".join(_literal(host) for host in external_hosts)
-    return f"^/dev/(?:tcp|udp)/(?i:{names})\\.*/$"
+# Python's re.IGNORECASE also folds these to ASCII letters (its simple case folding plus the
+# special cases of re._casefix); RE2's (?i) folds only some of them, so the letters are spelled
+# out as classes instead. tests/test_policy.py checks the table against Python over all of
+# Unicode.
+PYTHON_IGNORECASE_EXTRAS = {"i": "\u0130\u0131", "k": "\u212a", "s": "\u017f"}
+_FOLDED = "".join(PYTHON_IGNORECASE_EXTRAS.values())
 
 
-def _external_url_re(external_hosts: Sequence[str]) -> str:
-    names = "|".join(_literal(host) for host in external_hosts)
+def _ignoring_case(text: str) -> str:
+    """``text`` as a regex matching what Python's re.IGNORECASE matches for it."""
+    out = []
+    for char in text:
+        lower = char.lower()
+        if char.isascii() and char.isalpha():
+            out.append(f"[{lower}{char.upper()}{PYTHON_IGNORECASE_EXTRAS.get(lower, '')}]")
+        else:
+            out.append(_literal(char))
+    return "".join(out)
+
+
+def external_search_re(external_hosts: Sequence[str]) -> str:
+    """RE2 twin of ``ProgramReader._external_host.search``: an external host anywhere in the
+    word, with the boundaries of managed hosts (consumed, as in ``host_search_re``) and
+    Python's case-insensitive matching, under which the label characters of the boundaries
+    take in the folded letters too."""
+    names = "|".join(_ignoring_case(host) for host in sorted(external_hosts, key=len,
+                                                               reverse=True))
     return (
-        "^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/]*@)?"
-        f"(?i:{names})\\.*(?::[0-9]+)?(?:/|$)"
+        f"(?:^|[^{_FOLDED}{_LABEL_CHARS}])(?:{names})"
+        f"(?:$|[^{_FOLDED}{_LABEL_CHARS}]|\\.$|\\.[^{_FOLDED}A-Za-z0-9])"
     )
 
 
@@ -320,17 +346,11 @@ def _probed_words(record: str) -> str:
 
 
 def _names_external_host(word: str, external_hosts: Sequence[str]) -> str:
-    """probes._names_external_host: the host a probe argument names is an external one."""
+    """probes._names_external_host: an external host found in the word, quoted or not (the
+    quotes at its ends count as boundaries either way, so the word is not unquoted)."""
     if not external_hosts:
         return "false"
-    dev_tcp = cel_string(DEV_TCP_RE)
-    body = (
-        f"ux_.matches({dev_tcp})"
-        f" ? ux_.find({dev_tcp}).matches({cel_string(_external_dev_tcp_re(external_hosts))})"
-        f" : ux_.find({cel_string(RSTRIP_RE)})"
-        f".matches({cel_string(_external_url_re(external_hosts))})"
-    )
-    return _let(_unquote(word), "ux_", body)
+    return f"{word}.matches({cel_string(external_search_re(external_hosts))})"
 
 
 def _names_some_host(word: str) -> str:
@@ -401,8 +421,10 @@ def _retarget_text(text: str, services: Sequence[Service]) -> str:
         f"r_.matches({cel_string('^[:/][0-9]')})"
         f" ? p_[1] + r_.substring(0, 1) + p_[2]"
         f" + r_.substring(r_.find({cel_string('^[:/][0-9]{1,5}')}).size())"
+        # A variable port: the token ends with it (see host_token_re), all of it is replaced.
+        f" : (r_.matches({cel_string('^[:/][$]')}) ? p_[1] + r_.substring(0, 1) + p_[2]"
         f' : ({after_url} ? p_[1] + ":" + p_[2] + r_'
-        f" : (r_.matches({cel_string('^' + space + '+[0-9]')}) ? {next_word} : p_[1] + r_))"
+        f" : (r_.matches({cel_string('^' + space + '+[0-9]')}) ? {next_word} : p_[1] + r_)))"
     )
     replaced = _let(choice, "p_", _let("tk_.substring(p_[0].size())", "r_", rewrite))
     # Cheap tests first: most tokens are not hosts, and most texts name none.

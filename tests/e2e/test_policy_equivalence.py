@@ -266,7 +266,7 @@ _HOSTS = ("mlflow", "mlflow.flts", "mlflow.flts.svc", "mlflow.flts.svc.cluster.l
           "HOST.DOCKER.INTERNAL", "mlflowx", "x-mlflow", "mlflow.", "mlflow.NS", "mlflow-db",
           "'mlflow'", '"minio"', "10.0.0.1", "$HOST", "mlflow.flts.other")
 _PORTS = ("", ":5000", ":80", "/5000", " 5000", " 9000", "\t8000", ":123456", " 80x", "/",
-          " 5000/")
+          " 5000/", ":${MLFLOW_PORT}", "/$MINIO_PORT", ":$PORT}", ":${1}")
 _SEPARATORS = ("; ", " && ", " || ", " | ", " & ", "\n", " ;", "&&", "\u00a0;\u00a0")
 _IDLE_OR_WORK = ("sleep 2", "echo waiting for mlflow", "true", ":", "exit 1", "X=1", "[ -f /x ]",
                  "date", "printf ok", "cat /etc/hosts", "ls /data", "alembic upgrade head",
@@ -653,18 +653,23 @@ def test_random_pods_follow_the_rules_step_for_step(
         )
 
 
-def test_known_difference_where_the_rules_are_not_idempotent(
+def test_variable_ports_and_quoted_hosts_are_idempotent(
     control_plane: Cluster, comparisons: dict[str, Comparison]
 ) -> None:
-    """Pinned so that docs/policy.md stays true: in rewrite mode a named waiter whose probe has
-    a port the rules cannot read (`${MLFLOW_PORT}`) is retargeted by a first pass and removed
-    by a second, because probes._host_of then no longer sees the external host. The webhook
-    runs once, the policy twice, so they differ. Should the rules become idempotent here,
-    this test fails: drop the difference from the docs and this test."""
+    """Once a known difference: in rewrite mode a named waiter probing `mlflow:${MLFLOW_PORT}`
+    was retargeted by a first pass (to `...:5000:${MLFLOW_PORT}`) and removed by a second,
+    which the policy, run twice by the apiserver, did and the webhook did not. The rules now
+    replace a variable port and find the external host inside quotes, so a second pass keeps
+    the waiter, and the policy stores what the webhook does."""
     instance = next(i for i in INSTANCES if i.settings.action is Action.REWRITE)
     rules = Rules(instance.settings)
-    script = "until curl -sf http://mlflow:${MLFLOW_PORT}/health; do sleep 2; done"
-    pod = _pod("port-variable", init=[_sh("wait-for-mlflow", script), KAFKA_WAIT],
+    waiters = {
+        "wait-for-mlflow": ("until curl -sf http://mlflow:${MLFLOW_PORT}/health; do sleep 2;"
+                            " done"),
+        "wait-for-fastapi": 'until nc -z "fastapi"/$FASTAPI_PORT; do sleep 2; done',
+    }
+    pod = _pod("port-variable",
+               init=[_sh(name, script) for name, script in waiters.items()] + [KAFKA_WAIT],
                containers=[_app(env=list(IN_CLUSTER_ENV))])
     through_policy = create_pods(control_plane, instance.policy_namespace, [pod],
                                  dry_run=True)["port-variable"]
@@ -673,8 +678,12 @@ def test_known_difference_where_the_rules_are_not_idempotent(
     once = webhook_pod(defaulted, rules)
     twice = webhook_pod(once, rules)
     assert [c["name"] for c in once["spec"]["initContainers"]] == [
-        "wait-for-mlflow", "wait-for-kafka"]
-    # (The rules write `http://host.docker.internal:5000:${MLFLOW_PORT}/health` here.)
-    assert "host.docker.internal" in once["spec"]["initContainers"][0]["command"][2]
-    assert [c["name"] for c in twice["spec"]["initContainers"]] == ["wait-for-kafka"]
-    assert normalized(through_policy) == normalized(twice)
+        "wait-for-mlflow", "wait-for-fastapi", "wait-for-kafka"]
+    scripts = [c["command"][2] for c in once["spec"]["initContainers"][:2]]
+    assert scripts == [
+        "until curl -sf http://host.docker.internal:5000/health; do sleep 2; done",
+        # The quote stands between host and port, so the port is not the host's: kept as is.
+        'until nc -z "host.docker.internal"/$FASTAPI_PORT; do sleep 2; done',
+    ]
+    assert normalized(twice) == normalized(once)
+    assert normalized(through_policy) == normalized(once)
