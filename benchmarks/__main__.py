@@ -59,7 +59,7 @@ class Mode:
 
 QUICK = Mode("quick", rounds=2, seconds=2.0, paced_seconds=3.0, memory_reviews=(10_000, 30_000),
              starts=3)
-FULL = Mode("full", rounds=5, seconds=8.0, paced_seconds=10.0,
+FULL = Mode("full", rounds=3, seconds=8.0, paced_seconds=10.0,
             memory_reviews=(10_000, 200_000), starts=7)
 
 
