@@ -158,3 +158,8 @@ def test_a_retargeted_probe_is_recognised_as_external(script: str) -> None:
     reading = READER.read(once)
     assert reading.probes_external
     assert reading.managed == []
+
+
+def test_a_word_naming_two_services_counts_both() -> None:
+    reading = READER.read(["wget", "-q", "http://mlflow:5000/ready?db=postgres"])
+    assert reading.managed == ["mlflow", "postgres"]

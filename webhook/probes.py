@@ -181,11 +181,14 @@ class ProgramReader:
         if _is_probe(words):
             probed_anything = False
             for word in arguments if command in PROBE_COMMANDS else words:
-                service = self._managed_service_in(word)
-                if service is not None:
-                    probed_anything = True
+                # Every service a word names counts, not just the first: after a retarget the
+                # others would be found on a second pass and change the verdict then.
+                services = self._managed_services_in(word)
+                for service in services:
                     if service.name not in reading.managed:
                         reading.managed.append(service.name)
+                if services:
+                    probed_anything = True
                 elif self._names_external_host(word):
                     probed_anything = True
                     reading.probes_external = True
@@ -194,11 +197,9 @@ class ProgramReader:
         elif command and command not in IDLE_COMMANDS:
             reading.does_work = True
 
-    def _managed_service_in(self, word: str) -> Service | None:
-        for pattern in self._patterns:
-            if pattern.regex.search(_unquote(word)):
-                return pattern.service
-        return None
+    def _managed_services_in(self, word: str) -> list[Service]:
+        unquoted = _unquote(word)
+        return [pattern.service for pattern in self._patterns if pattern.regex.search(unquoted)]
 
     def _names_external_host(self, word: str) -> bool:
         return self._external_host is not None and bool(self._external_host.search(word))
