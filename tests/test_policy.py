@@ -218,6 +218,26 @@ def test_host_search_twin_agrees_with_probes(word: str) -> None:
         assert bool(re.search(policy.host_search_re(service), word)) == expected
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["mlflow", "postgres", "minio", "fastapi", "fastapi-app", "http://",
+                                 ":5000", "/ready", "?db=", ".flts", ".svc", "'", "-", "_", "x",
+                                 "."]), max_size=8).map("".join))
+def test_a_word_counts_every_service_it_names_as_in_probes(word: str) -> None:
+    """The CEL tags a word with every service whose RE2 twin matches, in the order of the
+    services, as ProgramReader._managed_services_in does (not only the first one)."""
+    reader = ProgramReader(DEFAULT.services)
+    twin = [s.name for s in DEFAULT.services if re.search(policy.host_search_re(s), word)]
+    assert twin == [s.name for s in reader._managed_services_in(word)]
+
+
+def test_the_word_tag_tests_every_service() -> None:
+    tag = policy._word_tag("w_", DEFAULT.services)
+    for index, service in enumerate(DEFAULT.services):
+        regex = policy.cel_string(policy.host_search_re(service))
+        assert f'w_.matches({regex}) ? "s{index},"' in tag
+    assert tag.count("w_.matches(") == len(DEFAULT.services) + 1  # and the external address
+
+
 EXTERNAL_WORD = st.lists(
     st.sampled_from(["host.docker.internal", "HOST.DOCKER.INTERNAL", "ho\u017ft.do\u212aker."
                      "\u0130nternal", "host", ".docker", ".internal", ".", "_x", "-", "x", "0", ":",

@@ -362,15 +362,17 @@ def _names_some_host(word: str) -> str:
 
 
 def _word_tag(word: str, services: Sequence[Service]) -> str:
-    """"s<i>" for the first managed service the word probes, "@" for the external address."""
+    """"s<i>" for every managed service the word probes, in the order of the services and
+    comma-separated (the facts are split at commas), else "@" for the external address, as
+    probes.ProgramReader._managed_services_in and _names_external_host."""
     external = _names_external_host(word, _external_hosts(services))
-    tag = f'({external} ? "@" : "")'
-    for index in reversed(range(len(services))):
-        tag = (
-            f"({word}.matches({cel_string(host_search_re(services[index]))})"
-            f' ? "s{index}" : {tag})'
-        )
-    return tag
+    if not services:
+        return f'({external} ? "@" : "")'
+    named = " + ".join(
+        f'({word}.matches({cel_string(host_search_re(service))}) ? "s{index}," : "")'
+        for index, service in enumerate(services)
+    )
+    return _let(named, "ms_", f'ms_ != "" ? ms_ : ({external} ? "@" : "")')
 
 
 def _segment_facts(record: str, services: Sequence[Service]) -> str:

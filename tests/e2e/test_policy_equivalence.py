@@ -185,6 +185,15 @@ def edge_pods() -> list[dict[str, Any]]:
                                      " done")],
         "managed-and-postgres": [_sh("probe", "until nc -z mlflow 5000 && pg_isready -h postgres;"
                                               " do sleep 1; done")],
+        # One word naming two services: both count, so the first pass decides (removed: postgres
+        # has no external address; retargeted: both have one).
+        "one-word-two-services": [_sh("probe", "until wget -q http://mlflow:5000/ready?db=postgres;"
+                                               " do sleep 1; done")],
+        "one-word-two-services-exec": [_init("probe", ["sh", "-e", "until wget -q"
+                                                       " http://mlflow:5000/ready?db=postgres;"
+                                                       " do sleep 1; done"])],
+        "one-word-two-retargetable": [_sh("probe", "until curl -sf http://minio:9000/x?next=mlflow;"
+                                                   " do sleep 1; done")],
         "managed-and-kafka": [_sh("probe", "until nc -z mlflow 5000 && nc -z kafka 9092; do sleep"
                                            " 1; done")],
         "wait-then-migrate": [_sh("migrate", "until nc -z mlflow 5000; do sleep 1; done;"
