@@ -36,7 +36,8 @@ from webhook.probes import ProgramReader, ProgramReading
 
 INJECT_KEY = "backend-injector/inject"
 STATUS_KEY = "backend-injector/status"
-_OPT_OUT_VALUES = frozenset({"false", "disabled", "off", "no"})
+# Shared with the native policy (webhook/policy.py), so the two twins read one list.
+OPT_OUT_VALUES = frozenset({"false", "disabled", "off", "no"})
 
 Operation = dict[str, Any]
 
@@ -98,7 +99,7 @@ class Rules:
         self._settings = settings
         self._reader = ProgramReader(settings.services)
         self._external_of = {s.name: s.external for s in settings.services}
-        self._managed_env = _managed_env_entries(settings)
+        self._managed_env = managed_env_entries(settings)
         self._managed_names = frozenset(self._managed_env)
 
     @property
@@ -237,7 +238,7 @@ class Rules:
             mutation.env.extend(name for name in changed if name not in mutation.env)
 
 
-def _managed_env_entries(settings: Settings) -> dict[str, dict[str, Any]]:
+def managed_env_entries(settings: Settings) -> dict[str, dict[str, Any]]:
     """Each managed variable as the env entry that pods should carry, in the order added."""
     entries: dict[str, dict[str, Any]] = {
         name: {"name": name, "value": value} for name, value in settings.env
@@ -262,7 +263,7 @@ def _opt_out_reason(metadata: Mapping[str, Any]) -> str | None:
     for where in ("annotations", "labels"):
         values = _optional_mapping(metadata, where, f"metadata/{where}")
         value = values.get(INJECT_KEY)
-        if isinstance(value, str) and value.strip().lower() in _OPT_OUT_VALUES:
+        if isinstance(value, str) and value.strip().lower() in OPT_OUT_VALUES:
             return f"{where[:-1]} {INJECT_KEY}={value}"
     return None
 

@@ -43,9 +43,7 @@ from typing import Any
 import yaml
 
 from webhook.config import Action, CredentialMode, Service, Settings
-from webhook.mutate import _OPT_OUT_VALUES as OPT_OUT_VALUES  # one list for both twins
-from webhook.mutate import INJECT_KEY, STATUS_KEY
-from webhook.mutate import _managed_env_entries as managed_env_entries
+from webhook.mutate import INJECT_KEY, OPT_OUT_VALUES, STATUS_KEY, managed_env_entries
 from webhook.probes import (
     IDLE_COMMANDS,
     LOOP_HEADERS,
