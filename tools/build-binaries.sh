@@ -6,6 +6,7 @@
 #   kube-apiserver           k8s.io/kubernetes  (tools/kube/go.mod)
 #   kube-controller-manager  k8s.io/kubernetes  (tools/kube/go.mod)
 #   kubectl                  k8s.io/kubernetes  (tools/kube/go.mod)
+#   kube-scheduler, kubelet, kube-proxy  k8s.io/kubernetes  (tools/kube/go.mod), for the node
 #   etcd                     go.etcd.io/etcd/server/v3 (tools/etcd/go.mod + main.go)
 #   helm                     helm.sh/helm/v3    (tools/helm/go.mod)
 #
@@ -54,6 +55,9 @@ targets=(
     "kube-apiserver|$kube_version|kube|k8s.io/kubernetes/cmd/kube-apiserver"
     "kube-controller-manager|$kube_version|kube|k8s.io/kubernetes/cmd/kube-controller-manager"
     "kubectl|$kube_version|kube|k8s.io/kubernetes/cmd/kubectl"
+    "kube-scheduler|$kube_version|kube|k8s.io/kubernetes/cmd/kube-scheduler"
+    "kubelet|$kube_version|kube|k8s.io/kubernetes/cmd/kubelet"
+    "kube-proxy|$kube_version|kube|k8s.io/kubernetes/cmd/kube-proxy"
     "helm|$helm_version|helm|helm.sh/helm/v3/cmd/helm"
 )
 
