@@ -22,12 +22,9 @@ from hypothesis import strategies as st
 from tests.conftest import make_settings
 from webhook import policy
 from webhook.config import Action, CredentialMode, Service, Settings, load_settings
+from webhook.grammar import IDLE_COMMANDS, PROBE_COMMANDS, SHELL_KEYWORDS, WRAPPERS, host_form
 from webhook.mutate import INJECT_KEY, STATUS_KEY
 from webhook.probes import (
-    IDLE_COMMANDS,
-    PROBE_COMMANDS,
-    SHELL_KEYWORDS,
-    WRAPPERS,
     HostPattern,
     ProgramReader,
     _segments,
@@ -331,7 +328,7 @@ def retarget_twin(text: str, services: tuple[Service, ...]) -> str:
         service = next(s for s in retargetable if re.search(policy._service_start_re(s), token))
         assert service.external is not None
         host, port = service.external.host, str(service.external.port)
-        found = re.search("^" + policy._host_form(service.hosts), token)
+        found = re.search("^" + host_form(service.hosts), token)
         assert found is not None
         rest = token[len(found.group()):]
         after_url = "".join(tokens[max(0, index - 3) : index]).endswith("://")

@@ -36,22 +36,34 @@ read MutatingAdmissionPolicies; the YAML header says so and docs/policy.md recom
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
 
 from webhook.config import Action, CredentialMode, Service, Settings
-from webhook.mutate import INJECT_KEY, OPT_OUT_VALUES, STATUS_KEY, managed_env_entries
-from webhook.probes import (
+from webhook.grammar import (
+    ASSIGNMENT,
+    DEV_TCP_HOST,
     IDLE_COMMANDS,
+    LABEL_CHARS,
     LOOP_HEADERS,
+    NAMESPACE_LABEL,
     PROBE_COMMANDS,
+    QUOTES,
+    REDIRECTION,
     SHELL_KEYWORDS,
     SHELLS,
+    TRAILING_PUNCTUATION,
+    URL_HOST,
+    VARIABLE_PORT,
+    WRAPPER_NUMBER,
     WRAPPERS,
+    host_form,
+    host_names,
+    literal,
 )
+from webhook.mutate import INJECT_KEY, OPT_OUT_VALUES, STATUS_KEY, managed_env_entries
 
 API_VERSIONS = ("admissionregistration.k8s.io/v1", "admissionregistration.k8s.io/v1beta1")
 DEFAULT_API_VERSION = API_VERSIONS[0]
@@ -93,38 +105,23 @@ SEGMENT_RE = f"[^{_SEPARATORS}]*[{_SEPARATORS}]|[^{_SEPARATORS}]+"
 SEGMENT_WORD_RE = f"[^{_SPACE}{_SEPARATORS}]+"
 # probes._unquote strips quote characters from both ends; `find` returns the leftmost match,
 # from the first non-quote character to the last one.
-UNQUOTE_RE = "(?s)[^'\"](?:.*[^'\"])?"
+UNQUOTE_RE = f"(?s)[^{QUOTES}](?:.*[^{QUOTES}])?"
 BASENAME_RE = "[^/]*$"
-ASSIGNMENT_RE = "^[A-Za-z_][A-Za-z0-9_]*="
-REDIRECTION_RE = "^(?:[0-9]*[<>]|&>)"
-WRAPPER_OPTION_RE = "^[0-9]+[smhd]*$"  # `-s`, `5`, `30s`: what probes.py skips after `timeout`
+ASSIGNMENT_RE = ASSIGNMENT
+REDIRECTION_RE = REDIRECTION
+WRAPPER_OPTION_RE = WRAPPER_NUMBER  # `-s`, `5`, `30s`: what probes.py skips after `timeout`
 # Each word of a simple command is classed K (keyword, assignment, redirection), W (wrapper or
 # shell) or O (option or number); the command word is the first one past this prefix.
 COMMAND_PREFIX_RE = "^(?:K|WO*)*"
-DEV_TCP_RE = "/dev/(?:tcp|udp)/[A-Za-z][-A-Za-z0-9.]*/"
-RSTRIP_RE = "(?s)^(?:.*[^;,&|)'\"])?"  # probes._host_of strips this punctuation at the end
-URL_HOST_RE = "^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/]*@)?[A-Za-z][-A-Za-z0-9.]*(?::[0-9]+)?(?:/|$)"
+DEV_TCP_RE = DEV_TCP_HOST
+RSTRIP_RE = f"(?s)^(?:.*[^{TRAILING_PUNCTUATION}])?"  # as probes._host_of strips it
+URL_HOST_RE = URL_HOST
 # probes.HostPattern's port may be a variable standing for a number: `$PORT`, `${PORT}`.
-VARIABLE_PORT_RE = "\\$\\{?[A-Za-z_][A-Za-z0-9_]*\\}?"
+VARIABLE_PORT_RE = VARIABLE_PORT
 STATUS_SHAPE_RE = "(?s)^\\s*\\{.*\\}\\s*$"
-_LABEL = "[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
-_LABEL_CHARS = "A-Za-z0-9_.-"
+_LABEL = NAMESPACE_LABEL
+_LABEL_CHARS = LABEL_CHARS + "."
 _EXEC_JOINER = "\x1f"
-
-
-def _literal(text: str) -> str:
-    """``text`` as a regex matching it literally (hosts are DNS names: only `.` needs it)."""
-    return re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", text)
-
-
-def _host_names(hosts: Iterable[str]) -> str:
-    # Longest first, as in probes.HostPattern: `fastapi-app` before `fastapi`.
-    return "|".join(_literal(host) for host in sorted(hosts, key=len, reverse=True))
-
-
-def _host_form(hosts: Iterable[str]) -> str:
-    """NAME, NAME.NS, NAME.NS.svc and NAME.NS.svc.cluster.local for any of ``hosts``."""
-    return f"(?:{_host_names(hosts)})(?:\\.{_LABEL}(?:\\.svc(?:\\.cluster\\.local)?)?)?"
 
 
 def host_search_re(service: Service) -> str:
@@ -133,7 +130,7 @@ def host_search_re(service: Service) -> str:
     """
     return (
         f"(?:^|[^{_LABEL_CHARS}])"
-        + _host_form(service.hosts)
+        + host_form(service.hosts)
         + f"(?:$|[^{_LABEL_CHARS}]|\\.$|\\.[^A-Za-z0-9])"
     )
 
@@ -157,7 +154,7 @@ def host_token_re(hosts: Iterable[str]) -> str:
     variable_port = f"[:/]{VARIABLE_PORT_RE}"
     next_word_port = f"[{_SPACE}]+[0-9]{{1,5}}(?:$|[^\\w.:/-])"
     bare = f"$|[^{_LABEL_CHARS}]|\\.$|\\.[^{_LABEL_CHARS}]|\\.[_.-][{_LABEL_CHARS}]*"
-    return f"{_host_form(hosts)}(?:{attached_port}|{variable_port}|{next_word_port}|{bare})"
+    return f"{host_form(hosts)}(?:{attached_port}|{variable_port}|{next_word_port}|{bare})"
 
 
 def retarget_token_re(hosts: Iterable[str]) -> str:
@@ -183,7 +180,7 @@ def all_regexes(settings: Settings) -> list[str]:
         hosts = [host for s in retargetable for host in s.hosts]
         regexes += [retarget_token_re(hosts), f"^(?:{host_token_re(hosts)})$"]
         for service in retargetable:
-            regexes += [_service_start_re(service), "^" + _host_form(service.hosts)]
+            regexes += [_service_start_re(service), "^" + host_form(service.hosts)]
     regexes += [_status_list_re(key) for key in ("removed", "rewritten", "env")]
     return regexes
 
@@ -208,7 +205,7 @@ def _ignoring_case(text: str) -> str:
         if char.isascii() and char.isalpha():
             out.append(f"[{lower}{char.upper()}{PYTHON_IGNORECASE_EXTRAS.get(lower, '')}]")
         else:
-            out.append(_literal(char))
+            out.append(literal(char))
     return "".join(out)
 
 
@@ -226,7 +223,7 @@ def external_search_re(external_hosts: Sequence[str]) -> str:
 
 
 def _service_start_re(service: Service) -> str:
-    return f"^(?:{_host_names(service.hosts)})(?:[^A-Za-z0-9_-]|$)"
+    return f"^(?:{host_names(service.hosts)})(?:[^A-Za-z0-9_-]|$)"
 
 
 def _status_list_re(key: str) -> str:
@@ -398,7 +395,7 @@ def _retarget_text(text: str, services: Sequence[Service]) -> str:
     choice = "[]"
     for service in reversed(retargetable):
         assert service.external is not None
-        found = cel_string("^" + _host_form(service.hosts))
+        found = cel_string("^" + host_form(service.hosts))
         choice = (
             f"(tk_.matches({cel_string(_service_start_re(service))})"
             f" ? [tk_.find({found}), {cel_string(service.external.host)},"

@@ -21,36 +21,50 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from webhook.config import Endpoint, Service
+from webhook.grammar import (
+    ASSIGNMENT,
+    DEV_TCP_HOST,
+    DEV_TCP_MARKERS,
+    IDLE_COMMANDS,
+    LABEL_CHARS,
+    LOOP_HEADERS,
+    PORT_NUMBER,
+    PORT_SEPARATORS,
+    PROBE_COMMANDS,
+    QUOTES,
+    REDIRECTION,
+    REDIRECTION_AMPERSAND_AFTER,
+    REDIRECTION_AMPERSAND_BEFORE,
+    SEPARATOR_TOKENS,
+    SHELL_KEYWORDS,
+    SHELLS,
+    TRAILING_PUNCTUATION,
+    URL_HOST,
+    URL_SCHEME_END,
+    VARIABLE_PORT,
+    WRAPPER_NUMBER,
+    WRAPPERS,
+    host_form,
+)
 
-SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh"})
-# Commands whose only purpose in an init container is to see whether a host answers.
-PROBE_COMMANDS = frozenset(
-    {"nc", "ncat", "netcat", "telnet", "wget", "curl", "nslookup", "host", "dig", "getent",
-     "pg_isready", "ping"}
-)
-# Commands that neither probe nor change anything: the glue of a readiness loop.
-IDLE_COMMANDS = frozenset(
-    {"sleep", "echo", "printf", "true", "false", ":", "exit", "date", "test", "[", "[[", "let",
-     "expr", "seq", "break", "continue", "set", "cat", "wait", "return"}
-)
-# Words that only steer the shell, stripped from the front of a simple command.
-SHELL_KEYWORDS = frozenset(
-    {"until", "while", "do", "done", "if", "then", "else", "elif", "fi", "!", "{", "}", "exec",
-     "time", "esac"}
-)
-LOOP_HEADERS = frozenset({"for", "case", "select"})
-# Commands that run the rest of the words as a command: `timeout 5 nc -z mlflow 5000`.
-WRAPPERS = frozenset({"timeout", "env", "nice", "nohup", "command", "busybox"})
 
-# A lone `&` separates commands, but not inside a redirection (`2>&1`, `>&2`, `&>/dev/null`).
-_SEPARATORS = re.compile(r"&&|\|\||[;|\n()`]|\$\(|(?<![<>])&(?![>\d-])")
+def _separator_regex() -> re.Pattern[str]:
+    longer = [token for token in SEPARATOR_TOKENS if len(token) > 1]
+    single = "".join(re.escape(t) for t in SEPARATOR_TOKENS if len(t) == 1 and t != "&")
+    lone_ampersand = (
+        f"(?<![{REDIRECTION_AMPERSAND_AFTER}])&(?![{REDIRECTION_AMPERSAND_BEFORE}])"
+    )
+    return re.compile("|".join([*map(re.escape, longer), f"[{single}]", lone_ampersand]))
+
+
+_SEPARATORS = _separator_regex()
 _WORD = re.compile(r"\S+")
-_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-_LABEL_CHARS = r"A-Za-z0-9_\-"
-_DEV_TCP_HOST = re.compile(r"/dev/(?:tcp|udp)/(?P<host>[A-Za-z][-A-Za-z0-9.]*)/")
-_URL_HOST = re.compile(
-    r"^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/]*@)?(?P<host>[A-Za-z][-A-Za-z0-9.]*)(?::\d+)?(?:/|$)"
-)
+_ASSIGNMENT = re.compile(ASSIGNMENT)
+_REDIRECTION = re.compile(REDIRECTION)
+_WRAPPER_NUMBER = re.compile(WRAPPER_NUMBER)
+_DEV_TCP_HOST = re.compile(DEV_TCP_HOST)
+_URL_HOST = re.compile(URL_HOST)
+_NEXT_WORD_PORT = re.compile(rf"(\s+)({PORT_NUMBER})(?![\w.:/-])")
 _EXEC_JOINER = "\x1f"
 CACHE_SIZE = 4096
 
@@ -68,15 +82,11 @@ class HostPattern:
 
     @classmethod
     def for_service(cls, service: Service) -> HostPattern:
-        names = "|".join(re.escape(host) for host in sorted(service.hosts, key=len, reverse=True))
-        label = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
         regex = re.compile(
-            rf"(?<![{_LABEL_CHARS}.])"
-            rf"(?P<host>(?:{names})(?:\.{label}(?:\.svc(?:\.cluster\.local)?)?)?)"
-            rf"(?![{_LABEL_CHARS}]|\.[A-Za-z0-9])"
-            # The port: a number, or a variable standing for one (`mlflow:${MLFLOW_PORT}`),
-            # which names the in-cluster port just the same and is replaced with the external.
-            r"(?:(?P<sep>[:/])(?P<port>\d{1,5}(?!\d)|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?))?"
+            rf"(?<![{LABEL_CHARS}.])"
+            rf"(?P<host>{host_form(service.hosts)})"
+            rf"(?![{LABEL_CHARS}]|\.[A-Za-z0-9])"
+            rf"(?:(?P<sep>[{PORT_SEPARATORS}])(?P<port>{PORT_NUMBER}(?![0-9])|{VARIABLE_PORT}))?"
         )
         return cls(service=service, regex=regex)
 
@@ -118,8 +128,8 @@ class ProgramReader:
         # Found the way managed hosts are, so a retargeted probe is always recognised as one
         # (a second pass must change nothing), whatever quotes or ports surround the host.
         self._external_host = re.compile(
-            rf"(?<![{_LABEL_CHARS}.])(?:{'|'.join(map(re.escape, external_hosts))})"
-            rf"(?![{_LABEL_CHARS}]|\.[A-Za-z0-9])",
+            rf"(?<![{LABEL_CHARS}.])(?:{'|'.join(map(re.escape, external_hosts))})"
+            rf"(?![{LABEL_CHARS}]|\.[A-Za-z0-9])",
             re.IGNORECASE,
         ) if external_hosts else None
         # The pods of one workload carry the same init containers over and over, so readings
@@ -229,12 +239,13 @@ def _retarget_matches(regex: re.Pattern[str], text: str, external: Endpoint) -> 
         if match.group("port") is not None:
             pieces.append(f"{external.host}{match.group('sep')}{external.port}")
             continue
-        following = re.match(r"(\s+)(\d{1,5})(?![\w.:/-])", text[position:])
-        url_without_port = text[max(0, match.start() - 3) : match.start()] == "://"
+        following = _NEXT_WORD_PORT.match(text, position)
+        scheme_start = max(0, match.start() - len(URL_SCHEME_END))
+        url_without_port = text[scheme_start : match.start()] == URL_SCHEME_END
         if following is not None and not url_without_port:
             # `nc -z mlflow 5000`: the port is the next word.
             pieces.append(f"{external.host}{following.group(1)}{external.port}")
-            position += following.end()
+            position = following.end()
         elif url_without_port:
             # `http://mlflow/health` meant the service port; the external one must be explicit.
             pieces.append(str(external))
@@ -296,7 +307,7 @@ def _command_of(words: Sequence[str]) -> tuple[str, list[str]]:
             index += 1
             # Skip the wrapper's own options and numbers (`timeout -s KILL 5`, `sh -ec`).
             while index < len(words) and (
-                words[index].startswith("-") or words[index].rstrip("smhd").isdigit()
+                words[index].startswith("-") or _WRAPPER_NUMBER.match(words[index])
             ):
                 index += 1
         else:
@@ -309,7 +320,7 @@ def _is_probe(words: Sequence[str]) -> bool:
 
 
 def _uses_dev_tcp(words: Sequence[str]) -> bool:
-    return any("/dev/tcp/" in word or "/dev/udp/" in word for word in words)
+    return any(marker in word for word in words for marker in DEV_TCP_MARKERS)
 
 
 def _names_some_host(arguments: Sequence[str]) -> bool:
@@ -320,7 +331,7 @@ def _names_some_host(arguments: Sequence[str]) -> bool:
 
 def _host_of(word: str) -> str | None:
     """The host a probe argument names: `h`, `h:p`, `scheme://[user@]h[:p]/...`, `/dev/tcp/h/p`."""
-    word = word.rstrip(";,&|)'\"")  # shell punctuation glued to the word is not the host
+    word = word.rstrip(TRAILING_PUNCTUATION)  # shell punctuation glued on is not the host
     match = _DEV_TCP_HOST.search(word) or _URL_HOST.match(word)
     if match is None:
         return None
@@ -328,11 +339,11 @@ def _host_of(word: str) -> str | None:
 
 
 def _is_redirection(word: str) -> bool:
-    return bool(re.match(r"^(?:\d*[<>]|&>)", word))
+    return bool(_REDIRECTION.match(word))
 
 
 def _unquote(word: str) -> str:
-    return word.strip("'\"")
+    return word.strip(QUOTES)
 
 
 def _basename(word: str) -> str:

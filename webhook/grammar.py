@@ -1,0 +1,102 @@
+"""The grammar of waiting: the one description of what an init container's program says.
+
+Both twins read it: ``probes.py`` matches programs with it at review time, and ``policy.py``
+compiles the same parts into CEL for the MutatingAdmissionPolicy. A rule changes here, once.
+
+Everything below is data: sets of command words, and regular-expression *fragments* written
+in the syntax that Python's ``re`` and RE2 (the apiserver's CEL) share: character classes,
+groups, alternation and counted repetition, no look-around and no back-references. Where a
+twin needs a boundary, it adds its own (probes.py as look-arounds, policy.py as a consumed
+character), around these fragments.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+# --- words -------------------------------------------------------------------------------
+
+SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh"})
+# Commands whose only purpose in an init container is to see whether a host answers.
+PROBE_COMMANDS = frozenset(
+    {"nc", "ncat", "netcat", "telnet", "wget", "curl", "nslookup", "host", "dig", "getent",
+     "pg_isready", "ping"}
+)
+# Commands that neither probe nor change anything: the glue of a readiness loop.
+IDLE_COMMANDS = frozenset(
+    {"sleep", "echo", "printf", "true", "false", ":", "exit", "date", "test", "[", "[[", "let",
+     "expr", "seq", "break", "continue", "set", "cat", "wait", "return"}
+)
+# Words that only steer the shell, stripped from the front of a simple command.
+SHELL_KEYWORDS = frozenset(
+    {"until", "while", "do", "done", "if", "then", "else", "elif", "fi", "!", "{", "}", "exec",
+     "time", "esac"}
+)
+# `for i in 1 2 3` and `case $x in` only name the loop; the body is elsewhere.
+LOOP_HEADERS = frozenset({"for", "case", "select"})
+# Commands that run the rest of the words as a command: `timeout 5 nc -z mlflow 5000`.
+WRAPPERS = frozenset({"timeout", "env", "nice", "nohup", "command", "busybox"})
+
+# --- separators --------------------------------------------------------------------------
+
+# Tokens that end a simple command, longest first where one starts another. A lone `&` is
+# one too, except inside a redirection (`2>&1`, `>&2`, `&>/dev/null`, `>&-`): see
+# REDIRECTION_AMPERSAND_BEFORE / _AFTER.
+SEPARATOR_TOKENS = ("&&", "||", "$(", ";", "|", "\n", "(", ")", "`", "&")
+# An `&` right after one of these characters, or right before one of these, is part of a
+# redirection, not a separator.
+# (Both are character-class fragments.)
+REDIRECTION_AMPERSAND_AFTER = "<>"
+REDIRECTION_AMPERSAND_BEFORE = ">0-9\\-"
+
+# --- word shapes -------------------------------------------------------------------------
+
+ASSIGNMENT = "^[A-Za-z_][A-Za-z0-9_]*="  # `PGPASSWORD=x psql ...`: skipped before a command
+REDIRECTION = "^(?:[0-9]*[<>]|&>)"  # `>/dev/null`, `2>&1`, `&>f`: skipped before a command
+# What `timeout` and friends take before the command: `-s`, `5`, `30s`.
+WRAPPER_NUMBER = "^[0-9]+[smhd]*$"
+QUOTES = "'\""  # stripped from both ends of a word before it is compared
+
+# --- hosts and ports ---------------------------------------------------------------------
+
+# Characters that continue a host name on either side: a managed host must not be part of
+# a longer name (`mlflow-db`, `xmlflow`). The `-` is escaped, so the fragment can be put
+# anywhere in a class.
+LABEL_CHARS = "A-Za-z0-9_\\-"
+# One DNS label of a namespace (lower case, as Kubernetes names are).
+NAMESPACE_LABEL = "[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+# After NAME.NS: nothing, `.svc` or `.svc.cluster.local`.
+SERVICE_SUFFIX = "(?:\\.svc(?:\\.cluster\\.local)?)?"
+PORT_NUMBER = "[0-9]{1,5}"
+# A variable standing for a port (`mlflow:${MLFLOW_PORT}`), which names the in-cluster port
+# just the same and is replaced with the external one.
+VARIABLE_PORT = "\\$\\{?[A-Za-z_][A-Za-z0-9_]*\\}?"
+# Between a host and its port: `mlflow:5000`, `/dev/tcp/mlflow/5000`.
+PORT_SEPARATORS = ":/"
+# `/dev/tcp/HOST/` and `/dev/udp/HOST/`: bash's built-in connections.
+DEV_TCP_HOST = "/dev/(?:tcp|udp)/(?P<host>[A-Za-z][-A-Za-z0-9.]*)/"
+DEV_TCP_MARKERS = ("/dev/tcp/", "/dev/udp/")
+# Any host a probe argument may name: `h`, `h:p`, `scheme://[user@]h[:p]/...`.
+URL_HOST = (
+    "^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/]*@)?(?P<host>[A-Za-z][-A-Za-z0-9.]*)(?::[0-9]+)?(?:/|$)"
+)
+# Shell punctuation glued to the end of a probe argument is not part of its host.
+TRAILING_PUNCTUATION = ";,&|)'\""
+# `http://mlflow/health` meant the service's port: the external one is written out.
+URL_SCHEME_END = "://"
+
+
+def literal(text: str) -> str:
+    """``text`` as a fragment matching it literally, in both dialects."""
+    return re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", text)
+
+
+def host_names(hosts: Iterable[str]) -> str:
+    """The in-cluster names, longest first, so that `fastapi-app` is tried before `fastapi`."""
+    return "|".join(literal(host) for host in sorted(hosts, key=len, reverse=True))
+
+
+def host_form(hosts: Iterable[str]) -> str:
+    """NAME, NAME.NS, NAME.NS.svc and NAME.NS.svc.cluster.local for any of ``hosts``."""
+    return f"(?:{host_names(hosts)})(?:\\.{NAMESPACE_LABEL}{SERVICE_SUFFIX})?"
