@@ -20,7 +20,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from webhook import certs, install
+from webhook import certs, cluster, install
 
 NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 MARGIN = dt.timedelta(days=30)
@@ -527,7 +527,7 @@ def test_install_reports_missing_rights_as_an_install_error(
         self.reply(403, {"kind": "Status", "code": 403, "reason": "Forbidden"})
 
     monkeypatch.setattr(handler, "do_POST", forbidden)
-    with pytest.raises(install.InstallError, match=r"cannot create Secret .*: 403"):
+    with pytest.raises(cluster.ClusterError, match=r"cannot create Secret .*: forbidden"):
         install.install(
             namespace=NAMESPACE,
             service=SERVICE,
@@ -545,8 +545,8 @@ def test_an_unusable_kubeconfig_is_an_install_error(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n")
-    with pytest.raises(install.InstallError, match="no usable cluster configuration"):
-        install.connect(kubeconfig=str(kubeconfig), context="missing")
+    with pytest.raises(cluster.ClusterError, match=r"kubeconfig .*missing"):
+        cluster.connect(kubeconfig=str(kubeconfig), context="missing")
 
 
 def test_a_secret_replaced_by_hand_keeps_the_served_ca_in_the_bundle() -> None:

@@ -1,9 +1,13 @@
 """Certificates for the webhook's HTTPS endpoint, built with `cryptography`.
 
-Everything here is pure (PEM bytes in, PEM bytes out) except `write_bundle`, which writes a
-bundle to disk. The kube-apiserver only talks to admission webhooks over TLS and verifies the
-serving certificate against the `caBundle` of the MutatingWebhookConfiguration, so a deployment
-needs a small private CA and a serving certificate for the Service's DNS names.
+Everything here is pure (PEM bytes in, PEM bytes out, or an answer about them) except
+`write_bundle`, which writes a bundle to disk. It is the one module that handles X.509: making
+certificates, and the checks `install` and `doctor` make on them (does a key belong to a
+certificate, did a CA issue it, what a caBundle trusts).
+
+The kube-apiserver only talks to admission webhooks over TLS and verifies the serving
+certificate against the `caBundle` of the MutatingWebhookConfiguration, so a deployment needs
+a small private CA and a serving certificate for the Service's DNS names.
 
 Keys are ECDSA P-256: a key is generated in well under a millisecond (RSA 2048 takes tens of
 milliseconds and varies widely), the certificates are small, and both Go's crypto/tls (the
@@ -22,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 logger = logging.getLogger(__name__)
@@ -173,6 +179,142 @@ def build_self_signed(
 def not_after(cert_pem: bytes) -> dt.datetime:
     """When the (first) certificate in `cert_pem` expires, as an aware UTC datetime."""
     return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+
+
+@dataclass(frozen=True)
+class PairNames:
+    """How `serving_pair_problem` names the three parts in its answers (file or key names)."""
+
+    ca: str = CA_CERT_FILE
+    cert: str = CERT_FILE
+    key: str = KEY_FILE
+
+
+def serving_pair_problem(
+    *,
+    ca_pem: bytes,
+    cert_pem: bytes,
+    key_pem: bytes,
+    hostnames: Sequence[str],
+    now: dt.datetime,
+    margin: dt.timedelta,
+    names: PairNames = PairNames(),  # noqa: B008 - frozen, so one shared default is safe
+) -> str | None:
+    """Why a CA, serving certificate and key cannot serve `hostnames` for `margin` more, or
+    None when they can. Certificates count as valid `CLOCK_SKEW_ALLOWANCE` early."""
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        return f"the Secret does not parse: {error}"
+    if not _same_public_key(key.public_key(), cert.public_key()):
+        return f"{names.key} does not belong to {names.cert}"
+    if not _issued_by(cert, ca_cert):
+        return f"{names.cert} was not issued by {names.ca}"
+    uncovered = [name for name in hostnames if name not in _subject_alternative_names(cert)]
+    if uncovered:
+        return f"{names.cert} does not cover {', '.join(uncovered)}"
+    if cert.not_valid_before_utc > now + CLOCK_SKEW_ALLOWANCE:
+        return f"{names.cert} is not valid before {cert.not_valid_before_utc.isoformat()}"
+    expires = min(cert.not_valid_after_utc, ca_cert.not_valid_after_utc)
+    if expires - now <= margin:
+        return f"the certificate expires at {expires.isoformat()}, within {margin.days} days"
+    return None
+
+
+def can_sign_until(cert_pem: bytes, key_pem: bytes, *, now: dt.datetime,
+                   until: dt.datetime) -> bool:
+    """Whether this CA certificate and key can sign a certificate valid from now to `until`."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.ExtensionNotFound):
+        return False
+    if not constraints.ca or not _same_public_key(key.public_key(), cert.public_key()):
+        return False
+    return not (cert.not_valid_before_utc > now + CLOCK_SKEW_ALLOWANCE
+                or cert.not_valid_after_utc < until)
+
+
+def fingerprint(cert_pem: bytes) -> bytes:
+    """SHA-256 of the (first) certificate's DER encoding."""
+    return x509.load_pem_x509_certificate(cert_pem).fingerprint(hashes.SHA256())
+
+
+def bundle_fingerprints(bundle_pem: bytes) -> set[bytes]:
+    """The fingerprints of every certificate in a PEM bundle; none for an unreadable one."""
+    if not bundle_pem:
+        return set()
+    try:
+        return {cert.fingerprint(hashes.SHA256())
+                for cert in x509.load_pem_x509_certificates(bundle_pem)}
+    except ValueError:
+        return set()  # an unreadable bundle trusts nothing
+
+
+def bundle_expiries(bundle_pem: bytes) -> list[tuple[str, dt.datetime]]:
+    """(subject common name, notAfter) of each certificate in a PEM bundle, in order."""
+    try:
+        certificates = x509.load_pem_x509_certificates(bundle_pem)
+    except ValueError:
+        return []
+    return [(_common_name(cert), cert.not_valid_after_utc) for cert in certificates]
+
+
+def first_valid_certificate(
+    bundle_pem: bytes, *, other_than: bytes, now: dt.datetime
+) -> bytes | None:
+    """The first certificate of a PEM bundle that has not expired and whose fingerprint is not
+    `other_than`, as PEM; None if there is none."""
+    if not bundle_pem:
+        return None
+    try:
+        certificates = x509.load_pem_x509_certificates(bundle_pem)
+    except ValueError:
+        return None
+    for cert in certificates:
+        if cert.fingerprint(hashes.SHA256()) != other_than and cert.not_valid_after_utc > now:
+            return cert.public_bytes(serialization.Encoding.PEM)
+    return None
+
+
+def der_to_pem(der: bytes) -> bytes:
+    """A DER certificate (as `ssl` hands out a peer's) as PEM."""
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    attributes = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attributes[0].value) if attributes else cert.subject.rfc4514_string()
+
+
+def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _same_public_key(first: PublicKeyTypes, second: PublicKeyTypes) -> bool:
+    return _public_key_der(first) == _public_key_der(second)
+
+
+def _public_key_der(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _subject_alternative_names(cert: x509.Certificate) -> set[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    addresses = {str(address) for address in san.get_values_for_type(x509.IPAddress)}
+    return set(san.get_values_for_type(x509.DNSName)) | addresses
 
 
 def write_bundle(out_dir: str | os.PathLike[str], *, ca: KeyPair, serving: KeyPair) -> BundlePaths:

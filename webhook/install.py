@@ -15,8 +15,9 @@ the new one until the next CA rotation, for the minute or so the pods take to pi
 files. The CA key is kept in the Secret (key `ca.key`) so that later runs can sign with it; the
 serving Deployment mounts only `tls.crt` and `tls.key`.
 
-Talking to the cluster goes through the small `Cluster` protocol, so the decisions can be tested
-against a fake and the real client stays at the edge (`KubernetesCluster`).
+Talking to the cluster goes through the `webhook.cluster` adapter (its `Cluster` protocol, so
+the decisions can be tested against a fake); certificates are read, checked and made by
+`webhook.certs`. What is left here is the reconcile logic and the Secret's layout.
 """
 
 from __future__ import annotations
@@ -24,19 +25,13 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from typing import Any
 
 from webhook import certs
+from webhook.cluster import Cluster, JsonObject, PatchOperation, connected
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +49,6 @@ CA_LIFETIME_FACTOR = 10
 # backdating in webhook.certs: a Secret issued by a machine whose clock runs a little ahead is
 # not thrown away.
 _CLOCK_SKEW = certs.CLOCK_SKEW_ALLOWANCE
-
-JsonObject = dict[str, Any]
-PatchOperation = dict[str, Any]
 
 
 class InstallError(Exception):
@@ -93,22 +85,6 @@ class InstallResult:
         return f"{'; '.join(done)}: {validity}"
 
 
-class Cluster(Protocol):
-    """The five API calls `install` needs; objects are plain JSON dicts."""
-
-    def read_secret(self, *, namespace: str, name: str) -> JsonObject | None: ...
-
-    def create_secret(self, *, namespace: str, body: JsonObject) -> None: ...
-
-    def replace_secret(self, *, namespace: str, name: str, body: JsonObject) -> None: ...
-
-    def read_webhook_configuration(self, *, name: str) -> JsonObject | None: ...
-
-    def patch_webhook_configuration(
-        self, *, name: str, operations: list[PatchOperation]
-    ) -> None: ...
-
-
 def install(
     *,
     namespace: str,
@@ -120,11 +96,11 @@ def install(
     kubeconfig: str | None = None,
     context: str | None = None,
 ) -> InstallResult:
-    """Connect to the cluster (see `connect` for which configuration wins) and reconcile."""
-    api_client = connect(kubeconfig=kubeconfig, context=context)
-    try:
+    """Connect to the cluster (see `webhook.cluster.connect` for which configuration wins)
+    and reconcile."""
+    with connected(kubeconfig=kubeconfig, context=context) as cluster:
         return reconcile(
-            KubernetesCluster(api_client),
+            cluster,
             namespace=namespace,
             service=service,
             secret_name=secret_name,
@@ -132,8 +108,6 @@ def install(
             days=days,
             renew_within_days=renew_within_days,
         )
-    finally:
-        api_client.close()
 
 
 def reconcile(
@@ -297,24 +271,14 @@ def needs_reissue(
     if missing:
         return f"the Secret lacks {', '.join(missing)}"
     try:
-        ca_cert = x509.load_pem_x509_certificate(_decoded(secret_data, CA_CERT_KEY))
-        cert = x509.load_pem_x509_certificate(_decoded(secret_data, CERT_KEY))
-        key = serialization.load_pem_private_key(_decoded(secret_data, KEY_KEY), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        ca_pem, cert_pem, key_pem = (_decoded(secret_data, key)
+                                     for key in (CA_CERT_KEY, CERT_KEY, KEY_KEY))
+    except ValueError as error:
         return f"the Secret does not parse: {error}"
-    if not _same_public_key(key.public_key(), cert.public_key()):
-        return f"{KEY_KEY} does not belong to {CERT_KEY}"
-    if not _issued_by(cert, ca_cert):
-        return f"{CERT_KEY} was not issued by {CA_CERT_KEY}"
-    uncovered = [name for name in hostnames if name not in _subject_alternative_names(cert)]
-    if uncovered:
-        return f"{CERT_KEY} does not cover {', '.join(uncovered)}"
-    if cert.not_valid_before_utc > now + _CLOCK_SKEW:
-        return f"{CERT_KEY} is not valid before {cert.not_valid_before_utc.isoformat()}"
-    expires = min(cert.not_valid_after_utc, ca_cert.not_valid_after_utc)
-    if expires - now <= margin:
-        return f"the certificate expires at {expires.isoformat()}, within {margin.days} days"
-    return None
+    return certs.serving_pair_problem(
+        ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem, hostnames=hostnames, now=now,
+        margin=margin, names=certs.PairNames(ca=CA_CERT_KEY, cert=CERT_KEY, key=KEY_KEY),
+    )
 
 
 def reusable_ca(
@@ -326,14 +290,9 @@ def reusable_ca(
     try:
         cert_pem = _decoded(secret_data, CA_CERT_KEY)
         key_pem = _decoded(secret_data, CA_KEY_KEY)
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except (ValueError, TypeError, UnsupportedAlgorithm, x509.ExtensionNotFound):
+    except ValueError:
         return None
-    if not constraints.ca or not _same_public_key(key.public_key(), cert.public_key()):
-        return None
-    if cert.not_valid_before_utc > now + _CLOCK_SKEW or cert.not_valid_after_utc < outlive:
+    if not certs.can_sign_until(cert_pem, key_pem, now=now, until=outlive):
         return None
     return certs.KeyPair(cert_pem=cert_pem, key_pem=key_pem)
 
@@ -380,16 +339,17 @@ def ca_bundle_operations(
     files, and a bundle without its CA would refuse every review meanwhile. A Secret deleted
     to be rebuilt (the path for a leaked key) does not set it: the old CA goes at once.
     """
-    wanted = _fingerprint(ca_pem)
+    wanted = certs.fingerprint(ca_pem)
     operations: list[PatchOperation] = []
     for index, webhook in enumerate(webhook_configuration.get("webhooks") or []):
         client_config = webhook.get("clientConfig") or {}
-        if wanted in _bundle_fingerprints(client_config.get("caBundle")):
+        if wanted in certs.bundle_fingerprints(_bundle_pem(client_config.get("caBundle"))):
             continue
         kept = previous_ca_pem
         if kept is None and keep_current_ca:
             moment = now if now is not None else dt.datetime.now(dt.UTC)
-            kept = _first_valid_ca(client_config.get("caBundle"), wanted, moment)
+            kept = certs.first_valid_certificate(
+                _bundle_pem(client_config.get("caBundle")), other_than=wanted, now=moment)
         bundle = _encoded(ca_pem + (kept or b""))
         operations.append(
             {"op": "test", "path": f"/webhooks/{index}/name", "value": webhook["name"]}
@@ -398,81 +358,6 @@ def ca_bundle_operations(
             {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": bundle}
         )
     return operations
-
-
-def connect(*, kubeconfig: str | None, context: str | None) -> Any:
-    """An ApiClient. Explicit `kubeconfig`/`context` win; then the pod's service account when
-    running in a cluster; then the default kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    from kubernetes import client, config  # imported here: `serve` never needs it
-
-    try:
-        if kubeconfig is None and context is None and _running_in_a_pod():
-            configuration = client.Configuration()
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-            return client.ApiClient(configuration)
-        return config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context
-        )
-    except config.ConfigException as error:
-        raise InstallError(f"no usable cluster configuration: {error}") from error
-
-
-class KubernetesCluster:
-    """`Cluster` over the official client; bodies go out and come back as plain dicts.
-
-    Responses are read raw (`_preload_content=False`) and requests are sent as dicts (the
-    client validates them into its models), so no object is round-tripped through a model class
-    that could drop a field it does not know.
-    """
-
-    def __init__(self, api_client: Any) -> None:
-        from kubernetes import client
-
-        self._core = client.CoreV1Api(api_client)
-        self._admission = client.AdmissionregistrationV1Api(api_client)
-
-    def read_secret(self, *, namespace: str, name: str) -> JsonObject | None:
-        return _json_or_none(
-            f"read Secret {namespace}/{name}",
-            lambda: self._core.read_namespaced_secret(name, namespace, _preload_content=False),
-        )
-
-    def create_secret(self, *, namespace: str, body: JsonObject) -> None:
-        _call(
-            f"create Secret {namespace}/{body['metadata']['name']}",
-            lambda: self._core.create_namespaced_secret(
-                namespace, cast(Any, body), _preload_content=False
-            ),
-        )
-
-    def replace_secret(self, *, namespace: str, name: str, body: JsonObject) -> None:
-        _call(
-            f"replace Secret {namespace}/{name}",
-            lambda: self._core.replace_namespaced_secret(
-                name, namespace, cast(Any, body), _preload_content=False
-            ),
-        )
-
-    def read_webhook_configuration(self, *, name: str) -> JsonObject | None:
-        return _json_or_none(
-            f"read MutatingWebhookConfiguration {name}",
-            lambda: self._admission.read_mutating_webhook_configuration(
-                name, _preload_content=False
-            ),
-        )
-
-    def patch_webhook_configuration(self, *, name: str, operations: list[PatchOperation]) -> None:
-        _call(
-            f"patch MutatingWebhookConfiguration {name}",
-            lambda: self._admission.patch_mutating_webhook_configuration(
-                name,
-                operations,
-                _content_type="application/json-patch+json",
-                _preload_content=False,
-            ),
-        )
 
 
 def _write_secret(cluster: Cluster, *, existing: JsonObject | None, body: JsonObject) -> None:
@@ -490,34 +375,6 @@ def _write_secret(cluster: Cluster, *, existing: JsonObject | None, body: JsonOb
         "resourceVersion": metadata.get("resourceVersion"),
     }
     cluster.replace_secret(namespace=namespace, name=name, body=body)
-
-
-def _call(what: str, request: Any) -> Any:
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        return request()
-    except ApiException as error:
-        raise InstallError(f"cannot {what}: {error.status} {error.reason}") from error
-
-
-def _json_or_none(what: str, request: Any) -> JsonObject | None:
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        response = request()
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise InstallError(f"cannot {what}: {error.status} {error.reason}") from error
-    return cast(JsonObject, json.loads(response.data))
-
-
-def _running_in_a_pod() -> bool:
-    # The same test client-go's InClusterConfig makes before it reads the token.
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
-        "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    )
 
 
 def _secret_data(secret: JsonObject | None) -> dict[str, str] | None:
@@ -538,63 +395,14 @@ def _still_valid_ca(secret_data: Mapping[str, str] | None, *, now: dt.datetime) 
     return ca_pem if expires > now else None
 
 
-def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _same_public_key(first: PublicKeyTypes, second: PublicKeyTypes) -> bool:
-    return _public_key_der(first) == _public_key_der(second)
-
-
-def _public_key_der(key: PublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _subject_alternative_names(cert: x509.Certificate) -> set[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set()
-    addresses = {str(address) for address in san.get_values_for_type(x509.IPAddress)}
-    return set(san.get_values_for_type(x509.DNSName)) | addresses
-
-
-def _bundle_fingerprints(ca_bundle: str | None) -> set[bytes]:
+def _bundle_pem(ca_bundle: str | None) -> bytes:
+    """A caBundle field as PEM bytes; empty when absent or not base64 (it trusts nothing)."""
     if not ca_bundle:
-        return set()
+        return b""
     try:
-        pem = base64.b64decode(ca_bundle, validate=True)
-        return {_fingerprint_of(cert) for cert in x509.load_pem_x509_certificates(pem)}
-    except ValueError:
-        return set()  # an unreadable bundle trusts nothing: replace it
-
-
-def _first_valid_ca(ca_bundle: str | None, other_than: bytes, now: dt.datetime) -> bytes | None:
-    """The first certificate of a caBundle that has not expired, as PEM; None if none."""
-    if not ca_bundle:
-        return None
-    try:
-        certificates = x509.load_pem_x509_certificates(base64.b64decode(ca_bundle, validate=True))
-    except ValueError:
-        return None
-    for cert in certificates:
-        if _fingerprint_of(cert) != other_than and cert.not_valid_after_utc > now:
-            return cert.public_bytes(serialization.Encoding.PEM)
-    return None
-
-
-def _fingerprint(cert_pem: bytes) -> bytes:
-    return _fingerprint_of(x509.load_pem_x509_certificate(cert_pem))
-
-
-def _fingerprint_of(cert: x509.Certificate) -> bytes:
-    return cert.fingerprint(hashes.SHA256())
+        return base64.b64decode(ca_bundle, validate=True)
+    except binascii.Error:
+        return b""
 
 
 def _decoded(secret_data: Mapping[str, str] | None, key: str) -> bytes:
