@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import make_settings
-from webhook.inject import inject_manifests, unified_diff
+from webhook import inject
+from webhook.inject import ManifestError, inject_manifests, unified_diff
 from webhook.mutate import Rules
 
 RENDERED = """\
@@ -94,13 +96,69 @@ def test_injecting_twice_changes_nothing() -> None:
     assert report.mutated == []
 
 
-def test_diff_shows_only_the_changes() -> None:
-    out, _ = inject_manifests(RENDERED, Rules(make_settings()))
-    diff = unified_diff(RENDERED, out, "rendered.yaml")
-    assert "-        - name: wait-for-mlflow" in diff
-    assert "kind: Service" not in "".join(
-        line for line in diff.splitlines() if line.startswith(("+", "-"))
+def changed_lines(diff: str) -> list[str]:
+    return [line for line in diff.splitlines()
+            if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+
+
+def test_diff_shows_only_what_the_webhook_changed() -> None:
+    _, report = inject_manifests(RENDERED, Rules(make_settings()), diff_name="rendered.yaml")
+    changed = changed_lines(report.diff)
+    assert "-      - name: wait-for-mlflow" in changed
+    assert any("GATEWAY_URL" in line for line in changed if line.startswith("+"))
+    # The kafka waiter is written in flow style (`command: ['sh', ...]`) and the dumper writes
+    # block style: a diff of the raw text would show it as changed although nothing was.
+    assert not [line for line in changed if "kafka" in line], changed
+    assert not [line for line in changed if "train-gru" in line], changed
+    headers = [line for line in report.diff.splitlines() if line.startswith(("+++", "---"))]
+    assert headers == [
+        "--- rendered.yaml: Deployment/train-gru (as given)",
+        "+++ rendered.yaml: Deployment/train-gru (injected)",
+        "--- rendered.yaml: CronJob/preprocess (as given)",
+        "+++ rendered.yaml: CronJob/preprocess (injected)",
+    ]
+
+
+def test_a_raw_diff_would_show_layout_changes_the_normalised_one_hides() -> None:
+    out, report = inject_manifests(RENDERED, Rules(make_settings()), diff_name="rendered.yaml")
+    raw = changed_lines(unified_diff(RENDERED, out, "rendered.yaml"))
+    assert [line for line in raw if "kafka" in line]
+    assert len(changed_lines(report.diff)) < len(raw)
+
+
+def test_no_diff_when_nothing_changes() -> None:
+    rules = Rules(make_settings())
+    once, _ = inject_manifests(RENDERED, rules)
+    _, report = inject_manifests(once, rules, diff_name="once.yaml")
+    assert report.diff == ""
+
+
+def test_cli_inject_diff_prints_only_the_changed_documents(tmp_path: Path) -> None:
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(RENDERED)
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook", "inject", "-f", str(rendered), "--diff"],
+        capture_output=True, text=True, check=True,
     )
+    assert result.stdout.startswith(f"--- {rendered}: Deployment/train-gru (as given)")
+    assert "Service" not in result.stdout
+
+
+def test_a_yaml_error_names_its_line_in_the_whole_stream() -> None:
+    text = "kind: ConfigMap\n---\n# c\n\nkind: Pod\nspec: {a: [}\n"
+    with pytest.raises(ManifestError) as caught:
+        inject_manifests(text, Rules(make_settings()))
+    assert caught.value.line == 6
+    assert caught.value.located("x.yaml").startswith("x.yaml:6: document 2 is not valid YAML")
+
+
+def test_both_yaml_implementations_give_the_same_documents(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    fast, _ = inject_manifests(RENDERED, Rules(make_settings()))
+    monkeypatch.setattr(inject, "_Loader", yaml.SafeLoader)
+    monkeypatch.setattr(inject, "_Dumper", yaml.SafeDumper)
+    pure, _ = inject_manifests(RENDERED, Rules(make_settings()))
+    assert documents(pure) == documents(fast)
 
 
 def test_cli_inject_reads_stdin_and_reports_on_stderr(tmp_path: Path) -> None:

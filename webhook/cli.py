@@ -1,8 +1,13 @@
-"""The command line: ``backend-injector serve | review | inject | certs | install``.
+"""The command line: ``backend-injector serve | review | inject | policy | certs | install | dev``.
 
 Settings are built here, once, from flags, environment, file and the embedded default (see
 ``webhook.config`` for which wins), and passed down; logging is set up here and nowhere else.
-Errors the user can fix are reported on one line with exit code 2, never as a traceback.
+
+Every failure a user can cause or fix (a bad flag, a broken file, a stopped cluster) is
+reported as one line, ``backend-injector COMMAND: what failed: what to do``, with a non-zero
+exit, never as a traceback: exit 2 for a bad command line or configuration, 1 for a failure
+met while doing the work. Abbreviated long options are refused, so that a flag added later
+can never change what an existing command line means.
 """
 
 from __future__ import annotations
@@ -13,46 +18,120 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from webhook import __version__
 from webhook.config import ConfigError, Settings, describe, load_settings
-from webhook.logs import configure_logging
+from webhook.logs import LOG_FORMATS, configure_logging
 
 logger = logging.getLogger("webhook.cli")
 
 USAGE_ERROR = 2
+FAILURE = 1
+PROG = "backend-injector"
+
+
+class CommandError(Exception):
+    """A failure met while doing the work, already phrased for the user (exit 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and which never guesses abbreviations."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level.upper())
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Reported by the command's own parser, so the line names the command and its --help.
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    configure_logging(args.log_level.upper(), args.log_format)
+    command = f"{PROG} {args.command}"
     try:
         result: int = args.run(args)
         return result
     except ConfigError as error:
-        print(f"backend-injector: {error}", file=sys.stderr)
+        print(f"{command}: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except CommandError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return FAILURE
     except KeyboardInterrupt:
         return 130
 
 
+def version_text() -> str:
+    """The version, and the AdmissionReview versions the webhook answers."""
+    from webhook.admission import API_VERSIONS
+
+    return f"{PROG} {__version__}\nadmission API versions served: {', '.join(sorted(API_VERSIONS))}"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, printed as written (argparse's own action re-wraps the text)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def _positive_days(text: str) -> int:
+    days = _whole_number(text)
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 day, not {days}")
+    return days
+
+
+def _days_or_zero(text: str) -> int:
+    days = _whole_number(text)
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"may not be negative, not {days}")
+    return days
+
+
+def _port(text: str) -> int:
+    port = _whole_number(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, not {port}")
+    return port
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="backend-injector",
+    parser = _Parser(
+        prog=PROG,
         description="Mutating admission webhook that points pods at an external "
         "MLflow/MinIO/FastAPI backend.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version and the admission API versions served")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--log-format", default="auto", choices=LOG_FORMATS,
+                        help="auto: readable lines on a terminal, JSON otherwise (default)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="serve the webhook over HTTPS")
     _add_config_arguments(serve)
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8443)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default 8443)")
     serve.add_argument("--tls-cert", type=Path, help="serving certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="its private key (PEM)")
     serve.add_argument("--client-ca", type=Path,
@@ -74,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_arguments(inject)
     inject.add_argument("-f", "--filename", required=True, help="YAML file, or - for stdin")
     inject.add_argument("--diff", action="store_true",
-                        help="print a unified diff instead of the manifests")
+                        help="print only what the webhook changed, as a unified diff")
     inject.set_defaults(run=_inject)
 
     policy = commands.add_parser(
@@ -93,7 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     certs = commands.add_parser("certs", help="write a CA and a serving certificate")
     _add_service_arguments(certs)
     certs.add_argument("--out", type=Path, default=Path("certs"), help="directory (certs/)")
-    certs.add_argument("--days", type=int, default=365, help="validity in days (365)")
+    certs.add_argument("--days", type=_positive_days, default=365,
+                       help="validity in days (365)")
     certs.add_argument("--san", action="append", default=[],
                        help="an extra DNS name or IP address (repeatable)")
     certs.set_defaults(run=_certs)
@@ -106,13 +186,31 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--secret", default="backend-injector-tls", help="TLS Secret name")
     install.add_argument("--webhook-config", default="backend-injector",
                          help="MutatingWebhookConfiguration name")
-    install.add_argument("--days", type=int, default=365, help="validity of a new certificate")
-    install.add_argument("--renew-within-days", type=int, default=30,
+    install.add_argument("--days", type=_positive_days, default=365,
+                         help="validity of a new certificate")
+    install.add_argument("--renew-within-days", type=_days_or_zero, default=30,
                          help="re-issue when the certificate expires within this many days")
-    install.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then "
-                         "$KUBECONFIG or ~/.kube/config)")
-    install.add_argument("--context", help="kubeconfig context")
+    _add_cluster_arguments(install)
     install.set_defaults(run=_install)
+
+    dev = commands.add_parser(
+        "dev",
+        help="serve the webhook here and register it with the current cluster until stopped",
+    )
+    _add_config_arguments(dev)
+    dev.add_argument("--url", default="https://host.docker.internal:8443/mutate",
+                     help="where the cluster calls this machine "
+                     "(default https://host.docker.internal:8443/mutate, for Docker Desktop)")
+    dev.add_argument("--listen", dest="listen_host",
+                     help="address to listen on (default: the URL's if it is loopback, "
+                     "else 0.0.0.0); the port is the URL's")
+    dev.add_argument("--certs-dir", type=Path,
+                     help="keep the dev CA and certificate here (default: a temporary "
+                     "directory, removed on exit)")
+    _add_cluster_arguments(dev)
+    dev.set_defaults(run=_dev)
+    for command_parser in commands.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
 
 
@@ -127,6 +225,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_service_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service", default="backend-injector", help="Service name")
     parser.add_argument("--namespace", default="backend-injector", help="its namespace")
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then "
+                        "$KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -153,7 +257,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _announce(settings)
-    return serve(settings)
+    result: int = _listening_or_error(serve)(settings)
+    return result
 
 
 def _review(args: argparse.Namespace) -> int:
@@ -165,30 +270,30 @@ def _review(args: argparse.Namespace) -> int:
     try:
         outcome = handler.review(sys.stdin.buffer.read())
     except EnvelopeError as error:
-        print(f"backend-injector: {error}", file=sys.stderr)
-        return 1
+        raise CommandError(f"stdin: {error}") from error
     sys.stdout.buffer.write(outcome.body + b"\n")
     return 0
 
 
 def _inject(args: argparse.Namespace) -> int:
-    from webhook.inject import ManifestError, inject_manifests, unified_diff
+    from webhook.inject import ManifestError, inject_manifests
     from webhook.mutate import Rules
 
     settings = _settings(args)
     name = "stdin" if args.filename == "-" else args.filename
     try:
         text = sys.stdin.read() if args.filename == "-" else Path(name).read_text("utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read {name}: {error.strerror}") from error
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise CommandError(f"cannot read {name}: {reason}") from error
     try:
-        injected, report = inject_manifests(text, Rules(settings))
+        injected, report = inject_manifests(text, Rules(settings), diff_name=name if args.diff
+                                            else None)
     except ManifestError as error:
-        print(f"backend-injector: {name}: {error}", file=sys.stderr)
-        return 1
-    sys.stdout.write(unified_diff(text, injected, name) if args.diff else injected)
+        raise CommandError(error.located(name)) from error
+    sys.stdout.write(report.diff if args.diff else injected)
     for warning in report.warnings:
-        print(f"backend-injector: {warning}", file=sys.stderr)
+        print(f"{PROG}: {warning}", file=sys.stderr)
     return 0
 
 
@@ -206,7 +311,14 @@ def _certs(args: argparse.Namespace) -> int:
     hostnames = certs.service_hostnames(args.service, args.namespace, args.san)
     ca = certs.build_ca(common_name=f"{args.service} CA", days=args.days)
     serving = certs.build_serving_certificate(ca=ca, hostnames=hostnames, days=args.days)
-    paths = certs.write_bundle(args.out, ca=ca, serving=serving)
+    try:
+        paths = certs.write_bundle(args.out, ca=ca, serving=serving)
+    except OSError as error:
+        where = error.filename or args.out
+        raise CommandError(
+            f"cannot write to {where}: {error.strerror or error}; "
+            "choose a writable directory with --out"
+        ) from error
     fields: dict[str, Any] = {
         "ca": str(paths.ca_cert),
         "cert": str(paths.cert),
@@ -218,7 +330,43 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev(args: argparse.Namespace) -> int:
+    from webhook.cluster import ClusterError, connected
+    from webhook.dev import DevError, parse_url, run_dev
+    from webhook.server import serve
+
+    try:
+        target = parse_url(args.url, listen_host=args.listen_host)
+    except DevError as error:
+        raise ConfigError(str(error)) from error
+    settings = _settings(args)
+    _announce(settings)
+    try:
+        with connected(kubeconfig=args.kubeconfig, context=args.context) as cluster:
+            return run_dev(settings, cluster, target, serve=_listening_or_error(serve),
+                           certs_dir=args.certs_dir)
+    except (ClusterError, DevError) as error:
+        raise CommandError(str(error)) from error
+
+
+def _listening_or_error(serve: Any) -> Any:
+    """`serve`, with a port that cannot be listened on reported as one line."""
+
+    def serve_or_explain(settings: Settings) -> int:
+        try:
+            result: int = serve(settings)
+            return result
+        except OSError as error:
+            raise CommandError(
+                f"cannot listen on {settings.host}:{settings.port}: "
+                f"{error.strerror or error}; stop what uses it or choose another port"
+            ) from error
+
+    return serve_or_explain
+
+
 def _install(args: argparse.Namespace) -> int:
+    from webhook.cluster import ClusterError
     from webhook.install import InstallError, install
 
     try:
@@ -232,8 +380,7 @@ def _install(args: argparse.Namespace) -> int:
             kubeconfig=args.kubeconfig,
             context=args.context,
         )
-    except InstallError as error:
-        print(f"backend-injector: install: {error}", file=sys.stderr)
-        return 1
+    except (InstallError, ClusterError) as error:
+        raise CommandError(str(error)) from error
     print(result.summary())
     return 0

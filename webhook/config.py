@@ -40,6 +40,10 @@ class ConfigError(ValueError):
     """The configuration cannot be used: a bad file, a bad value, or a contradiction."""
 
 
+class EnvironmentConfigError(ConfigError):
+    """A bad value from a BACKEND_INJECTOR_* variable; the message names the variable."""
+
+
 class Action(StrEnum):
     """What happens to an init container that waits for a managed in-cluster service."""
 
@@ -161,7 +165,15 @@ def load_settings(
     file_path = config_file or _path_from_env(environ, "CONFIG")
     if file_path is not None:
         document = _merge(document, _read_yaml(file_path))
-    settings = _settings_from_document(document, environ)
+    try:
+        settings = _settings_from_document(document, environ)
+    except EnvironmentConfigError:
+        raise
+    except ConfigError as error:
+        # Every other value that can be wrong here came from the file (the default is right), so
+        # the message says which file, after the key path it already names.
+        raise ConfigError(f"{file_path}: {error}" if file_path is not None else str(error)) \
+            from None
     settings = _apply_environment(settings, environ)
     if overrides:
         given = {key: value for key, value in overrides.items() if value is not None}
@@ -175,8 +187,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"cannot read configuration file {path}: {error.strerror}") from error
+    except yaml.MarkedYAMLError as error:
+        raise ConfigError(_yaml_error_line(path, error)) from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"configuration file {path} is not valid YAML: {error}") from error
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -190,6 +204,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
                     f"{ENV_PREFIX}{secret_field.upper()} or {ENV_PREFIX}{secret_field.upper()}_FILE"
                 )
     return loaded
+
+
+def _yaml_error_line(path: Path, error: yaml.MarkedYAMLError) -> str:
+    """``FILE:LINE:COLUMN: not valid YAML: problem``: where the parser gave up, 1-based."""
+    mark = error.problem_mark or error.context_mark
+    problem = " ".join(part for part in (error.context, error.problem) if part)
+    if mark is None:
+        return f"{path}: not valid YAML: {problem}"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,13 +286,14 @@ def _service(name: str, spec: Any) -> Service:
     return Service(
         name=name,
         hosts=hosts,
-        external=Endpoint(host=str(external.get("host", "")), port=_port(external.get("port"))),
+        external=Endpoint(host=str(external.get("host", "")),
+                          port=_port(external.get("port"), f"services.{name}.external.port")),
     )
 
 
-def _port(value: Any) -> int:
+def _port(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise ConfigError(f"port must be a number from 1 to 65535, not {value!r}")
+        raise ConfigError(f"{where}: port must be a number from 1 to 65535, not {value!r}")
     return value
 
 
@@ -312,7 +336,7 @@ def _secret_from_env(environ: Mapping[str, str], name: str) -> str:
             return file_path.read_text(encoding="utf-8").strip()
         except OSError as error:
             # The message names the file, never its content.
-            raise ConfigError(f"cannot read {ENV_PREFIX}{name}_FILE ({file_path}): "
+            raise EnvironmentConfigError(f"cannot read {ENV_PREFIX}{name}_FILE ({file_path}): "
                               f"{error.strerror}") from error
     return environ.get(ENV_PREFIX + name, DEVELOPMENT_CREDENTIAL)
 
@@ -322,18 +346,29 @@ def _path_from_env(environ: Mapping[str, str], name: str) -> Path | None:
     return Path(value) if value else None
 
 
+_SCALAR_VARIABLES = ("ACTION", "EXTERNAL_HOST", "HOST", "PORT", "WORKERS", "TLS_CERT", "TLS_KEY",
+                     "CLIENT_CA", "SHUTDOWN_DELAY_SECONDS")
+
+
 def _apply_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
-    """Apply the scalar BACKEND_INJECTOR_* variables (credentials were read already)."""
-    given: dict[str, Any] = {}
-    if action := environ.get(ENV_PREFIX + "ACTION"):
-        given["action"] = action
-    if external_host := environ.get(ENV_PREFIX + "EXTERNAL_HOST"):
-        given["external_host"] = external_host
-    for name in ("HOST", "PORT", "WORKERS", "TLS_CERT", "TLS_KEY", "CLIENT_CA",
-                 "SHUTDOWN_DELAY_SECONDS"):
-        if value := environ.get(ENV_PREFIX + name):
-            given[name.lower()] = value
-    return _apply_overrides(settings, given)
+    """Apply the scalar BACKEND_INJECTOR_* variables (credentials were read already).
+
+    One at a time, so that a bad value is reported with the name of the variable it came
+    from: the user has to know where to look, and that is not in any file.
+    """
+    for name in _SCALAR_VARIABLES:
+        value = environ.get(ENV_PREFIX + name)
+        if not value:
+            continue
+        try:
+            settings = _apply_overrides(settings, {name.lower(): value})
+            _validate_endpoints(settings)
+            _validate_numbers(settings)
+        except ConfigError as error:
+            raise EnvironmentConfigError(
+                f"environment variable {ENV_PREFIX}{name}: {error}"
+            ) from None
+    return settings
 
 
 def _apply_overrides(settings: Settings, given: Mapping[str, Any]) -> Settings:
@@ -400,22 +435,34 @@ def _validate(settings: Settings) -> None:
                     f"host {host!r} is claimed by both {seen_hosts[host]} and {service.name}"
                 )
             seen_hosts[host] = service.name
-        if service.external is not None and not _HOSTNAME.match(service.external.host):
-            raise ConfigError(f"services.{service.name}.external.host is not a host name")
+    _validate_endpoints(settings)
     names = [name for name, _ in settings.env]
     for name in names:
         if not _ENV_NAME.match(name):
             raise ConfigError(f"env: {name!r} is not a valid variable name")
         if name in (ACCESS_KEY_ENV, SECRET_KEY_ENV):
             raise ConfigError(f"env: {name} is a credential; it comes from the credentials section")
-    if not 0 < settings.port < 65536:
-        raise ConfigError(f"port must be from 1 to 65535, not {settings.port}")
-    if settings.workers < 1:
-        raise ConfigError("workers must be at least 1")
+    _validate_numbers(settings)
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     if not settings.credentials.access_key_id or not settings.credentials.secret_access_key:
         raise ConfigError("credentials may not be empty")
+
+
+def _validate_numbers(settings: Settings) -> None:
+    if not 0 < settings.port < 65536:
+        raise ConfigError(f"port must be from 1 to 65535, not {settings.port}")
+    if settings.workers < 1:
+        raise ConfigError(f"workers must be at least 1, not {settings.workers}")
+
+
+def _validate_endpoints(settings: Settings) -> None:
+    for service in settings.services:
+        if service.external is not None and not _HOSTNAME.match(service.external.host):
+            raise ConfigError(
+                f"services.{service.name}.external.host: {service.external.host!r} is not a "
+                "host name"
+            )
 
 
 def describe(settings: Settings) -> dict[str, Any]:

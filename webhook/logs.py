@@ -1,8 +1,10 @@
-"""Structured logs: one JSON object a line.
+"""Logs: one JSON object a line for machines, one readable line for a person at a terminal.
 
 Set up by the CLI only. Records carry their fields in ``extra={"fields": {...}}``; the
-formatter writes them beside time, level, logger and message. Nothing here ever receives a
-credential value: callers pass names.
+formatter writes them beside time, level, logger and message. ``--log-format auto`` (the
+default) picks the text form when stderr is a terminal and JSON otherwise, so a pod's log
+stays machine-readable while ``backend-injector dev`` in a shell reads like prose. Nothing
+here ever receives a credential value: callers pass names.
 """
 
 from __future__ import annotations
@@ -42,10 +44,43 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode("utf-8")
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send every logger, uvicorn's included, through one JSON handler on stderr."""
+class TextFormatter(logging.Formatter):
+    """Formats a record as ``HH:MM:SS level message key=value ...`` for a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{clock} {record.levelname.lower():<7} {record.getMessage()}"
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            line += " " + " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else repr(value)
+    return orjson.dumps(value, default=str).decode("utf-8")
+
+
+LOG_FORMATS = ("auto", "json", "text")
+
+
+def resolve_format(log_format: str, stream: Any = None) -> str:
+    """``json`` or ``text``: ``auto`` means text on a terminal, JSON everywhere else."""
+    if log_format != "auto":
+        return log_format
+    target = sys.stderr if stream is None else stream
+    isatty = getattr(target, "isatty", None)
+    return "text" if callable(isatty) and isatty() else "json"
+
+
+def configure_logging(level: str = "INFO", log_format: str = "json") -> None:
+    """Send every logger, uvicorn's included, through one handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    chosen = resolve_format(log_format, sys.stderr)
+    handler.setFormatter(TextFormatter() if chosen == "text" else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,0 +1,266 @@
+"""The command line as a user meets it: each expected failure is one line and a non-zero exit.
+
+Every case runs the real console entry point in a subprocess, with a clean environment, and
+checks the whole of stderr: exactly one line, no traceback, and the words a user needs (what
+failed, where, what to do).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from webhook.logs import JsonFormatter, TextFormatter, configure_logging, resolve_format
+
+CLI_TIMEOUT_SECONDS = 60
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {key: value for key, value in os.environ.items()
+             if not key.startswith(("BACKEND_INJECTOR_", "KUBERNETES_", "KUBECONFIG"))}
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args],
+        input=stdin, capture_output=True, text=True, env={**clean, **(env or {})},
+        timeout=CLI_TIMEOUT_SECONDS, check=False,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The single stderr line of a failed run, after checking the exit code and the shape."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def kubeconfig_for(path: Path, server: str, *, context: str = "docker-desktop") -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
+        "contexts": [{"name": context, "context": {"cluster": "c", "user": "u"}}],
+        "current-context": context,
+    }))
+    return path
+
+
+# --- the cluster ----------------------------------------------------------------------------
+
+
+def test_a_stopped_cluster_is_one_line_naming_the_server_and_what_to_do(tmp_path: Path) -> None:
+    server = f"https://127.0.0.1:{unused_port()}"
+    kubeconfig = kubeconfig_for(tmp_path / "config", server)
+    line = one_line_error(run_cli("install", "--kubeconfig", str(kubeconfig)), 1)
+    assert line.startswith("backend-injector install: cannot reach the cluster at "
+                           f"{server} (context docker-desktop): connection refused")
+    assert "start Kubernetes in Docker Desktop" in line
+
+
+def test_a_stopped_cluster_of_another_context_points_at_kubectl(tmp_path: Path) -> None:
+    server = f"https://127.0.0.1:{unused_port()}"
+    kubeconfig = kubeconfig_for(tmp_path / "config", server, context="kind-dev")
+    line = one_line_error(run_cli("install", env={"KUBECONFIG": str(kubeconfig)}), 1)
+    assert "(context kind-dev): connection refused" in line
+    assert "kubectl cluster-info" in line
+
+
+def test_a_missing_kubeconfig_says_where_it_looked(tmp_path: Path) -> None:
+    absent = tmp_path / "nowhere" / "config"
+    line = one_line_error(run_cli("install", env={"KUBECONFIG": str(absent)}), 1)
+    assert f"no kubeconfig at {absent}" in line
+    assert "--kubeconfig" in line
+
+
+def test_a_kubeconfig_that_is_not_yaml_names_its_line(tmp_path: Path) -> None:
+    broken = tmp_path / "config"
+    broken.write_text("apiVersion: v1\nkind: Config\nclusters: [\n  {name: c\n")
+    line = one_line_error(run_cli("install", "--kubeconfig", str(broken)), 1)
+    assert line.startswith(f"backend-injector install: {broken}:")
+    assert "not valid YAML" in line
+
+
+def test_a_kubeconfig_without_the_context_names_it(tmp_path: Path) -> None:
+    kubeconfig = kubeconfig_for(tmp_path / "config", "https://127.0.0.1:1")
+    line = one_line_error(run_cli("install", "--kubeconfig", str(kubeconfig),
+                                  "--context", "prod"), 1)
+    assert "prod" in line and "--context" in line
+
+
+# --- flags ----------------------------------------------------------------------------------
+
+
+def test_an_unwritable_out_directory_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "certs"
+    line = one_line_error(run_cli("certs", "--out", str(out)), 1)
+    assert line.startswith(f"backend-injector certs: cannot write to {out}")
+    assert "--out" in line
+
+
+def test_zero_days_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    line = one_line_error(run_cli("certs", "--days", "0", "--out", str(tmp_path / "c")), 2)
+    assert "--days: must be at least 1 day, not 0" in line
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_unknown_flag_is_one_line_pointing_at_help() -> None:
+    line = one_line_error(run_cli("certs", "--colour"), 2)
+    assert line == ("backend-injector certs: unrecognized arguments: --colour "
+                    "(see backend-injector certs --help)")
+
+
+def test_abbreviated_long_options_are_refused(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("kind: ConfigMap\n")
+    # `--dif` would be read as `--diff`, and `--ext` as `--external-host`, if allowed.
+    assert "unrecognized arguments: --dif" in one_line_error(
+        run_cli("inject", "-f", str(manifest), "--dif"), 2)
+    assert "--ext" in one_line_error(run_cli("inject", "-f", str(manifest), "--ext", "h"), 2)
+    assert "unrecognized arguments: --log-f=json" in one_line_error(
+        run_cli("--log-f=json", "certs"), 2)
+
+
+def test_a_missing_command_is_one_line() -> None:
+    assert "required: COMMAND" in one_line_error(run_cli(), 2)
+
+
+def test_version_names_the_admission_api_versions_served() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    first, second = result.stdout.splitlines()
+    assert first.startswith("backend-injector ")
+    assert second == ("admission API versions served: "
+                      "admission.k8s.io/v1, admission.k8s.io/v1beta1")
+
+
+# --- files and configuration ----------------------------------------------------------------
+
+
+def test_a_yaml_error_in_the_configuration_names_its_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("action: remove\nservices:\n  mlflow: {hosts: [mlflow]\n")
+    line = one_line_error(run_cli("inject", "-f", "-", "--config", str(config), stdin=""), 2)
+    assert line.startswith(f"backend-injector inject: {config}:4:")
+    assert "not valid YAML" in line
+
+
+def test_a_yaml_error_in_a_manifest_names_the_line_in_the_whole_file(tmp_path: Path) -> None:
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(
+        "---\n# Source: a.yaml\nkind: ConfigMap\nmetadata: {name: a}\n"
+        "---\n# Source: b.yaml\nkind: Pod\nmetadata:\n  name: b\n  labels: {x: [\n"
+    )
+    line = one_line_error(run_cli("inject", "-f", str(manifest)), 1)
+    # The flow sequence opened on line 10 is never closed; the parser notices at the end.
+    assert line.startswith(f"backend-injector inject: {manifest}:1")
+    number = int(line.split(f"{manifest}:")[1].split(":")[0])
+    assert number >= 10, line
+    assert "document 2 is not valid YAML" in line
+
+
+def test_a_bad_value_in_the_file_names_the_file_and_the_key_path(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("services:\n  mlflow:\n    external: {host: h, port: 99999}\n")
+    line = one_line_error(run_cli("inject", "-f", "-", "--config", str(config), stdin=""), 2)
+    assert line.startswith(f"backend-injector inject: {config}: services.mlflow.external.port:")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("BACKEND_INJECTOR_PORT", "eighty", "must be a whole number"),
+        ("BACKEND_INJECTOR_PORT", "0", "port must be from 1 to 65535"),
+        ("BACKEND_INJECTOR_ACTION", "delete", "action must be one of"),
+        ("BACKEND_INJECTOR_EXTERNAL_HOST", "no such host!", "is not a host name"),
+        ("BACKEND_INJECTOR_SHUTDOWN_DELAY_SECONDS", "forever", "number of seconds"),
+    ],
+)
+def test_a_bad_environment_variable_is_named(variable: str, value: str, message: str) -> None:
+    line = one_line_error(run_cli("inject", "-f", "-", env={variable: value}, stdin=""), 2)
+    assert line.startswith(f"backend-injector inject: environment variable {variable}: ")
+    assert message in line
+
+
+def test_an_unreadable_credential_file_is_named_by_its_variable(tmp_path: Path) -> None:
+    absent = tmp_path / "absent"
+    line = one_line_error(run_cli("inject", "-f", "-", stdin="", env={
+        "BACKEND_INJECTOR_ACCESS_KEY_ID_FILE": str(absent)}), 2)
+    assert f"BACKEND_INJECTOR_ACCESS_KEY_ID_FILE ({absent})" in line
+
+
+def test_an_unreadable_manifest_is_named(tmp_path: Path) -> None:
+    line = one_line_error(run_cli("inject", "-f", str(tmp_path / "absent.yaml")), 1)
+    assert line.endswith("absent.yaml: No such file or directory")
+
+
+# --- logs -----------------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_log_format_is_text_on_a_terminal_and_json_elsewhere() -> None:
+    assert resolve_format("auto", _Terminal()) == "text"
+    assert resolve_format("auto", io.StringIO()) == "json"
+    assert resolve_format("json", _Terminal()) == "json"
+    assert resolve_format("text", io.StringIO()) == "text"
+
+
+def _record(message: str, **fields: object) -> logging.LogRecord:
+    record = logging.LogRecord("webhook.test", logging.INFO, __file__, 1, message, None, None)
+    record.fields = fields
+    return record
+
+
+def test_text_lines_read_as_prose_with_fields_after() -> None:
+    line = TextFormatter().format(_record("dev webhook registered", url="https://h:8443/mutate",
+                                          namespaces=["a b"]))
+    assert line.endswith(' info    dev webhook registered url=https://h:8443/mutate '
+                         'namespaces=["a b"]')
+
+
+def test_json_lines_carry_the_same_fields() -> None:
+    entry = json.loads(JsonFormatter().format(_record("registered", url="u")))
+    assert (entry["message"], entry["url"], entry["level"]) == ("registered", "u", "info")
+
+
+def test_the_cli_logs_json_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    result = run_cli("certs", "--out", str(tmp_path / "c"))
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    assert "certificates written" in [entry["message"] for entry in entries]
+
+
+def test_the_cli_logs_text_when_asked(tmp_path: Path) -> None:
+    result = run_cli("--log-format", "text", "certs", "--out", str(tmp_path / "c"))
+    assert result.returncode == 0, result.stderr
+    assert " info    certificates written ca=" in result.stderr
+    assert not result.stderr.lstrip().startswith("{")
+
+
+def test_configure_logging_replaces_the_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "text")
+    logging.getLogger("webhook.test").info("hello", extra={"fields": {"n": 1}})
+    assert capsys.readouterr().err.rstrip().endswith("info    hello n=1")
+    configure_logging("INFO", "json")
