@@ -221,3 +221,21 @@ def test_every_folder_is_a_complete_case() -> None:
     assert folders == _case_names(), "a fixture folder has no request.json"
     for name in folders:
         assert (FIXTURES / name / "expected_pod.json").is_file(), f"{name}: no expected_pod.json"
+
+
+def _scripts(pod: Any) -> list[str]:
+    spec = pod.get("spec") or {} if isinstance(pod, dict) else {}
+    found = []
+    for container in spec.get("initContainers") or []:
+        argv = (container.get("command") or []) + (container.get("args") or [])
+        if len(argv) >= 3 and argv[0].rsplit("/", 1)[-1] in ("sh", "bash") and argv[1] == "-c":
+            found.append(argv[2])
+    return found
+
+
+@pytest.mark.parametrize("name", _case_names())
+def test_every_script_the_rules_leave_still_parses_as_shell(name: str) -> None:
+    for script in _scripts(load_case(name).expected):
+        checked = subprocess.run(["sh", "-n", "-c", script], capture_output=True, check=False,
+                                 timeout=CLI_TIMEOUT_SECONDS)
+        assert checked.returncode == 0, f"{name}: {checked.stderr.decode()}"

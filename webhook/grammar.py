@@ -18,11 +18,55 @@ from collections.abc import Iterable
 # --- words -------------------------------------------------------------------------------
 
 SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh"})
-# Commands whose only purpose in an init container is to see whether a host answers.
+# Commands whose only purpose in an init container is to see whether a host answers, the
+# wait tools among them (Bitnami's `wait-for-port`, `wait-port`, `wait-for-it[.sh]`,
+# `wait-for`, `dockerize -wait`).
+WAIT_TOOLS = frozenset(
+    {"wait-for-port", "wait-port", "wait-for-it", "wait-for-it.sh", "wait-for", "wait-for.sh",
+     "dockerize"}
+)
 PROBE_COMMANDS = frozenset(
     {"nc", "ncat", "netcat", "telnet", "wget", "curl", "nslookup", "host", "dig", "getent",
      "pg_isready", "ping"}
+) | WAIT_TOOLS
+# Wait tools that run a command of their own after `--` (`wait-for-it db:5432 -- ./migrate`):
+# what follows is read as a command in its own right.
+COMMAND_AFTER_DOUBLE_DASH = frozenset(
+    {"wait-for-it", "wait-for-it.sh", "wait-for", "wait-for.sh", "wait-port"}
 )
+# dockerize runs its first word that is not an option (or an option's value) as a command.
+DOCKERIZE = "dockerize"
+DOCKERIZE_VALUE_OPTIONS = frozenset(
+    {"wait", "timeout", "wait-retry-interval", "wait-http-header", "template", "stdout",
+     "stderr", "delims"}
+)
+# dockerize options that do work (render files), so its invocation is not a pure wait.
+DOCKERIZE_WORK_OPTIONS = frozenset({"template"})
+# Tools whose port is their last word rather than next to the host:
+# `wait-for-port --host=db --state=inuse --timeout=120 5432`.
+PORT_LAST_TOOLS = frozenset({"wait-for-port"})
+# Options that give a probe's port apart from its host: `-p 5432`, `--port=5432`.
+PORT_OPTIONS = ("-p", "--port")
+
+# Database and cache clients. They probe their host when what they run is a liveness check
+# (`psql -c 'SELECT 1'`, `mysql -e 'select 1'`, `mysqladmin ping`, `redis-cli ping`); any
+# other query or command is work.
+QUERY_CLIENTS = {"psql": ("-c", "--command"), "mysql": ("-e", "--execute")}
+# Compared in lower case, with white space squeezed and a trailing `;` dropped.
+LIVENESS_QUERIES = frozenset({"select 1", "\\q"})
+# mysqladmin takes commands from a closed set: it probes when all it runs are these...
+MYSQLADMIN = "mysqladmin"
+MYSQLADMIN_LIVENESS = frozenset({"ping", "status", "version"})
+MYSQLADMIN_COMMANDS = MYSQLADMIN_LIVENESS | frozenset(
+    {"create", "debug", "drop", "extended-status", "flush-hosts", "flush-logs",
+     "flush-privileges", "flush-status", "flush-tables", "flush-threads", "kill", "password",
+     "old-password", "processlist", "reload", "refresh", "shutdown", "start-replica",
+     "start-slave", "stop-replica", "stop-slave", "variables"}
+)
+# ...and redis-cli names its command last; `ping` is the only liveness check.
+REDIS_CLI = "redis-cli"
+REDIS_LIVENESS = frozenset({"ping"})
+CLIENTS = frozenset(QUERY_CLIENTS) | {MYSQLADMIN, REDIS_CLI}
 # Commands that neither probe nor change anything: the glue of a readiness loop.
 IDLE_COMMANDS = frozenset(
     {"sleep", "echo", "printf", "true", "false", ":", "exit", "date", "test", "[", "[[", "let",
@@ -37,6 +81,9 @@ SHELL_KEYWORDS = frozenset(
 LOOP_HEADERS = frozenset({"for", "case", "select"})
 # Commands that run the rest of the words as a command: `timeout 5 nc -z mlflow 5000`.
 WRAPPERS = frozenset({"timeout", "env", "nice", "nohup", "command", "busybox"})
+
+# A word starting with this begins a comment, which runs to the end of its line.
+COMMENT = "#"
 
 # --- separators --------------------------------------------------------------------------
 
@@ -72,6 +119,15 @@ PORT_NUMBER = "[0-9]{1,5}"
 # A variable standing for a port (`mlflow:${MLFLOW_PORT}`), which names the in-cluster port
 # just the same and is replaced with the external one.
 VARIABLE_PORT = "\\$\\{?[A-Za-z_][A-Za-z0-9_]*\\}?"
+# The namespace part of NAME.NS.svc may be computed: the service account's namespace file
+# read by command substitution (the Kubernetes documentation's own init container example),
+# or a variable followed by `.svc` (`minio.${POD_NAMESPACE}.svc`). Whole, these are one word
+# part: a script is not split inside them.
+NAMESPACE_FILE_SUBSTITUTION = (
+    "\\$\\([ \\t]*cat[ \\t]+/var/run/secrets/kubernetes\\.io/serviceaccount/namespace[ \\t]*\\)"
+    "|`[ \\t]*cat[ \\t]+/var/run/secrets/kubernetes\\.io/serviceaccount/namespace[ \\t]*`"
+)
+NAMESPACE_VARIABLE = "\\$\\{?[A-Za-z_][A-Za-z0-9_]*\\}?|\\$\\([A-Za-z_][A-Za-z0-9_]*\\)"
 # Between a host and its port: `mlflow:5000`, `/dev/tcp/mlflow/5000`.
 PORT_SEPARATORS = ":/"
 # `/dev/tcp/HOST/` and `/dev/udp/HOST/`: bash's built-in connections.
@@ -98,5 +154,27 @@ def host_names(hosts: Iterable[str]) -> str:
 
 
 def host_form(hosts: Iterable[str]) -> str:
-    """NAME, NAME.NS, NAME.NS.svc and NAME.NS.svc.cluster.local for any of ``hosts``."""
-    return f"(?:{host_names(hosts)})(?:\\.{NAMESPACE_LABEL}{SERVICE_SUFFIX})?"
+    """NAME, NAME.NS, NAME.NS.svc and NAME.NS.svc.cluster.local for any of ``hosts``, where NS
+    may also be the namespace file's substitution, or a variable when `.svc` follows."""
+    namespace = (
+        f"{NAMESPACE_LABEL}{SERVICE_SUFFIX}"
+        f"|(?:{NAMESPACE_FILE_SUBSTITUTION}){SERVICE_SUFFIX}"
+        f"|(?:{NAMESPACE_VARIABLE})\\.svc(?:\\.cluster\\.local)?"
+    )
+    return f"(?:{host_names(hosts)})(?:\\.(?:{namespace}))?"
+
+
+# --- variables ---------------------------------------------------------------------------
+
+# A reference to a variable: `$NAME`, `${NAME}`, `${NAME:-default}` / `${NAME-default}`, and
+# `$(NAME)`, which the kubelet expands in command and args from the container's env before
+# any shell sees it. A reference is resolved against the container's own literal env (and
+# the default); one that cannot be resolved names no host the rules can know.
+SHELL_VARIABLE = (
+    "\\$(?:(?P<plain>[A-Za-z_][A-Za-z0-9_]*)"
+    "|\\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\\})"
+)
+# (`$$(NAME)` is the kubelet's escape for a literal `$(NAME)`: not a reference.)
+KUBELET_VARIABLE = "\\$\\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\\)"
+# A resolved value is written into a probe only when it is one plain word of these.
+SAFE_VALUE = "^[A-Za-z0-9._:/@-]+$"

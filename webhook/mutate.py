@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from webhook.config import ACCESS_KEY_ENV, SECRET_KEY_ENV, Action, CredentialMode, Settings
-from webhook.probes import ProgramReader, ProgramReading
+from webhook.probes import MAX_PROGRAM_CHARS, ProgramReader, ProgramReading
 
 INJECT_KEY = "backend-injector/inject"
 STATUS_KEY = "backend-injector/status"
@@ -63,6 +63,7 @@ class Mutation:
     env: list[str] = field(default_factory=list)  # managed variables set anywhere
     containers: list[str] = field(default_factory=list)  # containers whose env changed
     kept_waiting: list[str] = field(default_factory=list)  # kept, still probing a service
+    notices: list[str] = field(default_factory=list)  # what was left alone, and why
     skipped: str | None = None  # why nothing was considered (opt-out)
 
     @property
@@ -83,6 +84,7 @@ class Mutation:
         if self.kept_waiting:
             lines.append(f"init containers {_listed(self.kept_waiting, most)} still wait for a "
                          "service without an external address")
+        lines += self.notices if most is None else self.notices[:most]
         return lines
 
 
@@ -133,13 +135,19 @@ class Rules:
             path = f"/spec/initContainers/{index}"
             name = _name_of(container, path)
             argv = _program_of(container, path)
-            reading = self._reader.read(argv)
+            env = _literal_env(container)
+            reading = self._reader.read(argv, env)
+            if reading.too_long:
+                mutation.notices.append(
+                    f"init container {name} was not read: its program is longer than "
+                    f"{MAX_PROGRAM_CHARS} characters, so it is kept as it is"
+                )
             if self._should_remove(name, reading):
                 leaving.append(index)
                 mutation.removed.append(name)
                 continue
             if reading.managed:
-                self._retarget(container, path, argv, reading, mutation)
+                self._retarget(container, path, argv, env, reading, mutation)
             # A native sidecar (restartPolicy Always) runs beside the app for the pod's whole
             # life, so it is served like an app container.
             sidecar = container.get("restartPolicy") == "Always"
@@ -170,11 +178,12 @@ class Rules:
         container: Mapping[str, Any],
         path: str,
         argv: list[str],
+        env: dict[str, str],
         reading: ProgramReading,
         mutation: Mutation,
     ) -> None:
         name = str(container["name"])
-        retargeted = self._reader.retarget(argv)
+        retargeted = self._reader.retarget(argv, env)
         if any(self._external_of.get(service) is None for service in reading.managed):
             mutation.kept_waiting.append(name)
         if retargeted is None:
@@ -345,6 +354,19 @@ def _name_of(container: Mapping[str, Any], path: str) -> str:
 
 def _program_of(container: Mapping[str, Any], path: str) -> list[str]:
     return _string_list(container, "command", path) + _string_list(container, "args", path)
+
+
+def _literal_env(container: Mapping[str, Any]) -> dict[str, str]:
+    """The container's variables that have a literal value (the last of duplicates wins, as
+    in Kubernetes): what `$(NAME)` and `$NAME` in its program resolve to."""
+    env = container.get("env")
+    if not isinstance(env, list):
+        return {}
+    return {
+        entry["name"]: entry["value"] for entry in env
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+        and isinstance(entry.get("value"), str)
+    }
 
 
 def _string_list(container: Mapping[str, Any], key: str, path: str) -> list[str]:

@@ -53,6 +53,7 @@ from webhook.grammar import (
     QUOTES,
     REDIRECTION,
     SHELL_KEYWORDS,
+    SHELL_VARIABLE,
     SHELLS,
     TRAILING_PUNCTUATION,
     URL_HOST,
@@ -118,6 +119,10 @@ RSTRIP_RE = f"(?s)^(?:.*[^{TRAILING_PUNCTUATION}])?"  # as probes._host_of strip
 URL_HOST_RE = URL_HOST
 # probes.HostPattern's port may be a variable standing for a number: `$PORT`, `${PORT}`.
 VARIABLE_PORT_RE = VARIABLE_PORT
+# A variable reference anywhere in a word (grammar.SHELL_VARIABLE without its group names,
+# which the policy does not need).
+SHELL_VARIABLE_RE = SHELL_VARIABLE.replace("?P<plain>", "?:").replace("?P<braced>", "?:").replace(
+    "?P<default>", "?:")
 STATUS_SHAPE_RE = "(?s)^\\s*\\{.*\\}\\s*$"
 _LABEL = NAMESPACE_LABEL
 _LABEL_CHARS = LABEL_CHARS + "."
@@ -169,7 +174,7 @@ def all_regexes(settings: Settings) -> list[str]:
     regexes = [
         WORD_RE, SEGMENT_RE, SEGMENT_WORD_RE, UNQUOTE_RE, BASENAME_RE,
         ASSIGNMENT_RE, REDIRECTION_RE, WRAPPER_OPTION_RE, COMMAND_PREFIX_RE, DEV_TCP_RE,
-        RSTRIP_RE, URL_HOST_RE, STATUS_SHAPE_RE, "^[:/][0-9]", "^[:/][0-9]{1,5}",
+        RSTRIP_RE, URL_HOST_RE, STATUS_SHAPE_RE, SHELL_VARIABLE_RE, "^[:/][0-9]", "^[:/][0-9]{1,5}",
         f"^[{_SPACE}]+[0-9]", f"^[{_SPACE}]+", "^[0-9]{1,5}", '"[^"]*"', "^[:/][$]",
     ]
     if external_hosts:
@@ -370,13 +375,22 @@ def _word_tag(word: str, services: Sequence[Service]) -> str:
     return _let(named, "ms_", f'ms_ != "" ? ms_ : ({external} ? "@" : "")')
 
 
-def _segment_facts(record: str, services: Sequence[Service]) -> str:
+def _segment_facts(record: str, services: Sequence[Service], in_script: str) -> str:
     """What one simple command contributes, as tags: "s<i>", "@", "!o" (another host),
-    "!w" (work). The twin of probes.ProgramReader._read_segment."""
+    "!w" (work). The twin of probes.ProgramReader._read_segment.
+
+    A variable in a script's probe may stand for any host. probes.py resolves it against the
+    container's literal env; the policy does not, so to it every variable is unresolved (see
+    docs/policy.md): the probe counts as one of another host, and the container is kept.
+    """
     other_candidates = f"({record}.args.size() > 0 ? {record}.args : {record}.words)"
+    unresolved = (
+        f"({in_script} && {_probed_words(record)}.exists(wv_, !wv_.startsWith(\"-\")"
+        f" && wv_.matches({cel_string(SHELL_VARIABLE_RE)})))"
+    )
     other = (
-        f'tt_.exists(t_, t_ != "") || !{other_candidates}.exists(wo_,'
-        f' !wo_.startsWith("-") && {_names_some_host("wo_")}) ? [] : ["!o"]'
+        f'tt_.exists(t_, t_ != "") || !({unresolved} || {other_candidates}.exists(wo_,'
+        f' !wo_.startsWith("-") && {_names_some_host("wo_")})) ? [] : ["!o"]'
     )
     probe = _let(
         f"{_probed_words(record)}.map(wt_, {_word_tag('wt_', services)})",
@@ -668,7 +682,8 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         ("records", f"variables.segments.map(g_, g_.map(ws_, {_segment_record('ws_')}))"),
         ("probeFlags", f"variables.records.map(g_, g_.map(r_, {_is_probe('r_')}))"),
         ("facts", (
-            f'variables.records.map(g_, g_.map(r_, {_segment_facts("r_", services)}.join(","))'
+            "variables.records.transformList(i_, g_, g_.map(r_,"
+            f' {_segment_facts("r_", services, "variables.scriptIndex[i_] >= 0")}.join(","))'
             '.join(",").split(",").filter(f_, f_ != ""))'
         )),
         ("removeInit", f"variables.inits.transformList(i_, c_, {remove})"),
