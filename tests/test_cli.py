@@ -74,6 +74,21 @@ def test_a_stopped_cluster_is_one_line_naming_the_server_and_what_to_do(tmp_path
     assert "start Kubernetes in Docker Desktop" in line
 
 
+def test_dev_with_a_stopped_cluster_fails_before_listening(tmp_path: Path) -> None:
+    server = f"https://127.0.0.1:{unused_port()}"
+    kubeconfig = kubeconfig_for(tmp_path / "config", server)
+    port = unused_port()
+    result = run_cli("dev", "--kubeconfig", str(kubeconfig),
+                     "--url", f"https://127.0.0.1:{port}/mutate")
+    line = one_line_error(result, 1)
+    assert line.startswith(f"backend-injector dev: cannot reach the cluster at {server}")
+
+
+def test_dev_refuses_a_plain_http_url() -> None:
+    line = one_line_error(run_cli("dev", "--url", "http://host.docker.internal:8443/mutate"), 2)
+    assert "must be an https:// URL" in line
+
+
 def test_a_stopped_cluster_of_another_context_points_at_kubectl(tmp_path: Path) -> None:
     server = f"https://127.0.0.1:{unused_port()}"
     kubeconfig = kubeconfig_for(tmp_path / "config", server, context="kind-dev")
@@ -182,6 +197,14 @@ def test_a_bad_value_in_the_file_names_the_file_and_the_key_path(tmp_path: Path)
     config.write_text("services:\n  mlflow:\n    external: {host: h, port: 99999}\n")
     line = one_line_error(run_cli("inject", "-f", "-", "--config", str(config), stdin=""), 2)
     assert line.startswith(f"backend-injector inject: {config}: services.mlflow.external.port:")
+
+
+def test_a_nested_typo_in_the_file_names_its_path_and_the_nearest_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("services:\n  mlflow:\n    extrenal: {host: mlflow.example, port: 80}\n")
+    line = one_line_error(run_cli("inject", "-f", "-", "--config", str(config), stdin=""), 2)
+    assert line == (f"backend-injector inject: {config}: unknown key services.mlflow.extrenal "
+                    "(did you mean external?)")
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,7 @@ def test_secret_key_ref_mode(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("action: delete\n", "action must be one of"),
-        ("surprise: 1\n", "unknown configuration keys: surprise"),
+        ("surprise: 1\n", r"unknown key surprise \(valid here: action, credentials"),
         ("[1, 2]\n", "mapping at the top level"),
         ("services: {mlflow: {external: {host: x, port: 70000}}}\n", "port must be"),
         ("services: {minio: {hosts: [mlflow]}}\n", "claimed by both"),
@@ -130,3 +130,40 @@ def test_unreadable_file(tmp_path: Path) -> None:
 def test_tls_flags_go_together() -> None:
     with pytest.raises(ConfigError, match="go together"):
         load_settings(environ={}, overrides={"tls_cert": "/x/tls.crt"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("actoin: rewrite\n", r"unknown key actoin \(did you mean action\?\)"),
+        ("services:\n  mlflow:\n    extrenal: {host: h, port: 5000}\n",
+         r"unknown key services\.mlflow\.extrenal \(did you mean external\?\)"),
+        ("services:\n  minio:\n    external: {host: h, prot: 9000}\n",
+         r"unknown key services\.minio\.external\.prot \(did you mean port\?\)"),
+        ("credentials: {mdoe: secretKeyRef}\n",
+         r"unknown key credentials\.mdoe \(did you mean mode\?\)"),
+        ("services:\n  redis:\n    hosts: [redis]\n    external: {host: h, port: 6379}\n"
+         "    weight: 1\n", r"unknown key services\.redis\.weight \(valid here: external, hosts\)"),
+    ],
+)
+def test_an_unknown_key_at_any_depth_names_its_path_and_the_nearest_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    config = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(config_file=config, environ={})
+    assert str(caught.value).startswith(f"{config}: ")
+
+
+def test_every_key_of_the_embedded_default_is_known() -> None:
+    from webhook.config import default_document, unknown_key
+    from webhook.config_schema import config_schema
+
+    assert unknown_key(default_document(), config_schema()) is None
+
+
+def test_user_chosen_names_are_not_mistaken_for_typos(tmp_path: Path) -> None:
+    settings = load_settings(config_file=write(tmp_path, (
+        "services:\n  redis:\n    hosts: [redis]\n    external: {host: h, port: 6379}\n"
+        "env:\n  REDIS_URL: 'redis://{redis}'\n")), environ={})
+    assert ("REDIS_URL", "redis://h:6379") in settings.env

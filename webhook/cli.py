@@ -340,9 +340,10 @@ def _dev(args: argparse.Namespace) -> int:
     except DevError as error:
         raise ConfigError(str(error)) from error
     settings = _settings(args)
-    _announce(settings)
     try:
         with connected(kubeconfig=args.kubeconfig, context=args.context) as cluster:
+            cluster.version()  # a stopped cluster is reported before anything else is said
+            _announce(settings)
             return run_dev(settings, cluster, target, serve=_listening_or_error(serve),
                            certs_dir=args.certs_dir)
     except (ClusterError, DevError) as error:

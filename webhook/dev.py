@@ -232,7 +232,7 @@ def run_dev(
     the way out. Between the two the apiserver finds nothing listening, which
     ``failurePolicy: Ignore`` turns into pods admitted unchanged, as after the command ended.
     """
-    # Fail before listening if the cluster cannot be reached: one line, nothing to undo.
+    # Fail before listening if the cluster cannot be reached: nothing to undo then.
     cluster.version()
     failure: list[BaseException] = []
     registered = threading.Event()
