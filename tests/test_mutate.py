@@ -10,6 +10,7 @@ import jsonpatch
 import pytest
 
 from tests.conftest import make_settings, pod, waiter
+from webhook.config import ACCESS_KEY_ENV, ConfigError, EnvScope
 from webhook.mutate import STATUS_KEY, PodShapeError, Rules
 
 EXTERNAL_ENV = {
@@ -223,3 +224,38 @@ def test_secret_key_ref_mode_keeps_values_out_of_the_spec(tmp_path: Path) -> Non
 def test_unreadable_pods_raise_a_shape_error(rules: Rules, broken: Any) -> None:
     with pytest.raises(PodShapeError):
         rules.mutate_pod(broken)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        "not json",
+        "[" * 100_000 + "]" * 100_000,
+        '{"removed": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"removed": "wait-for-mlflow", "env": {"a": 1}}',
+        "x" * 2_000_000,
+        '{"removed": [' + ",".join(['"n"'] * 300_000) + "]}",
+        "42",
+    ],
+)
+def test_garbage_in_the_status_annotation_counts_as_absent(rules: Rules, status: str) -> None:
+    before = pod(annotations={STATUS_KEY: status})
+    after = mutated(rules, before)
+    assert [c["name"] for c in after["spec"]["initContainers"]] == ["wait-for-kafka"]
+    written = json.loads(after["metadata"]["annotations"][STATUS_KEY])
+    assert written["removed"][-1] == "wait-for-mlflow"
+    assert len(after["metadata"]["annotations"][STATUS_KEY]) < 4096
+    assert rules.mutate_pod(after).operations == []
+
+
+def test_add_env_to_takes_using_or_all(tmp_path: Path) -> None:
+    assert make_settings().add_env_to is EnvScope.USING
+    assert make_settings(tmp_path, add_env_to="all").add_env_to is EnvScope.ALL
+    with pytest.raises(ConfigError, match="add_env_to must be one of using, all"):
+        make_settings(tmp_path, add_env_to="everyone")
+
+
+def test_credentials_none_manages_no_credentials(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, credentials={"mode": "none"})
+    assert ACCESS_KEY_ENV not in settings.managed_env_names
+    assert not settings.credentials.is_development_default

@@ -303,3 +303,13 @@ def test_env_values_that_are_addresses_of_managed_hosts_are_retargeted() -> None
     assert READER.retarget_value("kafka:9092") == (None, [])
     assert READER.retarget_value("see mlflow:5000 for runs") == (None, [])
     assert READER.retarget_value("mlflow") == (None, [])
+
+
+def test_only_the_host_part_of_an_address_is_retargeted() -> None:
+    assert READER.retarget_value("http://mlflow@minio:9000/mlflow?next=fastapi") == (
+        "http://mlflow@host.docker.internal:9000/mlflow?next=fastapi", [])
+    assert READER.retarget_value("kafka:9092,mlflow:5000") == (
+        "kafka:9092,host.docker.internal:5000", [])
+    assert READER.retarget_value("http://fastapi-app/api") == (
+        "http://host.docker.internal:8000/api", [])
+    assert READER.retarget_value("s3://models/mlflow:5000") == (None, [])

@@ -34,6 +34,7 @@ VARIANTS = [
         access_key_id="k", secret_access_key="s", mode=CredentialMode.SECRET_KEY_REF))),
 ]
 MANAGED = BASE.managed_env_names
+MANAGED_HOSTS = ("mlflow", "minio", "fastapi", "postgres")
 HOSTS = ["mlflow", "minio", "fastapi-app", "fastapi", "postgres", "kafka", "redis", "mlflow._x",
          "mlflow.flts", "minio.flts.svc", "fastapi-app.flts.svc.cluster.local",
          "host.docker.internal", "mlflow-db"]
@@ -137,9 +138,23 @@ def test_patch_applies_is_idempotent_and_keeps_what_is_not_a_waiter(
             k: v for k, v in new.items() if k not in strip
         }
     assert managed_names_are_unique(result)
-    for container in result["spec"]["containers"]:
-        assert set(MANAGED) <= {e["name"] for e in container["env"]}
+    status = (pod["metadata"].get("annotations") or {}).get("backend-injector/status", "")
+    waited = bool(mutation.removed or mutation.rewritten or mutation.kept_waiting
+                  or '"removed":["x"]' in status)
+    for old, new in zip(pod["spec"]["containers"], result["spec"]["containers"], strict=True):
+        names_before = {e["name"] for e in old.get("env") or []}
+        names_after = {e["name"] for e in new.get("env") or []}
+        if waited or names_before & set(MANAGED):
+            assert set(MANAGED) <= names_after, "a container that uses the backend gets it all"
+        elif not names_a_managed_host(old):
+            assert old == new, "a container that does not use the backend is left alone"
     assert rules.mutate_pod(result).operations == [], "a second pass must change nothing"
+
+
+def names_a_managed_host(container: dict[str, Any]) -> bool:
+    texts = [*(container.get("command") or []), *(container.get("args") or []),
+             *(e.get("value") or "" for e in container.get("env") or [])]
+    return any(host in text for text in texts for host in MANAGED_HOSTS)
 
 
 def _removed_indexes(operations: list[dict[str, Any]]) -> set[int]:

@@ -59,6 +59,14 @@ class CredentialMode(StrEnum):
 
     VALUE = "value"  # literal values in the pod spec
     SECRET_KEY_REF = "secretKeyRef"  # a reference to a Secret in the pod's own namespace
+    NONE = "none"  # not managed: the chart's own credentials stay
+
+
+class EnvScope(StrEnum):
+    """Which containers get the managed variables they do not carry yet."""
+
+    USING = "using"  # those that use the backend
+    ALL = "all"  # every app container and native sidecar
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +107,8 @@ class Credentials:
 
     @property
     def is_development_default(self) -> bool:
+        if self.mode is CredentialMode.NONE:
+            return False  # nothing reaches a pod
         return DEVELOPMENT_CREDENTIAL in (self.access_key_id, self.secret_access_key)
 
 
@@ -111,6 +121,7 @@ class Settings:
     services: tuple[Service, ...]
     env: tuple[tuple[str, str], ...]  # plain managed variables, in the order they are added
     credentials: Credentials
+    add_env_to: EnvScope = EnvScope.USING
     # Never mutated even if the namespaceSelector is wrong: a broken webhook here could keep
     # the control plane or the webhook itself from starting.
     excluded_namespaces: frozenset[str] = frozenset()
@@ -124,6 +135,8 @@ class Settings:
 
     @property
     def managed_env_names(self) -> tuple[str, ...]:
+        if self.credentials.mode is CredentialMode.NONE:
+            return tuple(name for name, _ in self.env)
         return (*(name for name, _ in self.env), ACCESS_KEY_ENV, SECRET_KEY_ENV)
 
 
@@ -288,7 +301,8 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _settings_from_document(document: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
-    known = {"action", "waiter_names", "services", "env", "credentials", "excluded_namespaces"}
+    known = {"action", "waiter_names", "services", "env", "credentials", "excluded_namespaces",
+             "add_env_to"}
     unknown = sorted(set(document) - known)
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
@@ -305,6 +319,7 @@ def _settings_from_document(document: Mapping[str, Any], environ: Mapping[str, s
         services=services,
         env=env,
         credentials=_credentials(_mapping(document, "credentials"), environ),
+        add_env_to=_enum(EnvScope, document.get("add_env_to", "using"), "add_env_to"),
         excluded_namespaces=frozenset(
             _string_list(document.get("excluded_namespaces", []), "excluded_namespaces")
         ),
@@ -506,7 +521,10 @@ def _validate(settings: Settings) -> None:
     _validate_numbers(settings)
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
-    if not settings.credentials.access_key_id or not settings.credentials.secret_access_key:
+    credentials = settings.credentials
+    if credentials.mode is not CredentialMode.NONE and (
+        not credentials.access_key_id or not credentials.secret_access_key
+    ):
         raise ConfigError("credentials may not be empty")
 
 
@@ -537,4 +555,5 @@ def describe(settings: Settings) -> dict[str, Any]:
         },
         "env": [name for name, _ in settings.env],
         "credentials_mode": settings.credentials.mode.value,
+        "add_env_to": settings.add_env_to.value,
     }

@@ -35,7 +35,8 @@ ENV_NAME: Final = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 SECRET_KEY: Final = r"^[-._a-zA-Z0-9]+$"
 
 ACTIONS: Final = ("remove", "rewrite")
-CREDENTIAL_MODES: Final = ("value", "secretKeyRef")
+CREDENTIAL_MODES: Final = ("value", "secretKeyRef", "none")
+ENV_SCOPES: Final = ("using", "all")
 # Set by the credentials section only, never as a plain env entry.
 CREDENTIAL_VARIABLES: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -129,7 +130,8 @@ def _credentials() -> dict[str, Any]:
                 "default": "value",
                 "description": (
                     "value: the credentials are written into the pod spec; secretKeyRef: pods "
-                    "reference the Secret secret_name in their own namespace."
+                    "reference the Secret secret_name in their own namespace; none: no "
+                    "credentials are managed at all (the chart's own stay as they are)."
                 ),
             },
             "secret_name": {
@@ -223,6 +225,17 @@ _SCHEMA: Final[dict[str, Any]] = {
                 },
             },
             "examples": [{"MLFLOW_TRACKING_URI": "http://{mlflow}", "GATEWAY_URL": None}],
+        },
+        "add_env_to": {
+            "type": "string",
+            "enum": list(ENV_SCOPES),
+            "default": "using",
+            "description": (
+                "Which containers get the managed variables they lack. using: only those that "
+                "use the backend (they carry a managed variable, name a managed host in env, "
+                "command or args, or their pod waited for a managed service); all: every app "
+                "container and native sidecar."
+            ),
         },
         "credentials": _credentials(),
         "excluded_namespaces": _label_list(

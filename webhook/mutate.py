@@ -24,20 +24,33 @@ What counts as a waiter, and what happens to it, is decided per init container:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from webhook.config import ACCESS_KEY_ENV, SECRET_KEY_ENV, Action, CredentialMode, Settings
+from webhook.config import (
+    ACCESS_KEY_ENV,
+    SECRET_KEY_ENV,
+    Action,
+    CredentialMode,
+    EnvScope,
+    Settings,
+)
 from webhook.probes import MAX_PROGRAM_CHARS, ProgramReader, ProgramReading
 
 INJECT_KEY = "backend-injector/inject"
 STATUS_KEY = "backend-injector/status"
 # Shared with the native policy (webhook/policy.py), so the two twins read one list.
 OPT_OUT_VALUES = frozenset({"false", "disabled", "off", "no"})
+
+# The status annotation: its lists, and what of an earlier one is read back. Our own is far
+# below these (a pod has at most a few dozen containers and managed variables).
+STATUS_LISTS = ("removed", "rewritten", "env")
+STATUS_MAX_CHARS = 64 * 1024
+STATUS_MAX_NAMES = 256
+NAME_MAX_CHARS = 253  # the longest Kubernetes name
 
 Operation = dict[str, Any]
 
@@ -120,17 +133,27 @@ class Rules:
             return mutation
         init_containers = _container_list(spec, "initContainers")
         containers = _container_list(spec, "containers")
-        self._mutate_init_containers(init_containers, mutation)
+        readings = self._read_init_containers(init_containers, mutation)
+        earlier = _parse_status(_annotations(metadata).get(STATUS_KEY))
+        # The pod waited for a managed service (now, or before an earlier pass removed the
+        # waiter): every container of it uses the backend.
+        waited = bool(earlier["removed"] or earlier["rewritten"]) or any(
+            reading.managed or self._should_remove(name, reading)
+            for name, _, _, reading in readings
+        )
+        self._mutate_init_containers(init_containers, readings, waited, mutation)
         for index, container in enumerate(containers):
-            self._set_env(container, f"/spec/containers/{index}", mutation, add_absent=True)
+            path = f"/spec/containers/{index}"
+            self._set_env(container, path, mutation,
+                          add_absent=self._uses_backend(container, path, waited))
         if mutation.operations:
-            _record_status(metadata, pod.get("metadata") is not None, mutation)
+            _record_status(metadata, pod.get("metadata") is not None, earlier, mutation)
         return mutation
 
-    def _mutate_init_containers(
+    def _read_init_containers(
         self, init_containers: Sequence[Mapping[str, Any]], mutation: Mutation
-    ) -> None:
-        leaving: list[int] = []
+    ) -> list[tuple[str, list[str], dict[str, str], ProgramReading]]:
+        readings = []
         for index, container in enumerate(init_containers):
             path = f"/spec/initContainers/{index}"
             name = _name_of(container, path)
@@ -142,6 +165,21 @@ class Rules:
                     f"init container {name} was not read: its program is longer than "
                     f"{MAX_PROGRAM_CHARS} characters, so it is kept as it is"
                 )
+            readings.append((name, argv, env, reading))
+        return readings
+
+    def _mutate_init_containers(
+        self,
+        init_containers: Sequence[Mapping[str, Any]],
+        readings: list[tuple[str, list[str], dict[str, str], ProgramReading]],
+        waited: bool,
+        mutation: Mutation,
+    ) -> None:
+        leaving: list[int] = []
+        for index, (container, (name, argv, env, reading)) in enumerate(
+            zip(init_containers, readings, strict=True)
+        ):
+            path = f"/spec/initContainers/{index}"
             if self._should_remove(name, reading):
                 leaving.append(index)
                 mutation.removed.append(name)
@@ -151,7 +189,8 @@ class Rules:
             # A native sidecar (restartPolicy Always) runs beside the app for the pod's whole
             # life, so it is served like an app container.
             sidecar = container.get("restartPolicy") == "Always"
-            self._set_env(container, path, mutation, add_absent=sidecar)
+            self._set_env(container, path, mutation,
+                          add_absent=sidecar and self._uses_backend(container, path, waited))
         if leaving and len(leaving) == len(init_containers):
             # An empty list would be legal, but dropping the field is what a person would write.
             mutation.operations.append({"op": "remove", "path": "/spec/initContainers"})
@@ -160,6 +199,23 @@ class Rules:
                 {"op": "remove", "path": f"/spec/initContainers/{index}"}
                 for index in reversed(leaving)
             )
+
+    def _uses_backend(self, container: Mapping[str, Any], path: str, waited: bool) -> bool:
+        """Whether ``container`` gets the managed variables it lacks (``add_env_to``).
+
+        It uses the backend when its pod waited for a managed service, when it carries a
+        managed variable, or when its env, command or args name a managed host.
+        """
+        if waited or self._settings.add_env_to is EnvScope.ALL:
+            return True
+        env = container.get("env")
+        entries = env if isinstance(env, list) else []
+        if any(isinstance(e, dict) and e.get("name") in self._managed_names for e in entries):
+            return True
+        values = [e["value"] for e in entries if isinstance(e, dict)
+                  and isinstance(e.get("value"), str)]
+        return any(self._reader.names_managed_host(text)
+                   for text in [*_program_of(container, path), *values])
 
     def _should_remove(self, name: str, reading: ProgramReading) -> bool:
         named = name in self._settings.waiter_names
@@ -216,6 +272,7 @@ class Rules:
                 raise PodShapeError(f"{path}/env/{index} has no name")
             variable = entry["name"]
             if variable not in self._managed_names:
+                self._retarget_value(entry, f"{path}/env/{index}", container, mutation, changed)
                 continue
             if variable in seen:
                 # Kubernetes lets the last duplicate win; one managed entry leaves no doubt.
@@ -247,6 +304,32 @@ class Rules:
             mutation.env.extend(name for name in changed if name not in mutation.env)
 
 
+    def _retarget_value(
+        self,
+        entry: Mapping[str, Any],
+        path: str,
+        container: Mapping[str, Any],
+        mutation: Mutation,
+        changed: list[str],
+    ) -> None:
+        """Another variable whose value is the address of a managed host, retargeted in place
+        (`FASTAPI_URL=http://fastapi-app:8000/api`); a host with no external address stays."""
+        value = entry.get("value")
+        if not isinstance(value, str) or "valueFrom" in entry:
+            return
+        retargeted, unreachable = self._reader.retarget_value(value)
+        if retargeted is not None:
+            mutation.operations.append(
+                {"op": "replace", "path": path, "value": {**entry, "value": retargeted}}
+            )
+            changed.append(entry["name"])
+        if unreachable:
+            mutation.notices.append(
+                f"{entry['name']} in {container['name']} names {', '.join(unreachable)}, which "
+                "has no external address; left as it is"
+            )
+
+
 def managed_env_entries(settings: Settings) -> dict[str, dict[str, Any]]:
     """Each managed variable as the env entry that pods should carry, in the order added."""
     entries: dict[str, dict[str, Any]] = {
@@ -262,7 +345,7 @@ def managed_env_entries(settings: Settings) -> dict[str, dict[str, Any]]:
                 "name": name,
                 "valueFrom": {"secretKeyRef": {"name": credentials.secret_name, "key": key}},
             }
-    else:
+    elif credentials.mode is CredentialMode.VALUE:
         entries[ACCESS_KEY_ENV] = {"name": ACCESS_KEY_ENV, "value": credentials.access_key_id}
         entries[SECRET_KEY_ENV] = {"name": SECRET_KEY_ENV, "value": credentials.secret_access_key}
     return entries
@@ -277,18 +360,27 @@ def _opt_out_reason(metadata: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _record_status(metadata: Mapping[str, Any], has_metadata: bool, mutation: Mutation) -> None:
+def _annotations(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
+    annotations = metadata.get("annotations")
+    return annotations if isinstance(annotations, dict) else {}
+
+
+def _record_status(
+    metadata: Mapping[str, Any],
+    has_metadata: bool,
+    earlier: Mapping[str, list[str]],
+    mutation: Mutation,
+) -> None:
     """Add or merge the status annotation: names of what was done, never values.
 
     Merging keeps the account of an earlier pass (reinvocation) when a later one adds to it.
     """
     annotations = metadata.get("annotations")
-    current = annotations.get(STATUS_KEY) if isinstance(annotations, dict) else None
-    earlier = _parse_status(current)
+    current = _annotations(metadata).get(STATUS_KEY)
     status = {
-        "removed": _union(earlier.get("removed"), mutation.removed),
-        "rewritten": _union(earlier.get("rewritten"), mutation.rewritten),
-        "env": _union(earlier.get("env"), mutation.env),
+        "removed": _union(earlier["removed"], mutation.removed),
+        "rewritten": _union(earlier["rewritten"], mutation.rewritten),
+        "env": _union(earlier["env"], mutation.env),
     }
     encoded = orjson.dumps(status).decode()
     if current == encoded:
@@ -308,19 +400,42 @@ def _escape_pointer(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def _parse_status(value: Any) -> dict[str, Any]:
-    if not isinstance(value, str):
-        return {}
+def _parse_status(value: Any) -> dict[str, list[str]]:
+    """An earlier pass's status annotation, or empty lists for anything else.
+
+    Anything that is not our own shape (not JSON, nested too deep, larger than any real
+    account, the wrong types) counts as absent: the pod is mutated and the annotation
+    rewritten. A list that is not a list of names is read as empty; only names of Kubernetes'
+    length are kept, from the first STATUS_MAX_NAMES entries of a list.
+    """
+    empty: dict[str, list[str]] = {key: [] for key in STATUS_LISTS}
+    if not isinstance(value, str) or len(value) > STATUS_MAX_CHARS:
+        return empty
     try:
-        parsed = json.loads(value)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:  # also what orjson raises for nesting beyond its limit
+        return empty
+    if not isinstance(parsed, dict):
+        return empty
+    for key in STATUS_LISTS:
+        names = parsed.get(key)
+        if isinstance(names, list):
+            empty[key] = [
+                name for name in names[:STATUS_MAX_NAMES]
+                if isinstance(name, str) and len(name) <= NAME_MAX_CHARS
+            ]
+    return empty
 
 
-def _union(earlier: Any, now: Sequence[str]) -> list[str]:
-    names = [name for name in earlier if isinstance(name, str)] if isinstance(earlier, list) else []
-    return names + [name for name in now if name not in names]
+def _union(earlier: list[str], now: Sequence[str]) -> list[str]:
+    """``earlier`` then the names of ``now`` it lacks, without repeats; linear in both."""
+    seen: set[str] = set()
+    union = []
+    for name in [*earlier, *now]:
+        if name not in seen:
+            seen.add(name)
+            union.append(name)
+    return union
 
 
 def _optional_mapping(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:

@@ -125,6 +125,11 @@ _PORT_OPTION = re.compile(
 )
 _LAST_WORD_PORT = re.compile(rf"(?<!\S)(?P<port>{PORT_NUMBER})(?P<tail>\s*)$")
 _EXEC_JOINER = "\x1f"
+# One address in an env value: `scheme://[user@]host[:port][/path]` or `host:port`.
+_ADDRESS = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?:[^@/]*@)?(?P<host>[A-Za-z0-9][-A-Za-z0-9.]*)"
+    rf"(?::(?P<port>{PORT_NUMBER}))?(?=[/?#]|$)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +143,7 @@ class HostPattern:
 
     service: Service
     regex: re.Pattern[str]
+    whole_host: re.Pattern[str]  # a whole host name of the service, nothing around it
 
     @classmethod
     def for_service(cls, service: Service) -> HostPattern:
@@ -147,7 +153,7 @@ class HostPattern:
             rf"(?![{LABEL_CHARS}]|\.[A-Za-z0-9])"
             rf"(?:(?P<sep>[{PORT_SEPARATORS}])(?P<port>{PORT_NUMBER}(?![0-9])|{VARIABLE_PORT}))?"
         )
-        return cls(service=service, regex=regex)
+        return cls(service=service, regex=regex, whole_host=re.compile(host_form(service.hosts)))
 
 
 @dataclass(slots=True)
@@ -289,16 +295,30 @@ class ProgramReader:
     def retarget_value(self, value: str) -> tuple[str | None, list[str]]:
         """An env value that is a URL or ``host:port`` of a managed host, retargeted.
 
-        Returns the new value (None when nothing changes) and the services named that have
-        no external address, whose hosts stay as they are.
+        The value may be a comma-separated list of addresses; only the host (and port) part
+        of each is looked at, never a user name, path or query that happens to spell a
+        host. Returns the new value (None when nothing changes) and the services named that
+        have no external address, whose addresses stay as they are.
         """
-        if not _is_address(value):
+        if not value or any(char.isspace() for char in value):
             return None, []
-        unreachable = [
-            pattern.service.name for pattern in self._patterns
-            if pattern.service.external is None and pattern.regex.search(value)
-        ]
-        rewritten = self._retarget_text(value)
+        unreachable: list[str] = []
+        items = value.split(",")
+        for position, item in enumerate(items):
+            address = _ADDRESS.match(item)
+            if address is None or not (address.group("scheme") or address.group("port")):
+                continue
+            service = next((p.service for p in self._patterns
+                            if p.whole_host.fullmatch(address.group("host"))), None)
+            if service is None:
+                continue
+            if service.external is None:
+                unreachable.append(service.name)
+                continue
+            items[position] = (item[: address.start("host")] + str(service.external)
+                               + item[address.end("port") if address.group("port") else
+                                      address.end("host"):])
+        rewritten = ",".join(items)
         return (rewritten if rewritten != value else None), unreachable
 
     def _retarget_uncached(self, argv: Sequence[str], env: Mapping[str, str]) -> list[str] | None:
@@ -646,13 +666,6 @@ def _host_of(word: str) -> str | None:
     if match is None:
         return None
     return match.group("host").rstrip(".")
-
-
-def _is_address(value: str) -> bool:
-    """Whether an env value is a URL or a `host:port` (lists of them included), not prose."""
-    return bool(value) and not any(char.isspace() for char in value) and (
-        "://" in value or ":" in value
-    )
 
 
 def _expand_kubelet(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
