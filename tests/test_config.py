@@ -105,7 +105,7 @@ def test_secret_key_ref_mode(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("action: delete\n", "action must be one of"),
-        ("surprise: 1\n", r"unknown key surprise \(valid here: action, credentials"),
+        ("surprise: 1\n", r"unknown key surprise \(valid here: action, add_env_to, credentials"),
         ("[1, 2]\n", "mapping at the top level"),
         ("services: {mlflow: {external: {host: x, port: 70000}}}\n", "port must be"),
         ("services: {minio: {hosts: [mlflow]}}\n", "claimed by both"),
