@@ -31,7 +31,7 @@ def find_kubectl() -> str | None:
     candidates = [os.environ.get("KUBECTL"), shutil.which("kubectl")]
     # Built from the Kubernetes Go modules by tools/build-binaries.sh.
     candidates += sorted(
-        glob.glob(os.path.expanduser("~/.cache/backend-injector/bin/kube-*/kubectl"))
+        glob.glob(os.path.expanduser("~/.cache/backend-injector/bin/kubectl-*/kubectl"))
     )
     return next((candidate for candidate in candidates if candidate), None)
 

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Check the deployment files: render every kustomization (the base and each overlay) with
-# `kubectl kustomize`, validate every rendered object strictly against the Kubernetes JSON
-# schemas of several Kubernetes versions (kubernetes-validate), and lint the Dockerfile with
-# hadolint. Exits non-zero on the first kind of failure it meets, after reporting all of it.
+# `kubectl kustomize` and the Helm chart with `helm template` (its defaults and every values
+# example in charts/backend-injector/examples/, after `helm lint --strict` of each and a check
+# that values.schema.json is what tools/gen-values-schema.py generates), validate every
+# rendered object strictly against the Kubernetes JSON schemas of several Kubernetes versions
+# (kubernetes-validate), and lint the Dockerfile with hadolint. Exits non-zero on the first
+# kind of failure it meets, after reporting all of it.
 #
-# Environment: KUBECTL (kubectl on PATH, else the one tools/build-binaries.sh builds),
-# PYTHON (.venv/bin/python), HADOLINT (.venv/bin/hadolint), KUBE_VERSIONS (space-separated).
+# Environment: KUBECTL (kubectl on PATH, else the one tools/build-binaries.sh builds), HELM
+# (likewise), PYTHON (.venv/bin/python), HADOLINT (.venv/bin/hadolint), KUBE_VERSIONS
+# (space-separated).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,31 +21,52 @@ HADOLINT=${HADOLINT:-$repo/.venv/bin/hadolint}
 # Docker Desktop of this project's machines; 1.37: the control plane of the e2e suite.
 KUBE_VERSIONS=${KUBE_VERSIONS:-1.30.0 1.32.0 1.37.0}
 
-find_kubectl() {
-    if [[ -n ${KUBECTL:-} ]]; then
-        echo "$KUBECTL"
-    elif command -v kubectl >/dev/null 2>&1; then
-        command -v kubectl
+# find_binary NAME OVERRIDE: OVERRIDE when set, else NAME on PATH, else the newest one that
+# tools/build-binaries.sh built from its Go module (bin/NAME-VERSION/NAME in the cache).
+find_binary() {
+    local name=$1 override=$2
+    if [[ -n $override ]]; then
+        echo "$override"
+    elif command -v "$name" >/dev/null 2>&1; then
+        command -v "$name"
     else
-        # Built from the Kubernetes Go modules by tools/build-binaries.sh.
-        compgen -G "$HOME/.cache/backend-injector/bin/kube-*/kubectl" | sort | tail -n 1
+        compgen -G "$HOME/.cache/backend-injector/bin/$name-*/$name" | sort | tail -n 1
     fi
 }
 
-kubectl=$(find_kubectl)
-if [[ -z $kubectl ]]; then
-    echo "check-manifests: no kubectl found (set KUBECTL)" >&2
-    exit 2
-fi
+kubectl=$(find_binary kubectl "${KUBECTL:-}")
+helm=$(find_binary helm "${HELM:-}")
+for tool in kubectl helm; do
+    if [[ -z ${!tool} ]]; then
+        echo "check-manifests: no $tool found (set ${tool^^})" >&2
+        exit 2
+    fi
+done
 
 rendered=$(mktemp -d)
 trap 'rm -rf "$rendered"' EXIT
+# helm's own cache and config stay out of the user's home.
+export HELM_CACHE_HOME=$rendered/.helm/cache HELM_CONFIG_HOME=$rendered/.helm/config
+export HELM_DATA_HOME=$rendered/.helm/data
 
 kustomizations=(manifests/base manifests/overlays/docker-desktop manifests/overlays/cert-manager)
 for dir in "${kustomizations[@]}"; do
     out="$rendered/$(echo "$dir" | tr / _).yaml"
     "$kubectl" kustomize "$dir" >"$out"
     echo "check-manifests: rendered $dir"
+done
+
+chart=charts/backend-injector
+"$PYTHON" tools/gen-values-schema.py --check
+echo "check-manifests: $chart/values.schema.json is up to date"
+values_files=("" "$chart"/examples/*.yaml)
+for values in "${values_files[@]}"; do
+    args=()
+    if [[ -n $values ]]; then args=(-f "$values"); fi
+    "$helm" lint --strict --quiet "$chart" "${args[@]}"
+    out="$rendered/helm_$(basename "${values:-defaults.yaml}")"
+    "$helm" template backend-injector "$chart" "${args[@]}" >"$out"
+    echo "check-manifests: helm lint and template of $chart ${values:-(defaults)}"
 done
 
 # Validate with kubernetes-validate's Python API rather than its CLI: the CLI only warns about

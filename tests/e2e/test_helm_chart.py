@@ -1,0 +1,271 @@
+"""The webhook's own Helm chart through a real control plane: install, upgrade, uninstall.
+
+There is no kubelet in this control plane, so no pod ever runs, and a hook Job would never
+complete (Helm would wait for it until its timeout). The chart is therefore installed and
+upgraded with ``--no-hooks``, and the test does what the post-install/post-upgrade hook Job
+would do: it reads the hook's manifest from the release (``helm get hooks``) and runs
+``backend-injector`` with exactly that Job's arguments, under the install ServiceAccount's own
+token (so the chart's RBAC is what is exercised, not the admin's rights). The webhook pods are
+stood in for as in test_webhook.py: ``backend-injector serve`` with the release's ConfigMap,
+credentials Secret and TLS Secret, in a network namespace, behind the release's Service and a
+hand-made EndpointSlice. The node e2e runs the hook Jobs themselves on a real kubelet.
+
+What is checked, through the apiserver:
+
+* install: the release's objects exist, the hook's work fills the caBundle, and opted-in pods
+  are mutated by the webhook serving the release's configuration;
+* upgrade with a changed value: the caBundle is kept (before and after the hook's work), the
+  Deployment's pod template changes (its checksum annotation), so the ReplicaSet controller
+  rolls a new ReplicaSet, and the webhook restarted from the new ConfigMap applies it;
+* uninstall: nothing of the release is left (no MutatingWebhookConfiguration above all, nor
+  cluster roles, nor the namespace with the TLS Secret the hook made), and pods in the
+  opted-in namespace are created again without any webhook.
+
+Timings of the three Helm commands are printed (run with ``-s`` or ``-rP`` to see them).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .controlplane import ControlPlane
+from .test_webhook import (
+    BACKEND_INJECTOR,
+    chart_like_pod,
+    create_pod,
+    endpoint_slice,
+    is_mutated,
+    kubectl_json,
+    kubectl_ok,
+    names,
+    new_namespace,
+    opted_in_labels,
+    run,
+    settle_namespace,
+    wait_for,
+)
+from .webhook_host import NetworkNamespace, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "backend-injector"
+RELEASE = "backend-injector"
+NAMESPACE = "backend-injector"
+NAME = "backend-injector"
+WEBHOOK_PORT = 8443
+CHECKSUM = "checksum/config"
+
+
+@dataclass
+class Installed:
+    """The release on the control plane, with the stand-in for its pods."""
+
+    plane: ControlPlane
+    work: Path
+    opted_in: str
+    netns: NetworkNamespace
+    server: ServerProcess | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    hook_outputs: list[str] = field(default_factory=list)
+
+    def helm(self, *args: str) -> str:
+        started = time.monotonic()
+        result = self.plane.helm(*args)
+        self.timings[f"helm {args[0]}"] = time.monotonic() - started
+        assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
+        return result.stdout
+
+    def ca_bundle(self) -> bytes:
+        configuration = kubectl_json(self.plane, "get", "mutatingwebhookconfiguration", NAME)
+        bundle = configuration["webhooks"][0]["clientConfig"].get("caBundle", "")
+        return base64.b64decode(bundle)
+
+    def deployment(self) -> dict[str, Any]:
+        return kubectl_json(self.plane, "get", "deployment", NAME, "-n", NAMESPACE)  # type: ignore[no-any-return]
+
+    def run_hooks(self) -> str:
+        """Do what the release's post-install/post-upgrade hook Job does, as its account."""
+        hooks = [item for item in yaml.safe_load_all(self.helm("get", "hooks", RELEASE))
+                 if item]
+        (job,) = hooks
+        assert job["kind"] == "Job"
+        spec = job["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        kubeconfig = self.account_kubeconfig(spec["serviceAccountName"])
+        output = run(BACKEND_INJECTOR, *container["args"], "--kubeconfig", str(kubeconfig))
+        self.hook_outputs.append(output)
+        return output
+
+    def account_kubeconfig(self, account: str) -> Path:
+        """A kubeconfig that authenticates as `account` with a short-lived token."""
+        token = kubectl_ok(self.plane, "create", "token", account, "-n", NAMESPACE,
+                           "--duration=10m").strip()
+        admin = yaml.safe_load(self.plane.kubeconfig.read_text())
+        cluster = admin["clusters"][0]
+        path = self.work / f"{account}.kubeconfig"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": account,
+                          "context": {"cluster": cluster["name"], "user": account}}],
+            "current-context": account,
+        }))
+        path.chmod(0o600)
+        return path
+
+    def serve(self) -> None:
+        """(Re)start the stand-in for the webhook pods from the release's objects."""
+        if self.server is not None:
+            self.server.stop()
+        config_map = kubectl_json(self.plane, "get", "configmap", f"{NAME}-config",
+                                  "-n", NAMESPACE)
+        config = self.work / "config.yaml"
+        config.write_text(config_map["data"]["config.yaml"])
+        for secret_name, files in ((f"{NAME}-credentials", ("access-key-id", "secret-access-key")),
+                                   (f"{NAME}-tls", ("tls.crt", "tls.key"))):
+            secret = kubectl_json(self.plane, "get", "secret", secret_name, "-n", NAMESPACE)
+            for key in files:
+                path = self.work / key
+                path.write_bytes(base64.b64decode(secret["data"][key]))
+                path.chmod(0o600)
+        env = {"BACKEND_INJECTOR_ACCESS_KEY_ID_FILE": str(self.work / "access-key-id"),
+               "BACKEND_INJECTOR_SECRET_ACCESS_KEY_FILE": str(self.work / "secret-access-key")}
+        self.server = ServerProcess(
+            "webhook-helm",
+            [BACKEND_INJECTOR, "serve", "--config", str(config), "--host", self.netns.address,
+             "--port", str(WEBHOOK_PORT), "--tls-cert", str(self.work / "tls.crt"),
+             "--tls-key", str(self.work / "tls.key")],
+            netns=self.netns, port=WEBHOOK_PORT,
+            log_path=self.plane.log_dir / "webhook-helm.log", env=env,
+        )
+        self.server.start()
+
+    def admitted(self) -> dict[str, Any]:
+        """A chart-like pod as the apiserver admits it in the opted-in namespace (dry run)."""
+
+        def attempt() -> dict[str, Any] | None:
+            result = create_pod(self.plane, self.opted_in, chart_like_pod("probe"),
+                                "--dry-run=server")
+            pod: dict[str, Any] = json.loads(result.stdout) if result.returncode == 0 else {}
+            return pod if pod and is_mutated(pod) else None
+
+        return wait_for(attempt, "the apiserver to call the release's webhook")  # type: ignore[no-any-return]
+
+
+def release_objects(plane: ControlPlane) -> list[tuple[str, str]]:
+    """(kind, name) of every object the release's manifest holds."""
+    manifest = plane.helm("get", "manifest", RELEASE)
+    assert manifest.returncode == 0, manifest.stderr
+    return sorted((item["kind"], item["metadata"]["name"])
+                  for item in yaml.safe_load_all(manifest.stdout) if item)
+
+
+@pytest.fixture(scope="module")
+def installed(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Installed]:
+    plane = control_plane
+    settle_namespace(plane, NAMESPACE)
+    netns = NetworkNamespace.create()
+    state = Installed(plane=plane, work=tmp_path_factory.mktemp("helm-chart"),
+                      opted_in=new_namespace(plane, "helm-opted-in", opted_in_labels()),
+                      netns=netns)
+    try:
+        yield state
+    finally:
+        for name, seconds in sorted(state.timings.items()):
+            print(f"helm chart e2e: {name}: {seconds:.2f}s", flush=True)
+        # Whatever the tests left: the release (its registration fails closed) first.
+        plane.helm("uninstall", RELEASE, "--ignore-not-found")
+        plane.kubectl("delete", "mutatingwebhookconfiguration", NAME, "--ignore-not-found")
+        if state.server is not None:
+            state.server.stop()
+        netns.delete()
+        plane.kubectl("delete", "namespace", state.opted_in, NAMESPACE, "--ignore-not-found",
+                      "--timeout=60s")
+
+
+def test_install_upgrade_uninstall(installed: Installed) -> None:
+    plane = installed.plane
+
+    # --- helm install: the release's objects, then the hook's work fills the caBundle.
+    installed.helm("install", RELEASE, str(CHART), "--no-hooks")
+    objects = release_objects(plane)
+    assert ("MutatingWebhookConfiguration", NAME) in objects
+    assert ("Job", f"{NAME}-install") not in objects  # a hook, not a release object
+    assert installed.ca_bundle() == b""
+    output = installed.run_hooks()
+    assert "patched the caBundle" in output, output
+    bundle = installed.ca_bundle()
+    assert bundle.startswith(b"-----BEGIN CERTIFICATE-----")
+
+    installed.serve()
+    apply_slice(plane, installed.netns.address)
+    pod = installed.admitted()
+    assert names(pod["spec"]["initContainers"]) == ["wait-for-kafka"]  # action remove
+    template_before = installed.deployment()["spec"]["template"]
+    sets_before = replica_sets(plane)
+    assert len(sets_before) == 1
+
+    # --- helm upgrade with a changed value.
+    installed.helm("upgrade", RELEASE, str(CHART), "--no-hooks", "--set", "config.action=rewrite")
+    # The upgrade's own patch leaves the caBundle alone, before any hook has run...
+    assert installed.ca_bundle() == bundle
+    # ...and the post-upgrade hook finds nothing to change.
+    output = installed.run_hooks()
+    assert "patched the caBundle" not in output, output
+    assert installed.ca_bundle() == bundle
+    # The pods roll: the pod template's checksum changed, and a second ReplicaSet appears.
+    template_after = installed.deployment()["spec"]["template"]
+    assert template_after["metadata"]["annotations"][CHECKSUM] != (
+        template_before["metadata"]["annotations"][CHECKSUM])
+    wait_for(lambda: len(replica_sets(plane)) == 2, "the rollout's new ReplicaSet")
+    # The webhook pods started from the new ConfigMap apply the new action.
+    installed.serve()
+    pod = installed.admitted()
+    init = {container["name"]: container for container in pod["spec"]["initContainers"]}
+    assert set(init) == {"wait-for-mlflow", "wait-for-kafka"}
+    assert "host.docker.internal 5000" in " ".join(init["wait-for-mlflow"]["command"])
+
+    # --- helm uninstall: nothing left.
+    installed.helm("uninstall", RELEASE, "--wait", "--timeout=120s")
+    started = time.monotonic()
+    assert plane.kubectl("get", "mutatingwebhookconfiguration", NAME).returncode != 0
+    for kind in ("clusterrole", "clusterrolebinding"):
+        assert plane.kubectl("get", kind, f"{NAME}-install").returncode != 0, kind
+    wait_for(lambda: plane.kubectl("get", "namespace", NAMESPACE).returncode != 0,
+             f"namespace {NAMESPACE} (and the TLS Secret the hook made in it) to be gone",
+             timeout=120)
+    installed.timings["namespace gone after uninstall"] = time.monotonic() - started
+    listed = plane.helm("list", "--all", "-q")
+    assert listed.returncode == 0 and RELEASE not in listed.stdout.split()
+    left = kubectl_json(plane, "get", "mutatingwebhookconfigurations,clusterroles,"
+                        "clusterrolebindings", "-l", "app.kubernetes.io/part-of=backend-injector")
+    assert left["items"] == []
+    # Pods in the opted-in namespace are admitted again, unmutated: no registration is left
+    # to fail closed on a webhook that is gone.
+    created = create_pod(plane, installed.opted_in, chart_like_pod("after-uninstall"),
+                         "--dry-run=server")
+    assert created.returncode == 0, created.stderr
+    assert not is_mutated(json.loads(created.stdout))
+
+
+def apply_slice(plane: ControlPlane, address: str) -> None:
+    kubectl_ok(plane, "apply", "-f", "-", input=json.dumps(endpoint_slice(address)))
+
+
+def replica_sets(plane: ControlPlane) -> list[dict[str, Any]]:
+    items = kubectl_json(plane, "get", "replicasets", "-n", NAMESPACE,
+                         "-l", "app.kubernetes.io/name=backend-injector")["items"]
+    return items  # type: ignore[no-any-return]

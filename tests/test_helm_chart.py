@@ -1,0 +1,391 @@
+"""The webhook's Helm chart (charts/backend-injector): lint, values schema, and one deployment
+truth with two front doors.
+
+`helm template` of the chart and `kubectl kustomize` of the overlays are compared object by
+object for the same settings. What differs by nature, and nothing else, is removed before the
+comparison (``normalise``):
+
+* Helm's labels on every object's metadata (``HELM_LABELS``);
+* the hook annotations of the install Job, which Helm runs after every install and upgrade
+  where kustomize applies it once (``helm.sh/hook*``);
+* the checksum annotations of the webhook's pod template, which roll the pods when the
+  configuration or the chart-made credentials change (``checksum/*``);
+* the ConfigMap's config.yaml is compared as the YAML it holds (comments and layout differ).
+
+Schema validation of the rendered objects for the supported Kubernetes versions is in
+tools/check-manifests.sh; the e2e twin (tests/e2e/test_helm_chart.py) installs, upgrades and
+uninstalls the chart on a real control plane.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from webhook.config import default_document, load_settings
+
+from .test_chart import find_helm
+from .test_manifests import find_kubectl
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "backend-injector"
+EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+OVERLAYS = REPO / "manifests" / "overlays"
+
+HELM_LABELS = frozenset({
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/version",
+    "helm.sh/chart",
+})
+HOOK_ANNOTATION_PREFIX = "helm.sh/hook"
+CHECKSUM_ANNOTATION_PREFIX = "checksum/"
+
+Objects = list[dict[str, Any]]
+Key = tuple[str, str, str]
+
+
+def helm(tmp_path: Path, *arguments: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    binary = find_helm()
+    if binary is None:
+        pytest.skip("no helm binary (tools/build-binaries.sh builds one; or set HELM)")
+    environment = {**os.environ, "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
+                   "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
+                   "HELM_DATA_HOME": str(tmp_path / "helm-data")}
+    result = subprocess.run([binary, *arguments], capture_output=True, text=True, timeout=120,
+                            env=environment, check=False)
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(arguments)}:\n{result.stderr}"
+    return result
+
+
+def template(tmp_path: Path, *arguments: str) -> Objects:
+    output = helm(tmp_path, "template", "backend-injector", str(CHART), *arguments).stdout
+    return [item for item in yaml.safe_load_all(output) if item]
+
+
+def kustomize(directory: Path) -> Objects:
+    kubectl = find_kubectl()
+    if kubectl is None:
+        pytest.skip("no kubectl to render kustomizations with (set KUBECTL)")
+    output = subprocess.run([kubectl, "kustomize", str(directory)], check=True,
+                            capture_output=True, text=True, timeout=120).stdout
+    return [item for item in yaml.safe_load_all(output) if item]
+
+
+def key(item: dict[str, Any]) -> Key:
+    return (item["kind"], item["metadata"].get("namespace", ""), item["metadata"]["name"])
+
+
+def by_key(objects: Objects) -> dict[Key, dict[str, Any]]:
+    indexed = {key(item): item for item in objects}
+    assert len(indexed) == len(objects), "two objects of the same kind and name"
+    return indexed
+
+
+def one(objects: Objects, kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [item for item in objects
+             if item["kind"] == kind and name in (None, item["metadata"]["name"])]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def pod_template(item: dict[str, Any]) -> dict[str, Any]:
+    if item["kind"] == "CronJob":
+        return item["spec"]["jobTemplate"]["spec"]["template"]  # type: ignore[no-any-return]
+    return item["spec"]["template"]  # type: ignore[no-any-return]
+
+
+def _drop(metadata: dict[str, Any], field: str, unwanted: Any) -> None:
+    kept = {name: value for name, value in (metadata.get(field) or {}).items()
+            if not unwanted(name)}
+    if kept:
+        metadata[field] = kept
+    else:
+        metadata.pop(field, None)
+
+
+def normalise(item: dict[str, Any]) -> dict[str, Any]:
+    """The object without what differs by nature between the two front doors (see above)."""
+    item = copy.deepcopy(item)
+    metadata = item["metadata"]
+    _drop(metadata, "labels", lambda name: name in HELM_LABELS)
+    _drop(metadata, "annotations", lambda name: name.startswith(HOOK_ANNOTATION_PREFIX))
+    if item["kind"] in ("Deployment", "Job", "CronJob"):
+        _drop(pod_template(item)["metadata"], "annotations",
+              lambda name: name.startswith(CHECKSUM_ANNOTATION_PREFIX))
+    if item["kind"] == "ConfigMap":
+        item["data"] = {name: yaml.safe_load(text) for name, text in item["data"].items()}
+    return item
+
+
+def assert_same_objects(chart: Objects, kustomized: Objects) -> None:
+    left, right = by_key(chart), by_key(kustomized)
+    assert sorted(left) == sorted(right)
+    for object_key in sorted(left):
+        assert normalise(left[object_key]) == normalise(right[object_key]), object_key
+
+
+# --- lint and schema
+
+
+@pytest.mark.parametrize("values", [None, *EXAMPLES], ids=lambda path: path.name if path else
+                         "defaults")
+def test_helm_lint_is_clean(tmp_path: Path, values: Path | None) -> None:
+    arguments = ["lint", "--strict", str(CHART), *(["-f", str(values)] if values else [])]
+    result = helm(tmp_path, *arguments)
+    assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+def test_values_schema_is_generated_from_the_configuration_model() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "gen-values-schema.py"),
+                             "--check"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_values_schema_accepts_the_defaults_and_every_example() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert list(validator.iter_errors(defaults)) == []
+    for example in EXAMPLES:
+        values = coalesce(defaults, yaml.safe_load(example.read_text()))
+        assert [error.message for error in validator.iter_errors(values)] == [], example
+
+
+def coalesce(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Values as Helm merges them: mappings merge, anything else replaces, null deletes."""
+    merged = copy.deepcopy(defaults)
+    for name, value in given.items():
+        if value is None:
+            merged.pop(name, None)
+        elif isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = coalesce(merged[name], value)
+        else:
+            merged[name] = value
+    return merged
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("config.action=delete", "action"),
+        ("config.services.mlflow.colour=blue", "colour"),
+        ("config.credentials.mode=plain", "mode"),
+        ("certificates.method=vault", "method"),
+        ("replicas=0", "replicas"),
+        ("webhook.timeoutSeconds=60", "timeoutSeconds"),
+    ],
+)
+def test_helm_refuses_values_the_schema_does_not_allow(
+    tmp_path: Path, setting: str, message: str
+) -> None:
+    result = helm(tmp_path, "template", "backend-injector", str(CHART), "--set", setting,
+                  check=False)
+    assert result.returncode != 0
+    assert "schema" in result.stderr and message in result.stderr, result.stderr
+
+
+# --- the same objects as the kustomize overlays
+
+
+def test_defaults_render_the_docker_desktop_overlay(tmp_path: Path) -> None:
+    assert_same_objects(template(tmp_path), kustomize(OVERLAYS / "docker-desktop"))
+
+
+def test_cert_manager_example_renders_the_cert_manager_overlay(tmp_path: Path) -> None:
+    chart = template(tmp_path, "-f", str(CHART / "examples" / "cert-manager.yaml"))
+    assert_same_objects(chart, kustomize(OVERLAYS / "cert-manager"))
+
+
+def test_changed_settings_render_what_an_overlay_with_the_same_changes_renders(
+    tmp_path: Path,
+) -> None:
+    """Not only the defaults: image, replicas and configuration changed on both sides."""
+    config = {
+        "action": "rewrite",
+        "waiter_names": ["wait-for-mlflow"],
+        "services": {
+            "mlflow": {"hosts": ["mlflow"], "external": {"host": "10.0.0.5", "port": 5001}},
+            "minio": {"hosts": ["minio"], "external": {"host": "10.0.0.5", "port": 9001}},
+            "fastapi": {"hosts": ["fastapi-app", "fastapi"],
+                        "external": {"host": "10.0.0.5", "port": 8001}},
+            "postgres": {"hosts": ["postgres"], "external": None},
+        },
+        "env": {"MLFLOW_TRACKING_URI": "http://{mlflow}",
+                "MLFLOW_S3_ENDPOINT_URL": "http://{minio}", "GATEWAY_URL": "http://{fastapi}"},
+        "credentials": {"mode": "secretKeyRef", "secret_name": "s3"},
+    }
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(OVERLAYS / "docker-desktop", overlay)],
+        "images": [{"name": "backend-injector", "newName": "registry.example.com/bi",
+                    "newTag": "1.2.3"}],
+        "replicas": [{"name": "backend-injector", "count": 3}],
+        "patches": [{"target": {"kind": "ConfigMap", "name": "backend-injector-config"},
+                     "patch": yaml.safe_dump([{"op": "replace", "path": "/data/config.yaml",
+                                               "value": yaml.safe_dump(config)}])}],
+    }))
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "image": {"repository": "registry.example.com/bi", "tag": "1.2.3"},
+        "replicas": 3,
+        "config": config,
+    }))
+    assert_same_objects(template(tmp_path, "-f", str(values)), kustomize(overlay))
+
+
+# --- what the chart adds: hooks, checksums, values
+
+
+def test_the_install_job_runs_after_every_install_and_upgrade(tmp_path: Path) -> None:
+    objects = template(tmp_path)
+    job = one(objects, "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    # Re-created on every upgrade (a Job's template cannot change); kept when it failed.
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+
+
+def test_the_webhook_registration_is_a_release_object_that_uninstall_deletes(
+    tmp_path: Path,
+) -> None:
+    for values in [None, CHART / "examples" / "cert-manager.yaml"]:
+        objects = template(tmp_path, *(["-f", str(values)] if values else []))
+        configuration = one(objects, "MutatingWebhookConfiguration")
+        assert not any(name.startswith(HOOK_ANNOTATION_PREFIX)
+                       for name in configuration["metadata"].get("annotations") or {})
+        # Nothing in the chart may create another one, which uninstall would not delete.
+        assert [item["kind"] for item in objects].count("MutatingWebhookConfiguration") == 1
+        # The install Job may only patch the chart's own.
+        for role in (item for item in objects if item["kind"] == "ClusterRole"):
+            for rule in role["rules"]:
+                assert rule["resourceNames"] == [configuration["metadata"]["name"]]
+                assert "create" not in rule["verbs"]
+
+
+def checksum(objects: Objects, name: str) -> str:
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    return annotations[f"checksum/{name}"]  # type: ignore[no-any-return]
+
+
+def test_a_changed_configuration_or_credential_rolls_the_pods_and_nothing_else_does(
+    tmp_path: Path,
+) -> None:
+    base = template(tmp_path)
+    config = template(tmp_path, "--set", "config.action=rewrite")
+    credential = template(tmp_path, "--set", "credentials.secretAccessKey=changed")
+    unrelated = template(tmp_path, "--set", "replicas=3", "--set", "certificates.days=90")
+    assert checksum(config, "config") != checksum(base, "config")
+    assert checksum(config, "credentials") == checksum(base, "credentials")
+    assert checksum(credential, "credentials") != checksum(base, "credentials")
+    assert checksum(credential, "config") == checksum(base, "config")
+    assert checksum(unrelated, "config") == checksum(base, "config")
+    assert checksum(unrelated, "credentials") == checksum(base, "credentials")
+
+
+def settings_of(objects: Objects, tmp_path: Path, environ: dict[str, str] | None = None) -> Any:
+    path = tmp_path / "rendered-config.yaml"
+    path.write_text(one(objects, "ConfigMap")["data"]["config.yaml"])
+    return load_settings(config_file=path, environ=environ or {})
+
+
+def test_the_default_variables_the_chart_knows_are_the_webhooks() -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    block = helpers.split('define "backend-injector.defaultEnvNames"', 1)[1]
+    names = block.split("-}}", 1)[1].split("{{-", 1)[0].split()
+    assert names == list(default_document()["env"])
+
+
+def test_null_in_the_values_drops_a_variable_and_an_external_address(tmp_path: Path) -> None:
+    objects = template(tmp_path, "--set", "config.env.GATEWAY_URL=null",
+                       "--set", "config.services.fastapi.external=null")
+    settings = settings_of(objects, tmp_path)
+    assert "GATEWAY_URL" not in dict(settings.env)
+    assert next(s for s in settings.services if s.name == "fastapi").external is None
+    assert next(s for s in settings.services if s.name == "mlflow").external is not None
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
+def test_every_example_gives_the_webhook_a_configuration_it_accepts(
+    tmp_path: Path, example: Path
+) -> None:
+    objects = template(tmp_path, "-f", str(example))
+    settings_of(objects, tmp_path)
+    # And the Deployment reads the credentials from the Secret the values name.
+    volumes = {volume["name"]: volume for volume in
+               one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    values = yaml.safe_load(example.read_text())
+    existing = (values.get("credentials") or {}).get("existingSecret")
+    secret = volumes["credentials"]["secret"]["secretName"]
+    if existing:
+        assert secret == existing
+        assert not [item for item in objects if item["kind"] == "Secret"]
+    else:
+        assert one(objects, "Secret", secret)
+
+
+def test_the_external_backend_example_moves_the_backend(tmp_path: Path) -> None:
+    objects = template(tmp_path, "-f", str(CHART / "examples" / "external-backend.yaml"))
+    settings = settings_of(objects, tmp_path)
+    assert dict(settings.env) == {"MLFLOW_TRACKING_URI": "https://mlflow.example.com:443",
+                                  "MLFLOW_S3_ENDPOINT_URL": "https://s3.example.com:443"}
+    assert settings.action.value == "rewrite"
+    assert settings.credentials.mode.value == "secretKeyRef"
+
+
+def test_existing_secret_keys_are_mapped_to_the_files_the_webhook_reads(tmp_path: Path) -> None:
+    objects = template(tmp_path, "-f", str(CHART / "examples" / "production.yaml"))
+    deployment = one(objects, "Deployment")
+    volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]
+               ["volumes"]}
+    assert volumes["credentials"]["secret"] == {
+        "secretName": "minio-service-account",
+        "defaultMode": 0o440,
+        "items": [{"key": "AWS_ACCESS_KEY_ID", "path": "access-key-id"},
+                  {"key": "AWS_SECRET_ACCESS_KEY", "path": "secret-access-key"}],
+    }
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    files = {item["name"]: item["value"] for item in container["env"]}
+    assert {Path(path).name for path in files.values()} == {"access-key-id", "secret-access-key"}
+
+
+def test_the_namespace_label_and_the_namespace_follow_the_values(tmp_path: Path) -> None:
+    objects = template(tmp_path, "--set", "webhook.namespaceLabel.key=example.com/backend",
+                       "--set", "webhook.namespaceLabel.value=yes",
+                       "--set", "namespace.name=injector")
+    (webhook,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
+    assert webhook["namespaceSelector"]["matchExpressions"] == [
+        {"key": "example.com/backend", "operator": "In", "values": ["yes"]},
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+         "values": ["injector", "kube-system"]},
+    ]
+    assert webhook["clientConfig"]["service"]["namespace"] == "injector"
+    namespace = one(objects, "Namespace")
+    assert namespace["metadata"]["name"] == "injector"
+    assert namespace["metadata"]["labels"]["example.com/backend"] == "disabled"
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding",
+                      "MutatingWebhookConfiguration"}
+    assert {item["metadata"].get("namespace") for item in objects
+            if item["kind"] not in cluster_scoped} == {"injector"}
+    job = one(objects, "Job")
+    arguments = pod_template(job)["spec"]["containers"][0]["args"]
+    assert arguments[arguments.index("--namespace") + 1] == "injector"
+
+
+def test_without_namespace_creation_no_namespace_is_rendered(tmp_path: Path) -> None:
+    objects = template(tmp_path, "--set", "namespace.create=false")
+    assert not [item for item in objects if item["kind"] == "Namespace"]
