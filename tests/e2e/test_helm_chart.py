@@ -76,13 +76,15 @@ class Installed:
     netns: NetworkNamespace
     server: ServerProcess | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    hook_outputs: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+    hook_runs: list[str] = field(default_factory=list)
 
     def helm(self, *args: str) -> str:
         started = time.monotonic()
         result = self.plane.helm(*args)
         self.timings[f"helm {args[0]}"] = time.monotonic() - started
         assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
+        self.outputs[f"helm {args[0]}"] = result.stdout
         return result.stdout
 
     def ca_bundle(self) -> bytes:
@@ -102,8 +104,10 @@ class Installed:
         spec = job["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         kubeconfig = self.account_kubeconfig(spec["serviceAccountName"])
+        started = time.monotonic()
         output = run(BACKEND_INJECTOR, *container["args"], "--kubeconfig", str(kubeconfig))
-        self.hook_outputs.append(output)
+        self.timings[f"hook work #{len(self.hook_runs) + 1}"] = time.monotonic() - started
+        self.hook_runs.append(output)
         return output
 
     def account_kubeconfig(self, account: str) -> Path:
@@ -184,8 +188,13 @@ def installed(
     try:
         yield state
     finally:
-        for name, seconds in sorted(state.timings.items()):
+        for name, seconds in state.timings.items():
             print(f"helm chart e2e: {name}: {seconds:.2f}s", flush=True)
+        for name in ("helm install", "helm upgrade", "helm uninstall"):
+            print(f"helm chart e2e: output of {name}:\n{state.outputs.get(name, '')}",
+                  flush=True)
+        for number, output in enumerate(state.hook_runs, 1):
+            print(f"helm chart e2e: hook work #{number}:\n{output}", flush=True)
         # Whatever the tests left: the release (its registration fails closed) first.
         plane.helm("uninstall", RELEASE, "--ignore-not-found")
         plane.kubectl("delete", "mutatingwebhookconfiguration", NAME, "--ignore-not-found")
