@@ -1,5 +1,9 @@
 """Prometheus metrics with stable names and labels.
 
+Reviews, mutations and errors are counted on the request path; the health of the external
+backend (``backend_injector_external_up{service}`` and the probe's duration) is set by the
+prober of `webhook.health`, which the first `Metrics` of a worker process starts.
+
 Each server builds its own registry, so tests and several apps in one process do not collide.
 The duration buckets hold every boundary of the apiserver's own webhook histogram (5 ms, 25 ms,
 100 ms, 500 ms, 1 s, 2.5 s, 10 s, 25 s), so the two can be read side by side, plus finer steps
@@ -10,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from webhook import health
 from webhook.admission import ReviewOutcome
 
 DURATION_BUCKETS = (
@@ -53,6 +58,21 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+
+        # Written by the backend prober (webhook.health), never on the request path.
+        self.external_up = Gauge(
+            health.UP_METRIC,
+            "1 if the last TCP connect to the service's external host:port succeeded, else 0.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.external_probe_duration = Gauge(
+            health.DURATION_METRIC,
+            "How long the last TCP connect to the service's external address took, in seconds.",
+            ["service"],
+            registry=self.registry,
+        )
+        health.attach(self.external_up, self.external_probe_duration)
 
         # Looking a labelled child up costs more than counting; keep the ones in use.
         self._review_children: dict[tuple[str, str], Any] = {}

@@ -30,6 +30,7 @@ from types import FrameType
 
 import uvicorn
 
+from webhook import health
 from webhook.admission import AdmissionHandler
 from webhook.app import Readiness, create_app
 from webhook.certs import build_self_signed
@@ -180,6 +181,7 @@ class WebhookServer(uvicorn.Server):
 
 def serve(settings: Settings, options: ServingOptions | None = None) -> int:
     """Serve until stopped; returns the exit code."""
+    health.configure(settings)  # each worker's metrics then probe the external backend
     with contextlib.ExitStack() as cleanup:
         if options is None:
             options = _serving_options(settings, cleanup)
