@@ -35,4 +35,24 @@ if [[ ${1:-} == --all ]]; then
         apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null
     fi
     bash tools/build-binaries.sh
+
+    # --- Images without a registry, and the external backend (tests/e2e/images.py, backend.py)
+    # buildah builds the Dockerfile with no Docker engine; debootstrap makes the local base
+    # image; Debian's busybox (its shell finds /bin/nc on PATH, unlike busybox-static's, which
+    # always runs its own nc applet) goes into the busybox:1.35 stand-in; gcc compiles that
+    # stand-in's nc. The backend's MLflow + moto venv is cached by version.
+    image_packages=()
+    for package in buildah debootstrap busybox gcc libc6-dev; do
+        if [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) != "install ok installed" ]]
+        then
+            image_packages+=("$package")
+        fi
+    done
+    if (( ${#image_packages[@]} )); then
+        echo "setup: installing ${image_packages[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq "${image_packages[@]}" >/dev/null
+    fi
+    .venv/bin/python -m tests.e2e.backend prepare >/dev/null
+    # --- end of images and backend
 fi
