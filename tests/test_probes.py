@@ -290,7 +290,7 @@ def test_an_unresolvable_host_variable_is_not_rewritten() -> None:
 def test_a_program_over_the_limit_is_not_read() -> None:
     script = "until nc -z mlflow 5000; do sleep 2; done;" * (MAX_PROGRAM_CHARS // 40 + 1)
     reading = READER.read(sh(script))
-    assert reading.too_long and not reading.only_waits_for_managed
+    assert reading.not_read and not reading.only_waits_for_managed
     assert READER.retarget(sh(script)) is None
     assert READER.read(sh(script[:MAX_PROGRAM_CHARS - 10])).only_waits_for_managed
 

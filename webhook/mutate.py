@@ -38,7 +38,13 @@ from webhook.config import (
     EnvScope,
     Settings,
 )
-from webhook.probes import MAX_PROGRAM_CHARS, ProgramReader, ProgramReading
+from webhook.probes import (
+    MAX_PROGRAM_CHARS,
+    NOT_READ,
+    ProgramReader,
+    ProgramReading,
+    program_length,
+)
 
 INJECT_KEY = "backend-injector/inject"
 STATUS_KEY = "backend-injector/status"
@@ -48,6 +54,12 @@ OPT_OUT_VALUES = frozenset({"false", "disabled", "off", "no"})
 # The status annotation: its lists, and what of an earlier one is read back. Our own is far
 # below these (a pod has at most a few dozen containers and managed variables).
 STATUS_LISTS = ("removed", "rewritten", "env")
+# The init container programs of one pod read together, at most: a few charts' worth. What
+# lies beyond is kept unread, so that no pod can cost more than a bounded time to review.
+MAX_POD_PROGRAM_CHARS = 32 * 1024
+# Containers and init containers of one pod, at most; a pod with more is left unchanged, with
+# a warning. Real pods have a handful; the bound keeps a review's time small whatever the pod.
+MAX_CONTAINERS = 512
 STATUS_MAX_CHARS = 64 * 1024
 STATUS_MAX_NAMES = 256
 NAME_MAX_CHARS = 253  # the longest Kubernetes name
@@ -77,6 +89,7 @@ class Mutation:
     containers: list[str] = field(default_factory=list)  # containers whose env changed
     kept_waiting: list[str] = field(default_factory=list)  # kept, still probing a service
     notices: list[str] = field(default_factory=list)  # what was left alone, and why
+    _env_set: set[str] = field(default_factory=set, repr=False)  # `env` as a set, for speed
     skipped: str | None = None  # why nothing was considered (opt-out)
 
     @property
@@ -133,6 +146,11 @@ class Rules:
             return mutation
         init_containers = _container_list(spec, "initContainers")
         containers = _container_list(spec, "containers")
+        if len(init_containers) + len(containers) > MAX_CONTAINERS:
+            raise PodShapeError(
+                f"the pod has {len(init_containers) + len(containers)} containers; the rules "
+                f"read pods of at most {MAX_CONTAINERS}"
+            )
         readings = self._read_init_containers(init_containers, mutation)
         earlier = _parse_status(_annotations(metadata).get(STATUS_KEY))
         # The pod waited for a managed service (now, or before an earlier pass removed the
@@ -154,18 +172,28 @@ class Rules:
         self, init_containers: Sequence[Mapping[str, Any]], mutation: Mutation
     ) -> list[tuple[str, list[str], dict[str, str], ProgramReading]]:
         readings = []
+        unread: list[str] = []
+        budget = MAX_POD_PROGRAM_CHARS
         for index, container in enumerate(init_containers):
             path = f"/spec/initContainers/{index}"
             name = _name_of(container, path)
             argv = _program_of(container, path)
             env = _literal_env(container)
-            reading = self._reader.read(argv, env)
-            if reading.too_long:
-                mutation.notices.append(
-                    f"init container {name} was not read: its program is longer than "
-                    f"{MAX_PROGRAM_CHARS} characters, so it is kept as it is"
-                )
+            length = program_length(argv)
+            if length > min(budget, MAX_PROGRAM_CHARS):
+                # Not read, so neither a waiter nor retargeted: kept exactly as it is.
+                reading = NOT_READ
+                unread.append(name)
+            else:
+                budget -= length
+                reading = self._reader.read(argv, env)
             readings.append((name, argv, env, reading))
+        if unread:
+            mutation.notices.append(
+                f"init containers {_listed(unread, 4)} were not read and are kept as they are: "
+                f"a program may have {MAX_PROGRAM_CHARS} characters, the pod's together "
+                f"{MAX_POD_PROGRAM_CHARS}"
+            )
         return readings
 
     def _mutate_init_containers(
@@ -301,7 +329,10 @@ class Rules:
             changed.extend(entry["name"] for entry in absent)
         if changed:
             mutation.containers.append(str(container["name"]))
-            mutation.env.extend(name for name in changed if name not in mutation.env)
+            for name in changed:
+                if name not in mutation._env_set:
+                    mutation._env_set.add(name)
+                    mutation.env.append(name)
 
 
     def _retarget_value(
@@ -377,10 +408,12 @@ def _record_status(
     """
     annotations = metadata.get("annotations")
     current = _annotations(metadata).get(STATUS_KEY)
+    # Clipped as it is read back, so that a second pass writes the same text; the full
+    # account of a huge pod is in the admission warnings' counts.
     status = {
-        "removed": _union(earlier["removed"], mutation.removed),
-        "rewritten": _union(earlier["rewritten"], mutation.rewritten),
-        "env": _union(earlier["env"], mutation.env),
+        "removed": _union(earlier["removed"], mutation.removed)[:STATUS_MAX_NAMES],
+        "rewritten": _union(earlier["rewritten"], mutation.rewritten)[:STATUS_MAX_NAMES],
+        "env": _union(earlier["env"], mutation.env)[:STATUS_MAX_NAMES],
     }
     encoded = orjson.dumps(status).decode()
     if current == encoded:

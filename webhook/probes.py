@@ -82,7 +82,7 @@ from webhook.grammar import (
 # A program (command + args, all elements together) longer than this is not read as a
 # waiter: real readiness loops are a few hundred characters, and the bound keeps the time a
 # hostile pod can cost per init container small. Such a container is kept as it is.
-MAX_PROGRAM_CHARS = 64 * 1024
+MAX_PROGRAM_CHARS = 16 * 1024
 # Each cache of readings keeps at most this many bytes of programs; a program above
 # CACHE_ENTRY_CHARS is not worth keeping (real ones repeat and are short).
 CACHE_BYTES = 4 * 1024 * 1024
@@ -105,6 +105,7 @@ _SCRIPT_TOKENS = re.compile(
     rf"|(?P<comment>(?:^|(?<=[\s;&|()`])){re.escape(COMMENT)}[^\n]*)"
     rf"|(?P<separator>{_separator_pattern()})"
 )
+_SPACE = re.compile(r"\s")
 _WORD = re.compile(rf"(?:{NAMESPACE_FILE_SUBSTITUTION}|\S)+")
 _ASSIGNMENT = re.compile(ASSIGNMENT)
 _REDIRECTION = re.compile(REDIRECTION)
@@ -164,14 +165,15 @@ class ProgramReading:
     probes_external: bool = False  # probes a configured external address (already retargeted)
     probes_other_hosts: bool = False  # probes something unmanaged, such as kafka
     does_work: bool = False  # runs anything that is not a probe or loop glue
-    too_long: bool = False  # longer than MAX_PROGRAM_CHARS: not read, kept as it is
+    not_read: bool = False  # not read (over MAX_PROGRAM_CHARS, or the pod's budget): kept
 
     @property
     def only_waits_for_managed(self) -> bool:
         return bool(self.managed) and not self.probes_other_hosts and not self.does_work
 
 
-_TOO_LONG = ProgramReading(does_work=True, too_long=True)
+# What a program that is not read counts as: work, so its container is kept as it is.
+NOT_READ = ProgramReading(does_work=True, not_read=True)
 _Value = TypeVar("_Value")
 _Key = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
 
@@ -215,6 +217,7 @@ class _Segment:
     start: int
     end: int
     words: tuple[str, ...]
+    command: int | None  # index of the command word in ``words`` (_command_index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,13 +252,16 @@ class ProgramReader:
         # are remembered by program; reading is most of the cost of a review otherwise.
         self._readings: _BoundedCache[ProgramReading] = _BoundedCache()
         self._retargeted: _BoundedCache[list[str] | None] = _BoundedCache()
+        # The commands of the program read last: a retarget follows the reading of the same
+        # program, and need not split it again.
+        self._last: tuple[_Key, list[tuple[_Segment, _Command]]] | None = None
 
     def read(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> ProgramReading:
         """What ``argv`` does, with ``env`` the container's literal variables. The result is
         shared between calls: do not change it."""
         size = program_length(argv)
         if size > MAX_PROGRAM_CHARS:
-            return _TOO_LONG
+            return NOT_READ
         key = _cache_key(argv, env)
         found, reading = self._readings.get(key)
         if found and reading is not None:
@@ -264,8 +270,9 @@ class ProgramReader:
         variables = env or {}
         expanded = _expand_kubelet(argv, variables)
         in_script = _shell_script_index(expanded) is not None
-        for segment in _segments(expanded):
-            self._read_segment(segment.words, variables if in_script else None, reading)
+        commands = self._commands(key, expanded)
+        for segment, command in commands:
+            self._read_segment(segment, command, variables if in_script else None, reading)
         self._readings.put(key, size + _env_size(key), reading)
         return reading
 
@@ -284,7 +291,7 @@ class ProgramReader:
         key = _cache_key(argv, env)
         found, retargeted = self._retargeted.get(key)
         if not found:
-            retargeted = self._retarget_uncached(argv, env or {})
+            retargeted = self._retarget_uncached(key, argv, env or {})
             self._retargeted.put(key, size + _env_size(key), retargeted)
         return list(retargeted) if retargeted is not None else None
 
@@ -300,7 +307,7 @@ class ProgramReader:
         host. Returns the new value (None when nothing changes) and the services named that
         have no external address, whose addresses stay as they are.
         """
-        if not value or any(char.isspace() for char in value):
+        if not value or _SPACE.search(value):
             return None, []
         unreachable: list[str] = []
         items = value.split(",")
@@ -321,23 +328,27 @@ class ProgramReader:
         rewritten = ",".join(items)
         return (rewritten if rewritten != value else None), unreachable
 
-    def _retarget_uncached(self, argv: Sequence[str], env: Mapping[str, str]) -> list[str] | None:
+    def _retarget_uncached(
+        self, key: _Key, argv: Sequence[str], env: Mapping[str, str]
+    ) -> list[str] | None:
         expanded = _expand_kubelet(argv, env)
+        commands = self._commands(key, expanded)
         if _shell_script_index(expanded) is None:
-            rewritten = self._retarget_exec_form(expanded)
+            rewritten = self._retarget_exec_form(expanded, commands)
         else:
-            rewritten = self._retarget_shell_form(expanded, env)
+            rewritten = self._retarget_shell_form(expanded, commands, env)
         # The kubelet's expansion alone is no change: only a retargeted probe writes it out.
         return rewritten if rewritten is not None and rewritten != list(argv) else None
 
-    def _retarget_exec_form(self, argv: list[str]) -> list[str] | None:
+    def _retarget_exec_form(
+        self, argv: list[str], commands: list[tuple[_Segment, _Command]]
+    ) -> list[str] | None:
         if any(_EXEC_JOINER in word for word in argv):
             return None
         rewritten: list[str] = []
         position = 0
         changed = False
-        for segment in _segments(argv):
-            command = _classify(segment.words)
+        for segment, command in commands:
             if command.kind != "probe":
                 continue
             # Joined so that `nc -z mlflow 5000` finds its port in the next element; the
@@ -354,14 +365,18 @@ class ProgramReader:
             return None
         return rewritten + argv[position:]
 
-    def _retarget_shell_form(self, argv: list[str], env: Mapping[str, str]) -> list[str] | None:
+    def _retarget_shell_form(
+        self,
+        argv: list[str],
+        commands: list[tuple[_Segment, _Command]],
+        env: Mapping[str, str],
+    ) -> list[str] | None:
         index = _shell_script_index(argv)
         assert index is not None
         script = argv[index]
         pieces: list[str] = []
         position = 0
-        for segment in _segments(argv):
-            command = _classify(segment.words)
+        for segment, command in commands:
             if command.kind != "probe":
                 continue
             original = script[segment.start : segment.end]
@@ -393,10 +408,22 @@ class ProgramReader:
                 text = _LAST_WORD_PORT.sub(lambda m: f"{external.port}{m.group('tail')}", text)
         return text
 
+    def _commands(self, key: _Key, expanded: list[str]) -> list[tuple[_Segment, _Command]]:
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        commands = [(segment, _classify(segment.words, segment.command))
+                    for segment in _segments(expanded)]
+        self._last = (key, commands)
+        return commands
+
     def _read_segment(
-        self, words: tuple[str, ...], env: Mapping[str, str] | None, reading: ProgramReading
+        self,
+        segment: _Segment,
+        command: _Command,
+        env: Mapping[str, str] | None,
+        reading: ProgramReading,
     ) -> None:
-        command = _classify(words)
+        words = segment.words
         if command.kind == "probe":
             probed_anything = False
             candidates = (
@@ -504,9 +531,10 @@ def _exec_segments(argv: Sequence[str]) -> Iterator[_Segment]:
     start = 0
     while start < len(argv):
         words = tuple(argv[start:])
-        cut = _command_cut(words)
+        index = _command_index(words)
+        cut = _command_cut(words, index)
         end = len(argv) if cut is None else start + cut[0]
-        yield _Segment(argv_index=-1, start=start, end=end, words=tuple(argv[start:end]))
+        yield _Segment(-1, start, end, words[: end - start], index)
         if cut is None:
             return
         start += cut[1]
@@ -517,23 +545,25 @@ def _shell_segments(argv_index: int, script: str, start: int, end: int) -> Itera
     words = tuple(script[a:b] for a, b in spans)
     offset = 0
     while True:
-        cut = _command_cut(words[offset:])
+        rest = words[offset:] if offset else words
+        index = _command_index(rest)
+        cut = _command_cut(rest, index)
         if cut is None:
-            yield _Segment(argv_index, start, end, words[offset:])
+            yield _Segment(argv_index, start, end, rest, index)
             return
         stop, resume = offset + cut[0], offset + cut[1]
         yield _Segment(argv_index, start, spans[stop - 1][1] if stop > offset else start,
-                       words[offset:stop])
+                       words[offset:stop], index)
         if resume >= len(words):
             return
         offset, start = resume, spans[resume][0]
 
 
-def _command_cut(words: Sequence[str]) -> tuple[int, int] | None:
+def _command_cut(words: Sequence[str], index: int | None) -> tuple[int, int] | None:
     """Where a wait tool's own command begins, as (end of the tool's words, start of the
     command), or None: `wait-for-it db:5432 -- ./migrate`, `dockerize -wait tcp://db:5432 run`.
+    ``index`` is the command word's (see _command_index).
     """
-    index = _command_index(words)
     if index is None:
         return None
     name = _basename(_unquote(words[index]))
@@ -592,8 +622,8 @@ def _command_index(words: Sequence[str]) -> int | None:
     return None
 
 
-def _classify(words: Sequence[str]) -> _Command:
-    index = _command_index(words)
+def _classify(words: Sequence[str], index: int | None) -> _Command:
+    """What a simple command does; ``index`` is its command word's (see _command_index)."""
     if index is None:
         return _Command("probe" if _uses_dev_tcp(words) else "", "", [])
     name = _basename(_unquote(words[index]))
@@ -718,6 +748,7 @@ def _basename(word: str) -> str:
 __all__ = [
     "CACHE_BYTES",
     "MAX_PROGRAM_CHARS",
+    "NOT_READ",
     "HostPattern",
     "ProgramReader",
     "ProgramReading",
