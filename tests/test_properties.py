@@ -210,15 +210,21 @@ def test_any_body_gets_a_review_or_an_envelope_error(body: Any) -> None:
 
 SIZE_STEP = 8  # the large script is this many times the small one
 ROUNDS = 7  # best of: the machine may be busy, the fastest run is the honest one
+# A comparison is repeated up to this many times before it fails: a real quadratic cost fails
+# every time, a burst of load from other processes does not last through all of them.
+ATTEMPTS = 3
 
 
-def _review_seconds(rules: Rules, pod: dict[str, Any]) -> float:
-    best = float("inf")
+def _review_seconds(rules: Rules, *pods: dict[str, Any]) -> list[float]:
+    """The best time of ROUNDS reviews of each pod; rounds alternate between the pods, so
+    that load from other processes falls on all of them alike."""
+    best = [float("inf")] * len(pods)
     for _ in range(ROUNDS):
-        fresh = Rules(rules.settings)  # no remembered reading: every round reads the script
-        started = time.perf_counter()
-        fresh.mutate_pod(pod)
-        best = min(best, time.perf_counter() - started)
+        for index, pod in enumerate(pods):
+            fresh = Rules(rules.settings)  # nothing remembered: every round reads the script
+            started = time.perf_counter()
+            fresh.mutate_pod(pod)
+            best[index] = min(best[index], time.perf_counter() - started)
     return best
 
 
@@ -240,10 +246,16 @@ def test_review_time_grows_at_most_linearly_with_script_size(
     small = unit * max(1, small_length // len(unit))
     large = small * SIZE_STEP
     assert len(large) <= MAX_PROGRAM_CHARS  # both are read, not skipped
-    small_time = _review_seconds(rules, _pod_with_script(small))
-    large_time = _review_seconds(rules, _pod_with_script(large))
-    # Linear would be SIZE_STEP; twice that leaves room for noise, quadratic would be 64.
-    assert large_time <= 2 * SIZE_STEP * small_time + 0.002, (small_time, large_time)
+    measured = []
+    for _ in range(ATTEMPTS):
+        small_time, large_time = _review_seconds(
+            rules, _pod_with_script(small), _pod_with_script(large)
+        )
+        measured.append((small_time, large_time))
+        # Linear would be SIZE_STEP; twice that leaves room for noise, quadratic would be 64.
+        if large_time <= 2 * SIZE_STEP * small_time + 0.001:
+            return
+    pytest.fail(f"not linear: (small, large) seconds {measured}")
 
 
 def _hostile_pods() -> dict[str, dict[str, Any]]:
@@ -285,5 +297,10 @@ REVIEW_BOUND_SECONDS = 0.25
 def test_a_pod_of_3_mib_is_answered_within_the_bound(name: str, rules: Rules) -> None:
     pod = HOSTILE[name]
     assert 2.5 * 2**20 < len(json.dumps(pod)) < 3.5 * 2**20
-    seconds = _review_seconds(rules, pod)
-    assert seconds < REVIEW_BOUND_SECONDS, f"{name}: {seconds * 1000:.0f} ms"
+    measured = []
+    for _ in range(ATTEMPTS):
+        [seconds] = _review_seconds(rules, pod)
+        measured.append(round(seconds * 1000))
+        if seconds < REVIEW_BOUND_SECONDS:
+            return
+    pytest.fail(f"{name}: best review times {measured} ms")

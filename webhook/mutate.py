@@ -300,7 +300,10 @@ class Rules:
                 raise PodShapeError(f"{path}/env/{index} has no name")
             variable = entry["name"]
             if variable not in self._managed_names:
-                self._retarget_value(entry, f"{path}/env/{index}", container, mutation, changed)
+                value = entry.get("value")
+                if isinstance(value, str) and ":" in value:  # addresses only, cheaply
+                    self._retarget_value(entry, value, f"{path}/env/{index}", container,
+                                         mutation, changed)
                 continue
             if variable in seen:
                 # Kubernetes lets the last duplicate win; one managed entry leaves no doubt.
@@ -338,6 +341,7 @@ class Rules:
     def _retarget_value(
         self,
         entry: Mapping[str, Any],
+        value: str,
         path: str,
         container: Mapping[str, Any],
         mutation: Mutation,
@@ -345,8 +349,7 @@ class Rules:
     ) -> None:
         """Another variable whose value is the address of a managed host, retargeted in place
         (`FASTAPI_URL=http://fastapi-app:8000/api`); a host with no external address stays."""
-        value = entry.get("value")
-        if not isinstance(value, str) or "valueFrom" in entry:
+        if "valueFrom" in entry:
             return
         retargeted, unreachable = self._reader.retarget_value(value)
         if retargeted is not None:

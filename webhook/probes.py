@@ -77,6 +77,7 @@ from webhook.grammar import (
     WRAPPER_NUMBER,
     WRAPPERS,
     host_form,
+    host_names,
 )
 
 # A program (command + args, all elements together) longer than this is not read as a
@@ -239,6 +240,8 @@ class ProgramReader:
 
     def __init__(self, services: Sequence[Service]) -> None:
         self._patterns = tuple(HostPattern.for_service(service) for service in services)
+        # Any managed host name as plain text: a cheap first test that most values fail.
+        self._mentions = re.compile(host_names(h for s in services for h in s.hosts))
         external_hosts = sorted({s.external.host for s in services if s.external is not None},
                                 key=len, reverse=True)
         # Found the way managed hosts are, so a retargeted probe is always recognised as one
@@ -297,7 +300,9 @@ class ProgramReader:
 
     def names_managed_host(self, text: str) -> bool:
         """Whether ``text`` names any managed host, in any of its forms."""
-        return any(pattern.regex.search(text) for pattern in self._patterns)
+        return bool(self._mentions.search(text)) and any(
+            pattern.regex.search(text) for pattern in self._patterns
+        )
 
     def retarget_value(self, value: str) -> tuple[str | None, list[str]]:
         """An env value that is a URL or ``host:port`` of a managed host, retargeted.
@@ -307,7 +312,7 @@ class ProgramReader:
         host. Returns the new value (None when nothing changes) and the services named that
         have no external address, whose addresses stay as they are.
         """
-        if not value or _SPACE.search(value):
+        if ":" not in value or not self._mentions.search(value) or _SPACE.search(value):
             return None, []
         unreachable: list[str] = []
         items = value.split(",")
