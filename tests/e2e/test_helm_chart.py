@@ -17,6 +17,8 @@ What is checked, through the apiserver:
 * upgrade with a changed value: the caBundle is kept (before and after the hook's work), the
   Deployment's pod template changes (its checksum annotation), so the ReplicaSet controller
   rolls a new ReplicaSet, and the webhook restarted from the new ConfigMap applies it;
+* every values example (and the defaults) renders objects the apiserver accepts: a server-side
+  dry run, with its validation, defaulting and admission (Pod Security of the namespace);
 * uninstall: nothing of the release is left (no MutatingWebhookConfiguration above all, nor
   cluster roles, nor the namespace with the TLS Secret the hook made), and pods in the
   opted-in namespace are created again without any webhook.
@@ -27,6 +29,7 @@ Timings of the three Helm commands are printed (run with ``-s`` or ``-rP`` to se
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -38,6 +41,7 @@ import pytest
 import yaml
 
 from .controlplane import ControlPlane
+from .test_manifests_apply import STAND_IN_CRDS
 from .test_webhook import (
     BACKEND_INJECTOR,
     chart_like_pod,
@@ -59,6 +63,7 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "backend-injector"
+EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 RELEASE = "backend-injector"
 NAMESPACE = "backend-injector"
 NAME = "backend-injector"
@@ -203,6 +208,54 @@ def installed(
         netns.delete()
         plane.kubectl("delete", "namespace", state.opted_in, NAMESPACE, "--ignore-not-found",
                       "--timeout=60s")
+
+
+@contextlib.contextmanager
+def chart_namespace(plane: ControlPlane) -> Iterator[None]:
+    """The chart's Namespace for real (dry-run objects cannot go into a dry-run namespace)
+    and stand-ins for cert-manager's CRDs (see test_manifests_apply.py); the Namespace is
+    deleted, and gone, on exit, before the install test has Helm create it."""
+    kubectl_ok(plane, "apply", "-f", "-",
+               input=json.dumps({"apiVersion": "v1", "kind": "List", "items": STAND_IN_CRDS}))
+    for crd in STAND_IN_CRDS:
+        kubectl_ok(plane, "wait", "--for=condition=Established", "--timeout=30s",
+                   f"crd/{crd['metadata']['name']}")
+    settle_namespace(plane, NAMESPACE)
+    (namespace,) = [item for item in rendered_chart(plane) if item["kind"] == "Namespace"]
+    kubectl_ok(plane, "create", "-f", "-", input=json.dumps(namespace))
+    try:
+        yield
+    finally:
+        plane.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=60s")
+
+
+def rendered_chart(plane: ControlPlane, *arguments: str) -> list[dict[str, Any]]:
+    rendered = plane.helm("template", RELEASE, str(CHART), *arguments)
+    assert rendered.returncode == 0, rendered.stderr
+    return [item for item in yaml.safe_load_all(rendered.stdout) if item]
+
+
+def test_the_defaults_and_every_example_pass_a_server_side_dry_run(
+    control_plane: ControlPlane,
+) -> None:
+    plane = control_plane
+    with chart_namespace(plane):
+        for values in [None, *EXAMPLES]:
+            what = values.name if values else "the defaults"
+            # The Namespace exists already (made from the defaults above).
+            objects = [item for item in rendered_chart(
+                plane, *(["-f", str(values)] if values else [])) if item["kind"] != "Namespace"]
+            applied = kubectl_json(plane, "apply", "--dry-run=server", "-f", "-",
+                                   input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                     "items": objects}))
+            returned = applied["items"] if applied.get("kind") == "List" else [applied]
+            assert sorted((item["kind"], item["metadata"]["name"]) for item in returned) == (
+                sorted((item["kind"], item["metadata"]["name"]) for item in objects)), what
+            # Defaulted by the apiserver, and stored nowhere.
+            (deployment,) = [item for item in returned if item["kind"] == "Deployment"]
+            assert deployment["spec"]["template"]["spec"]["dnsPolicy"] == "ClusterFirst", what
+            stored = plane.kubectl("get", "deployment", NAME, "-n", NAMESPACE)
+            assert stored.returncode != 0 and "NotFound" in stored.stderr, what
 
 
 def test_install_upgrade_uninstall(installed: Installed) -> None:
