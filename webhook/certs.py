@@ -280,6 +280,37 @@ def first_valid_certificate(
     return None
 
 
+def verification_problem(
+    cert_pem: bytes, bundle_pem: bytes, *, hostname: str, now: dt.datetime | None = None
+) -> str | None:
+    """Why a client trusting `bundle_pem` (a caBundle) would refuse `cert_pem` served as
+    `hostname`, or None when it would accept it: the chain, the validity and the name, as
+    the kube-apiserver checks them."""
+    from cryptography.x509 import verification
+
+    try:
+        anchors = x509.load_pem_x509_certificates(bundle_pem) if bundle_pem else []
+    except ValueError:
+        return "the caBundle is not PEM certificates"
+    if not anchors:
+        return "the caBundle is empty"
+    try:
+        leaf = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return "the served certificate does not parse"
+    address = _as_ip_address(hostname)
+    subject: x509.DNSName | x509.IPAddress = (
+        x509.DNSName(hostname) if address is None else x509.IPAddress(address))
+    builder = verification.PolicyBuilder().store(verification.Store(anchors))
+    builder = builder.time(now if now is not None else dt.datetime.now(dt.UTC))
+    try:
+        builder.build_server_verifier(subject).verify(leaf, [])
+    except verification.VerificationError as error:
+        reason = str(error).split(" (encountered processing", 1)[0]
+        return f"the caBundle does not verify the certificate served as {hostname}: {reason}"
+    return None
+
+
 def der_to_pem(der: bytes) -> bytes:
     """A DER certificate (as `ssl` hands out a peer's) as PEM."""
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)

@@ -1,4 +1,5 @@
-"""The command line: ``backend-injector serve | review | inject | policy | certs | install | dev``.
+"""The command line: ``backend-injector serve | review | inject | policy | certs | install |
+dev | doctor``.
 
 Settings are built here, once, from flags, environment, file and the embedded default (see
 ``webhook.config`` for which wins), and passed down; logging is set up here and nowhere else.
@@ -209,6 +210,18 @@ def _parser() -> argparse.ArgumentParser:
                      "directory, removed on exit)")
     _add_cluster_arguments(dev)
     dev.set_defaults(run=_dev)
+
+    doctor = commands.add_parser(
+        "doctor", help="check, one line each, why pods in a namespace are or are not changed",
+    )
+    doctor.add_argument("-n", "--namespace",
+                        help="the namespace of the workloads (default: the context's)")
+    doctor.add_argument("--webhook-config", default="backend-injector",
+                        help="MutatingWebhookConfiguration name of the installed webhook")
+    doctor.add_argument("--secret", default="backend-injector-tls",
+                        help="its TLS Secret, read when the endpoints are not reachable from here")
+    _add_cluster_arguments(doctor)
+    doctor.set_defaults(run=_doctor)
     for command_parser in commands.choices.values():
         command_parser.set_defaults(command_parser=command_parser)
     return parser
@@ -364,6 +377,23 @@ def _listening_or_error(serve: Any) -> Any:
             ) from error
 
     return serve_or_explain
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from webhook.cluster import ClusterError, connected
+    from webhook.doctor import Doctor, Status
+
+    failures = 0
+    try:
+        with connected(kubeconfig=args.kubeconfig, context=args.context) as cluster:
+            doctor = Doctor(cluster, namespace=args.namespace or cluster.namespace,
+                            webhook_configuration=args.webhook_config, tls_secret=args.secret)
+            for check in doctor.run():
+                print(check.line(), flush=True)
+                failures += check.status is Status.FAIL
+    except ClusterError as error:
+        raise CommandError(str(error)) from error
+    return FAILURE if failures else 0
 
 
 def _install(args: argparse.Namespace) -> int:

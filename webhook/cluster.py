@@ -38,7 +38,13 @@ _WARNING_HEADER = re.compile(r'^\s*\d{3}\s+\S+\s+"(?P<text>(?:[^"\\]|\\.)*)"')
 
 
 class ClusterError(Exception):
-    """The cluster could not be reached or refused a request; the message is for the user."""
+    """The cluster could not be reached or refused a request; the message is for the user:
+    ``problem`` says what failed and where, ``fix`` what to do (when something can be)."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(f"{problem}; {fix}" if fix else problem)
+        self.problem = problem
+        self.fix = fix
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,10 @@ def _quote(segment: str) -> str:
 class KubernetesCluster:
     """`Cluster` over urllib3, with the connection details of a loaded client configuration."""
 
-    def __init__(self, configuration: Any, *, context: str | None) -> None:
+    def __init__(self, configuration: Any, *, context: str | None,
+                 namespace: str = "default") -> None:
         self._configuration = configuration
+        self.namespace = namespace  # the context's namespace, as kubectl would use it
         self._server = str(configuration.host).rstrip("/")
         self._context = context
         self._pool = urllib3.PoolManager(
@@ -236,8 +244,8 @@ class KubernetesCluster:
                 headers=self._headers(content_type if encoded is not None else None, accept),
             )
         except urllib3.exceptions.HTTPError as error:
-            raise ClusterError(f"cannot reach {self._where()}: {_transport_reason(error)}; "
-                               f"{self._start_hint()}") from None
+            raise ClusterError(f"cannot reach {self._where()}: {_transport_reason(error)}",
+                               self._start_hint()) from None
         if response.status == 404 and missing_ok:
             return None
         if response.status >= 400:
@@ -351,8 +359,9 @@ def connect(*, kubeconfig: str | None = None, context: str | None = None) -> Kub
     existing = [path for path in paths if path.is_file()]
     if not existing:
         raise ClusterError(
-            f"no kubeconfig at {where}: enable Kubernetes in Docker Desktop (it writes "
-            "~/.kube/config), or pass --kubeconfig FILE or set KUBECONFIG"
+            f"no kubeconfig at {where}",
+            "enable Kubernetes in Docker Desktop (it writes ~/.kube/config), or pass "
+            "--kubeconfig FILE or set KUBECONFIG",
         )
     try:
         # A list in KUBECONFIG is merged as kubectl merges it (the client splits the string).
@@ -361,19 +370,20 @@ def connect(*, kubeconfig: str | None = None, context: str | None = None) -> Kub
             persist_config=False,
         )
         chosen = context or _current_context(existing)
+        namespace = _context_namespace(existing, chosen)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ClusterError(f"{existing[0]}{line}: the kubeconfig is not valid YAML "
-                           f"({error.problem}); fix or regenerate it") from None
+                           f"({error.problem})", "fix or regenerate it") from None
     except (config.ConfigException, yaml.YAMLError, ValueError, TypeError, KeyError,
             OSError) as error:
-        raise ClusterError(f"kubeconfig {where}: {_config_reason(error)}; check it with "
-                           "`kubectl config view` (or pass --context)") from None
-    return KubernetesCluster(configuration, context=chosen)
+        raise ClusterError(f"kubeconfig {where}: {_config_reason(error)}",
+                           "check it with `kubectl config view` (or pass --context)") from None
+    return KubernetesCluster(configuration, context=chosen, namespace=namespace)
 
 
-def _current_context(paths: list[Path]) -> str | None:
+def _kubeconfigs(paths: list[Path]) -> Iterator[dict[str, Any]]:
     import yaml
 
     for path in paths:
@@ -381,9 +391,25 @@ def _current_context(paths: list[Path]) -> str | None:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             continue
-        if isinstance(loaded, dict) and loaded.get("current-context"):
+        if isinstance(loaded, dict):
+            yield loaded
+
+
+def _current_context(paths: list[Path]) -> str | None:
+    for loaded in _kubeconfigs(paths):
+        if loaded.get("current-context"):
             return str(loaded["current-context"])
     return None
+
+
+def _context_namespace(paths: list[Path], context: str | None) -> str:
+    for loaded in _kubeconfigs(paths):
+        for entry in loaded.get("contexts") or []:
+            if isinstance(entry, dict) and entry.get("name") == context:
+                namespace = (entry.get("context") or {}).get("namespace")
+                if namespace:
+                    return str(namespace)
+    return "default"
 
 
 def _config_reason(error: BaseException) -> str:
