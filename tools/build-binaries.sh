@@ -9,6 +9,11 @@
 #   kube-scheduler, kubelet, kube-proxy  k8s.io/kubernetes  (tools/kube/go.mod), for the node
 #   etcd                     go.etcd.io/etcd/server/v3 (tools/etcd/go.mod + main.go)
 #   helm                     helm.sh/helm/v3    (tools/helm/go.mod)
+#   containerd, containerd-shim-runc-v2, ctr
+#                            github.com/containerd/containerd/v2 (tools/containerd/go.mod)
+#   runc                     github.com/opencontainers/runc (tools/runc/go.mod); cgo, seccomp
+#   coredns                  github.com/coredns/coredns (tools/coredns/go.mod + main.go)
+#   pause                    tools/pause/main.go (the node's sandbox image), keyed by its hash
 #
 # Each binary is cached outside the clone, keyed by its module version, at
 #   ${BACKEND_INJECTOR_CACHE:-$HOME/.cache/backend-injector}/bin/<name>-<version>/<name>
@@ -42,7 +47,14 @@ kube_version="$(required_version "$tools_dir/kube/go.mod" k8s.io/kubernetes)"
 etcd_version="$(required_version "$tools_dir/etcd/go.mod" go.etcd.io/etcd/server/v3)"
 helm_version="$(required_version "$tools_dir/helm/go.mod" helm.sh/helm/v3)"
 helm_client_go="$(required_version "$tools_dir/helm/go.mod" k8s.io/client-go)"
-for v in kube_version etcd_version helm_version helm_client_go; do
+containerd_version="$(required_version "$tools_dir/containerd/go.mod" \
+    github.com/containerd/containerd/v2)"
+runc_version="$(required_version "$tools_dir/runc/go.mod" github.com/opencontainers/runc)"
+coredns_version="$(required_version "$tools_dir/coredns/go.mod" github.com/coredns/coredns)"
+# The pause program is the project's own: its cache key is the hash of its source.
+pause_version="src-$(sha256sum "$tools_dir/pause/main.go" | cut -c1-12)"
+for v in kube_version etcd_version helm_version helm_client_go containerd_version \
+    runc_version coredns_version; do
     if [[ -z "${!v}" ]]; then
         echo "build-binaries: cannot read $v from tools/*/go.mod" >&2
         exit 1
@@ -59,6 +71,12 @@ targets=(
     "kubelet|$kube_version|kube|k8s.io/kubernetes/cmd/kubelet"
     "kube-proxy|$kube_version|kube|k8s.io/kubernetes/cmd/kube-proxy"
     "helm|$helm_version|helm|helm.sh/helm/v3/cmd/helm"
+    "containerd|$containerd_version|containerd|github.com/containerd/containerd/v2/cmd/containerd"
+    "containerd-shim-runc-v2|$containerd_version|containerd|github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
+    "ctr|$containerd_version|containerd|github.com/containerd/containerd/v2/cmd/ctr"
+    "runc|$runc_version|runc|github.com/opencontainers/runc"
+    "coredns|$coredns_version|coredns|."
+    "pause|$pause_version|pause|."
 )
 
 binary_path() { echo "$bin_root/$1-$2/$1"; }
@@ -136,7 +154,7 @@ if command -v flock >/dev/null; then
     flock 9
 fi
 
-# Static binaries as Kubernetes ships them; the local toolchain only (no toolchain
+# Static binaries as Kubernetes ships them (runc alone needs cgo); the local toolchain only (no toolchain
 # download); go.sum is committed, so the module graph must not change; -buildvcs=false
 # because the clone's git state says nothing about these modules.
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false"
@@ -148,12 +166,30 @@ for t in "${missing[@]}"; do
     # Another process may have built it while this one waited for the lock.
     [[ -x "$out" ]] && continue
     tags=""
+    cgo=0
     case "$module" in
         kube)
             ldflags="$(kube_ldflags)"
             tags="selinux,notest,grpcnotrace"
             ;;
         helm) ldflags="$(helm_ldflags)" ;;
+        containerd)
+            # What containerd's Makefile stamps, so `containerd --version` and the CRI's
+            # runtime version name the release.
+            ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$version"
+            ldflags+=" -X github.com/containerd/containerd/v2/version.Package=github.com/containerd/containerd/v2"
+            ;;
+        runc)
+            # runc's nsenter is C (cgo), and seccomp filters (RuntimeDefault profiles) need
+            # libseccomp; its VERSION file is embedded, so no version stamp is needed.
+            if ! pkg-config --exists libseccomp 2>/dev/null; then
+                echo "build-binaries: runc needs libseccomp-dev (tools/setup.sh --all)" >&2
+                exit 1
+            fi
+            cgo=1
+            tags="seccomp,urfave_cli_no_docs"
+            ldflags="-s -w"
+            ;;
         *) ldflags="-s -w" ;;
     esac
     echo "build-binaries: building $name $version ..." >&2
@@ -163,7 +199,7 @@ for t in "${missing[@]}"; do
     # Build to a temporary name and rename, so an interrupted build never leaves a
     # half-written binary that a later run would take for a cached one.
     (cd "$tools_dir/$module" &&
-        go build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$out.tmp.$$" "$pkg")
+        CGO_ENABLED=$cgo go build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$out.tmp.$$" "$pkg")
     mv -f "$out.tmp.$$" "$out"
     echo "build-binaries: built $name $version in $((SECONDS - start))s -> $out" >&2
 done

@@ -4,7 +4,9 @@
 # binaries built from Go modules, cached under ~/.cache/backend-injector).
 #
 #   tools/setup.sh          .venv with the package and its test dependencies
-#   tools/setup.sh --all    the above, plus iproute2 and the control-plane binaries
+#   tools/setup.sh --all    the above, plus the Debian packages of the e2e node (iproute2,
+#                           iptables, the CNI plugins, libseccomp for runc) and the
+#                           control-plane and node binaries
 #
 # Safe to run again: each step does nothing when its result is already there.
 set -euo pipefail
@@ -28,11 +30,21 @@ if [[ ! -e $stamp ]]; then
 fi
 
 if [[ ${1:-} == --all ]]; then
-    # `ip netns` runs the webhook as a host of its own for the e2e suite.
-    if ! command -v ip >/dev/null 2>&1; then
-        echo "setup: installing iproute2" >&2
+    # iproute2: `ip netns` runs the webhook as a host of its own for the e2e suite.
+    # The e2e node: iptables (kube-proxy), the CNI bridge/host-local/loopback plugins,
+    # a C toolchain and libseccomp for runc (built with cgo), busybox-static for its
+    # smoke-test image, util-linux for unshare/nsenter.
+    packages=(iproute2 iptables containernetworking-plugins gcc libc6-dev pkg-config
+        libseccomp-dev busybox-static util-linux)
+    missing=()
+    for package in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' ||
+            missing+=("$package")
+    done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "setup: installing ${missing[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null
+        apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     bash tools/build-binaries.sh
 

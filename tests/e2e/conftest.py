@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from .controlplane import Binaries, ControlPlane, ControlPlaneError, build_binaries
+from .node import Node, NodeBinaries
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -36,10 +37,21 @@ def _is_e2e(item: pytest.Item) -> bool:
     return E2E_DIR in Path(str(item.path)).resolve().parents
 
 
+def _node_order(item: pytest.Item) -> int:
+    """0: runs before any node exists; 1: a node of its own; 2: the session's node."""
+    if "node" in getattr(item, "fixturenames", ()):
+        return 2
+    return 1 if Path(str(item.path)).name.startswith("test_node") else 0
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _is_e2e(item):
             item.add_marker(pytest.mark.e2e)
+    # Once a node has joined the session's cluster, the scheduler places every pending pod
+    # of the other e2e tests too: those run first, on a cluster without nodes, as written.
+    # (sort is stable, so the order within each group stays as collected.)
+    items.sort(key=_node_order)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -73,6 +85,18 @@ def control_plane() -> Iterator[ControlPlane]:
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def node(control_plane: ControlPlane) -> Iterator[Node]:
+    """A kubelet node (containerd, runc, CNI bridge, scheduler, kube-proxy, CoreDNS) joined
+    to the session's control plane; only started when a test asks for it."""
+    started = Node(control_plane, NodeBinaries.from_cache())
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 @pytest.hookimpl(wrapper=True)

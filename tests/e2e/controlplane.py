@@ -456,6 +456,8 @@ class ControlPlane:
 
     def _write_pki(self) -> None:
         ca = CertificateAuthority()
+        # Kept for components added later (the node's kubelet, scheduler and proxy).
+        self.ca = ca
         self.ca_path = _write(self.cert_dir / "ca.crt", ca.cert_pem)
         serving = ca.issue(
             "kube-apiserver",

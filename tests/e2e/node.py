@@ -1,0 +1,999 @@
+"""A real node for the e2e control plane: containerd, runc, kubelet, scheduler, proxy, DNS.
+
+On top of a running :class:`~tests.e2e.controlplane.ControlPlane` this starts
+
+* containerd (with runc and the Debian CNI bridge plugins) and a kubelet, both inside one
+  private mount namespace, so every mount they make (overlay root filesystems, Secret
+  tmpfs, network namespace handles) lives and dies with that namespace, and the kernel
+  tunables the kubelet insists on writing land in files of the test's own that are
+  bind-mounted over ``/proc/sys`` there;
+* kube-scheduler, kube-proxy (iptables mode) and CoreDNS on the host.
+
+Pods get addresses from :data:`POD_SUBNET` on the bridge :data:`BRIDGE`, which this module
+creates with the gateway :data:`HOST_ADDRESS`. That one address is the node's IP, the
+cluster DNS server (CoreDNS listens there), and what ``host.docker.internal`` resolves to,
+as on Docker Desktop: a backend listening on it on the host is reachable from every pod.
+Pods reach the apiserver through the ``kubernetes`` Service: its endpoint is a forwarder on
+:data:`HOST_ADDRESS` to the apiserver's loopback port.
+
+:meth:`Node.stop` stops everything started, then removes the iptables chains, interfaces,
+cgroups and mount points created, and restores ``net.ipv4.ip_forward``; the machine is left
+as it was found (``tests/e2e/test_node.py`` checks that).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import oci
+from .controlplane import (
+    BUILD_SCRIPT,
+    ControlPlane,
+    ControlPlaneError,
+    KeyPair,
+    _Process,
+    free_port,
+    write_kubeconfig,
+)
+
+# The pods' network. 10.88.0.0/16 is the usual CNI bridge default; start() refuses to run
+# when any interface or route of the machine already uses it.
+POD_SUBNET = ipaddress.IPv4Network("10.88.0.0/16")
+# The bridge's own address: node IP, cluster DNS, host.docker.internal.
+HOST_ADDRESS = "10.88.0.1"
+HOST_DOCKER_INTERNAL = "host.docker.internal"
+BRIDGE = "bi-e2e-br0"
+NODE_NAME = "bi-e2e-node"
+CLUSTER_DOMAIN = "cluster.local"
+# Ports on HOST_ADDRESS (an address of the node's own, so fixed ports cannot collide).
+APISERVER_FORWARD_PORT = 6443
+KUBELET_PORT = 10250
+DNS_PORT = 53
+# Cgroup parent of every pod (created in each v1 hierarchy and the unified one).
+CGROUP_ROOT = "bi-e2e-node"
+CGROUP_FS = Path("/sys/fs/cgroup")
+# containerd's namespace for Kubernetes images and containers.
+K8S_NAMESPACE = "k8s.io"
+PAUSE_IMAGE = "localhost/bi-e2e/pause"
+CNI_BIN_DIR = Path("/usr/lib/cni")
+
+# Kernel tunables the kubelet sets at start (setupKernelTunables) and stops without.
+KUBELET_SYSCTLS = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
+# The bridge plugin writes this one too; the harness sets it itself (Service traffic between
+# pods is forwarded) and restores it on stop.
+IP_FORWARD = "net/ipv4/ip_forward"
+# Host paths that containerd, its shims, libcni or the kubelet write to regardless of their
+# configured directories. Inside the mount namespace each gets a directory of the test's own
+# mounted over it; a mount point that did not exist is created and removed again.
+HIJACKED_PATHS = (Path("/run/containerd"), Path("/var/lib/cni"), Path("/var/log/containers"))
+# Prefixes of the iptables chains kubelet, kube-proxy and the CNI plugins create.
+CHAIN_PREFIXES = ("KUBE-", "CNI-")
+
+
+class NodeError(ControlPlaneError):
+    """The node could not be built, started or reached."""
+
+
+def lock_machine(timeout: float = 1200.0) -> int:
+    """Take the machine-wide node lock (the bridge, subnet and cgroup names are fixed).
+
+    Returns the locked descriptor; closing it releases the lock, and so does the kernel when
+    a session dies. Waits for another session's node rather than failing.
+    """
+    path = Path(tempfile.gettempdir()) / "backend-injector-e2e-node.lock"
+    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return descriptor
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(descriptor)
+                raise NodeError(f"{path} stayed locked for {timeout:.0f}s") from None
+            time.sleep(1)
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    """Absolute paths of the cached node binaries (see tools/build-binaries.sh)."""
+
+    kube_scheduler: Path
+    kubelet: Path
+    kube_proxy: Path
+    containerd: Path
+    containerd_shim_runc_v2: Path
+    ctr: Path
+    runc: Path
+    coredns: Path
+    pause: Path
+
+    @classmethod
+    def from_cache(cls) -> NodeBinaries:
+        """Read the paths from the build script; the build itself ran at collection."""
+        listing = subprocess.run(
+            ["bash", str(BUILD_SCRIPT), "--print-paths"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        paths = dict(line.split("=", 1) for line in listing.splitlines() if "=" in line)
+        binaries = cls(**{field: Path(paths[field.replace("_", "-")]) for field in cls.fields()})
+        for path in vars(binaries).values():
+            if not os.access(path, os.X_OK):
+                raise NodeError(f"{path} is missing after the build")
+        return binaries
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(cls.__dataclass_fields__)
+
+
+def _run(argv: Sequence[str | os.PathLike[str]], *, check: bool = True) -> str:
+    result = subprocess.run(
+        [os.fspath(arg) for arg in argv],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        command = " ".join(os.fspath(arg) for arg in argv)
+        raise NodeError(f"{command}: exit {result.returncode}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _die_with_parent_prefix() -> list[str]:
+    # As in controlplane.py: a SIGKILLed pytest must not leave node processes behind.
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
+def read_sysctl(name: str) -> str:
+    return (Path("/proc/sys") / name).read_text().strip()
+
+
+def write_sysctl(name: str, value: str) -> None:
+    (Path("/proc/sys") / name).write_text(value + "\n")
+
+
+# --- iptables -------------------------------------------------------------------------------
+
+IPTABLES = ("iptables", "ip6tables")
+TABLES = ("filter", "nat", "mangle", "raw")
+
+
+def iptables_chains() -> set[tuple[str, str, str]]:
+    """Every (command, table, chain) of the machine's IPv4 and IPv6 rule sets."""
+    chains: set[tuple[str, str, str]] = set()
+    for command in IPTABLES:
+        table = ""
+        for line in _run([f"{command}-save"], check=False).splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":"):
+                chains.add((command, table, line[1:].split()[0]))
+    return chains
+
+
+def remove_chains(created: set[tuple[str, str, str]]) -> None:
+    """Delete the given chains and every rule that jumps to them."""
+    for command in IPTABLES:
+        for table in TABLES:
+            doomed = {chain for cmd, tbl, chain in created if (cmd, tbl) == (command, table)}
+            if not doomed:
+                continue
+            rules = _run([command, "-w", "-t", table, "-S"], check=False).splitlines()
+            for rule in rules:
+                words = rule.split()
+                if words[:1] != ["-A"] or words[1] in doomed:
+                    continue
+                if any(word in doomed for word in words[2:]):
+                    _run([command, "-w", "-t", table, "-D", *words[1:]], check=False)
+            for chain in doomed:
+                _run([command, "-w", "-t", table, "-F", chain], check=False)
+            for chain in doomed:
+                _run([command, "-w", "-t", table, "-X", chain], check=False)
+
+
+# --- cgroups --------------------------------------------------------------------------------
+
+
+def cgroup_hierarchies() -> list[Path]:
+    """Every mounted cgroup hierarchy (v1 controllers, named ones and the unified one)."""
+    hierarchies = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[2] in ("cgroup", "cgroup2"):
+            hierarchies.append(Path(fields[1]))
+    return hierarchies
+
+
+def _remove_cgroup_tree(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for directory in sorted(root.glob("**/"), key=lambda p: len(p.parts), reverse=True):
+        for _ in range(50):
+            try:
+                directory.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)  # a killed task is leaving the cgroup
+
+
+def _cgroup_pids(root: Path) -> set[int]:
+    pids: set[int] = set()
+    if root.is_dir():
+        for procs in root.glob("**/cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(pid) for pid in procs.read_text().split())
+    return pids
+
+
+# --- the apiserver forwarder ----------------------------------------------------------------
+
+
+class TcpForwarder:
+    """Accepts on ``listen`` and relays each connection to ``target`` (bytes unchanged).
+
+    Pods reach the apiserver through the ``kubernetes`` Service, but the apiserver listens
+    only on loopback, which a DNAT from a pod cannot reach; TLS passes through untouched.
+    """
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self._server = socket.create_server(listen, reuse_port=False)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        self._thread.join(timeout=5)
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with client, upstream, selectors.DefaultSelector() as selector:
+            selector.register(client, selectors.EVENT_READ, upstream)
+            selector.register(upstream, selectors.EVENT_READ, client)
+            while not self._stopping.is_set():
+                for key, _ in selector.select(timeout=1):
+                    source = key.fileobj
+                    assert isinstance(source, socket.socket)
+                    try:
+                        data = source.recv(65536)
+                        if not data:
+                            return
+                        key.data.sendall(data)
+                    except OSError:
+                        return
+
+
+# --- the node -------------------------------------------------------------------------------
+
+
+class Node:
+    """One kubelet node (and scheduler, proxy, DNS) joined to ``plane``.
+
+    After :meth:`start`: pods scheduled to the node run; :meth:`import_image` makes an OCI
+    archive's image available to them (no registry is reachable, and the runtime is told
+    never to try one); :meth:`container_log` reads a container's output.
+    """
+
+    def __init__(self, plane: ControlPlane, binaries: NodeBinaries) -> None:
+        self.plane = plane
+        self.binaries = binaries
+        self.base_dir = plane.base_dir / "node"
+        self.log_dir = plane.log_dir
+        self.containerd_dir = self.base_dir / "containerd"
+        self.containerd_socket = self.containerd_dir / "containerd.sock"
+        self.kubelet_dir = self.base_dir / "kubelet"
+        self.pod_logs_dir = self.base_dir / "pod-logs"
+        self.pause_image = f"{PAUSE_IMAGE}:{binaries.pause.parent.name.removeprefix('pause-')}"
+        self._processes: list[_Process] = []
+        self._holder: subprocess.Popen[bytes] | None = None
+        self._forwarder: TcpForwarder | None = None
+        self._chains_before: set[tuple[str, str, str]] = set()
+        self._ip_forward_before: str | None = None
+        self._created_mount_points: list[Path] = []
+        self._lock: int | None = None
+        self._started = False
+        self._stopped = False
+
+    def __enter__(self) -> Node:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self, timeout: float = 300.0) -> None:
+        """Start every node component and wait until the node is Ready and DNS serves."""
+        if os.geteuid() != 0:
+            raise NodeError("the node needs root (network, mounts, cgroups)")
+        if not (CNI_BIN_DIR / "bridge").exists():
+            raise NodeError(f"{CNI_BIN_DIR}/bridge is missing (tools/setup.sh --all)")
+        self._started = True
+        atexit.register(self.stop)
+        try:
+            self._lock = lock_machine()
+            deadline = time.monotonic() + timeout
+            self._remove_leftovers()
+            self._chains_before = iptables_chains()
+            self.base_dir.mkdir(mode=0o700)
+            self._create_bridge()
+            self._ip_forward_before = read_sysctl(IP_FORWARD)
+            write_sysctl(IP_FORWARD, "1")
+            self._start_mount_namespace()
+            self._start_containerd()
+            self._wait(deadline, "containerd", self._containerd_ready)
+            self._import_pause_image()
+            self._create_cgroup_root()
+            self._write_client_configs()
+            self._start_forwarder()
+            self._start_scheduler()
+            self._start_coredns()
+            self._start_kube_proxy()
+            self._start_kubelet()
+            self._wait(deadline, f"node {NODE_NAME} Ready", self._node_ready)
+            self._wait(deadline, "CoreDNS ready", self._coredns_ready)
+            self._wait(deadline, "kube-proxy healthy", self._kube_proxy_healthy)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop everything and undo every change to the machine (idempotent)."""
+        if self._stopped or not self._started:
+            return
+        self._stopped = True
+        # The kubelet first, so that it restarts nothing; then every container (by cgroup),
+        # the runtime, and whatever is left in the mount namespace (the shims).
+        for name in ("kubelet",):
+            self._terminate_named(name)
+        self._kill_pods()
+        self._terminate_named("containerd")
+        self._kill_mount_namespace()
+        for process in reversed(self._processes):
+            ControlPlane._terminate(process)
+        self._processes.clear()
+        if self._forwarder is not None:
+            self._forwarder.stop()
+        remove_chains(
+            {
+                chain
+                for chain in iptables_chains() - self._chains_before
+                if chain[2].startswith(CHAIN_PREFIXES)
+            }
+        )
+        self._remove_interfaces()
+        for hierarchy in cgroup_hierarchies():
+            _remove_cgroup_tree(hierarchy / CGROUP_ROOT)
+        if self._ip_forward_before is not None:
+            write_sysctl(IP_FORWARD, self._ip_forward_before)
+        # Nothing is mounted on them outside the (now gone) mount namespace, but clients
+        # such as `ctr run` leave files under /run/containerd on the host's side.
+        for mount_point in reversed(self._created_mount_points):
+            shutil.rmtree(mount_point, ignore_errors=True)
+        atexit.unregister(self.stop)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _remove_leftovers(self) -> None:
+        """Clean up after a session that was SIGKILLed (its processes died with it)."""
+        for hierarchy in cgroup_hierarchies():
+            for pid in _cgroup_pids(hierarchy / CGROUP_ROOT):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        for pid in self._pids_running(self.binaries.containerd_shim_runc_v2):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            self._remove_interfaces()
+        for hierarchy in cgroup_hierarchies():
+            _remove_cgroup_tree(hierarchy / CGROUP_ROOT)
+        for network in self._networks_in_use():
+            if network.overlaps(POD_SUBNET):
+                raise NodeError(f"{POD_SUBNET} overlaps {network}, which the machine uses")
+
+    @staticmethod
+    def _pids_running(executable: Path) -> list[int]:
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if Path(os.readlink(proc / "exe")) == executable:
+                        pids.append(int(proc.name))
+        return pids
+
+    @staticmethod
+    def _networks_in_use() -> list[ipaddress.IPv4Network]:
+        networks = []
+        for entry in json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"])):
+            destination = entry.get("dst", "")
+            if destination and destination != "default" and entry.get("type") != "broadcast":
+                with contextlib.suppress(ValueError):
+                    networks.append(ipaddress.IPv4Network(destination, strict=False))
+        return networks
+
+    # --- network --------------------------------------------------------------------------
+
+    def _create_bridge(self) -> None:
+        # Created here rather than by the bridge plugin at the first pod, so that CoreDNS,
+        # the forwarder and an external backend can listen on HOST_ADDRESS from the start.
+        _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        _run(["ip", "addr", "add", f"{HOST_ADDRESS}/{POD_SUBNET.prefixlen}", "dev", BRIDGE])
+        _run(["ip", "link", "set", BRIDGE, "up"])
+
+    def _remove_interfaces(self) -> None:
+        # Pod veths vanish with their network namespaces; any still attached go first.
+        links = json.loads(_run(["ip", "-j", "link", "show"], check=False) or "[]")
+        for link in links:
+            if link.get("master") == BRIDGE:
+                _run(["ip", "link", "del", link["ifname"]], check=False)
+        _run(["ip", "link", "del", BRIDGE], check=False)
+
+    def _write_cni_config(self) -> Path:
+        conf_dir = self.base_dir / "cni"
+        conf_dir.mkdir()
+        config = {
+            "cniVersion": "1.0.0",
+            "name": "bi-e2e",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": BRIDGE,
+                    "isGateway": True,
+                    # No masquerading: pods only talk to each other and to HOST_ADDRESS.
+                    "ipMasq": False,
+                    # A pod reaching itself through its own Service comes back on its port.
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": str(POD_SUBNET), "gateway": HOST_ADDRESS}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": str(self.base_dir / "cni-ipam"),
+                    },
+                }
+            ],
+        }
+        (conf_dir / "10-bi-e2e.conflist").write_text(json.dumps(config, indent=2))
+        return conf_dir
+
+    # --- mount namespace ------------------------------------------------------------------
+
+    def _start_mount_namespace(self) -> None:
+        """A process holding a private mount namespace; containerd and kubelet join it."""
+        self._holder = subprocess.Popen(
+            [
+                *_die_with_parent_prefix(),
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sleep",
+                "infinity",
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        own = os.stat("/proc/self/ns/mnt").st_ino
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{self._holder.pid}/ns/mnt").st_ino != own:
+                    # setpriv has exec'd unshare, which has unshared and exec'd sleep.
+                    if os.readlink(f"/proc/{self._holder.pid}/exe").endswith("sleep"):
+                        break
+            time.sleep(0.05)
+        else:
+            raise NodeError("the mount namespace did not come up")
+        stand_ins = self.base_dir / "sysctl"
+        stand_ins.mkdir()
+        for name in (*KUBELET_SYSCTLS, IP_FORWARD):
+            stand_in = stand_ins / name.replace("/", ".")
+            stand_in.write_text(read_sysctl(name) + "\n")
+            self._in_namespace(["mount", "--bind", stand_in, Path("/proc/sys") / name])
+        hijacked = self.base_dir / "hijacked"
+        for path in HIJACKED_PATHS:
+            if not path.exists():
+                path.mkdir(parents=True)
+                self._created_mount_points.append(path)
+            own_dir = hijacked / path.relative_to("/")
+            own_dir.mkdir(parents=True)
+            self._in_namespace(["mount", "--bind", own_dir, path])
+
+    def _namespace_prefix(self) -> list[str]:
+        assert self._holder is not None
+        return ["nsenter", f"--target={self._holder.pid}", "--mount", "--"]
+
+    def _in_namespace(self, argv: Sequence[str | os.PathLike[str]]) -> str:
+        return _run([*self._namespace_prefix(), *argv])
+
+    def _kill_mount_namespace(self) -> None:
+        if self._holder is None:
+            return
+        with contextlib.suppress(OSError):
+            namespace = os.stat(f"/proc/{self._holder.pid}/ns/mnt").st_ino
+            for proc in Path("/proc").iterdir():
+                if proc.name.isdigit() and int(proc.name) != self._holder.pid:
+                    with contextlib.suppress(OSError):
+                        if os.stat(proc / "ns" / "mnt").st_ino == namespace:
+                            os.kill(int(proc.name), signal.SIGKILL)
+        self._holder.kill()
+        self._holder.wait(timeout=10)
+
+    # --- processes ------------------------------------------------------------------------
+
+    def _spawn(
+        self,
+        name: str,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        in_namespace: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        log_path = self.log_dir / f"{name}.log"
+        prefix = [*_die_with_parent_prefix()]
+        if in_namespace:
+            prefix += self._namespace_prefix()
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                [*prefix, *(os.fspath(arg) for arg in argv)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                env=env,
+                start_new_session=True,
+            )
+        self._processes.append(_Process(name, popen, log_path))
+
+    def _terminate_named(self, name: str) -> None:
+        for process in list(self._processes):
+            if process.name == name:
+                ControlPlane._terminate(process)
+                self._processes.remove(process)
+
+    def _kill_pods(self) -> None:
+        hierarchies = cgroup_hierarchies()
+        for _ in range(50):
+            pids = set().union(*(_cgroup_pids(h / CGROUP_ROOT) for h in hierarchies))
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+
+    def _wait(self, deadline: float, what: str, ready: Callable[[], bool]) -> None:
+        while True:
+            for process in self._processes:
+                if process.popen.poll() is not None:
+                    raise NodeError(
+                        f"{process.name} exited with code {process.popen.returncode} while "
+                        f"waiting for {what}\n{self.plane.tail_logs()}"
+                    )
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise NodeError(f"timed out waiting for {what}\n{self.plane.tail_logs()}")
+            time.sleep(0.5)
+
+    # --- containerd -----------------------------------------------------------------------
+
+    def _start_containerd(self) -> None:
+        self.containerd_dir.mkdir()
+        cni_conf_dir = self._write_cni_config()
+        # No registry is reachable: every pull goes to a closed local port and fails at
+        # once, instead of waiting for a DNS or connect timeout.
+        hosts_dir = self.containerd_dir / "certs.d" / "_default"
+        hosts_dir.mkdir(parents=True)
+        (hosts_dir / "hosts.toml").write_text('server = "http://127.0.0.1:9"\n')
+        runtime = "plugins.'io.containerd.cri.v1.runtime'"
+        images = "plugins.'io.containerd.cri.v1.images'"
+        config = f"""\
+version = 3
+root = "{self.containerd_dir / "root"}"
+state = "{self.containerd_dir / "state"}"
+
+[grpc]
+  address = "{self.containerd_socket}"
+
+[ttrpc]
+  address = "{self.containerd_dir / "containerd.sock.ttrpc"}"
+
+[debug]
+  level = "info"
+
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+
+# NRI would create its socket directory under /run on the host's side.
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+
+[{images}]
+  snapshotter = "overlayfs"
+
+[{images}.pinned_images]
+  sandbox = "{self.pause_image}"
+
+[{images}.registry]
+  config_path = "{self.containerd_dir / "certs.d"}"
+
+[{runtime}]
+  # root lacks CAP_SYS_RESOURCE here: a negative oom_score_adj would fail every container.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+
+[{runtime}.containerd]
+  default_runtime_name = "runc"
+
+[{runtime}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[{runtime}.containerd.runtimes.runc.options]
+  BinaryName = "{self.binaries.runc}"
+  Root = "{self.containerd_dir / "runc"}"
+  SystemdCgroup = false
+
+[{runtime}.cni]
+  bin_dirs = ["{CNI_BIN_DIR}"]
+  conf_dir = "{cni_conf_dir}"
+"""
+        config_path = self.containerd_dir / "config.toml"
+        config_path.write_text(config)
+        # containerd finds its shim on PATH (and the shim finds runc there when a container
+        # is not started through the CRI, as with `ctr run`).
+        path = os.pathsep.join(
+            [
+                str(self.binaries.containerd_shim_runc_v2.parent),
+                str(self.binaries.runc.parent),
+                os.environ.get("PATH", ""),
+            ]
+        )
+        self._spawn(
+            "containerd",
+            [self.binaries.containerd, f"--config={config_path}"],
+            in_namespace=True,
+            env={**os.environ, "PATH": path},
+        )
+
+    def ctr(self, *args: str | os.PathLike[str], check: bool = True) -> str:
+        """Run ctr against this node's containerd, in the Kubernetes namespace."""
+        return _run(
+            [
+                self.binaries.ctr,
+                f"--address={self.containerd_socket}",
+                f"--namespace={K8S_NAMESPACE}",
+                *args,
+            ],
+            check=check,
+        )
+
+    def _containerd_ready(self) -> bool:
+        if not self.containerd_socket.exists():
+            return False
+        return bool(
+            subprocess.run(
+                [self.binaries.ctr, f"--address={self.containerd_socket}", "version"],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        )
+
+    def import_image(self, archive: Path) -> None:
+        """Import an OCI image archive; its ``io.containerd.image.name`` is the image name."""
+        self.ctr("images", "import", "--local", archive)
+
+    def _import_pause_image(self) -> None:
+        archive = self.base_dir / "pause.tar"
+        oci.write_image_archive(
+            archive,
+            name=self.pause_image,
+            entries={"/pause": oci.File(self.binaries.pause.read_bytes(), 0o755)},
+            entrypoint=["/pause"],
+            user="65535:65535",
+        )
+        self.import_image(archive)
+
+    # --- cgroups and credentials ----------------------------------------------------------
+
+    def _create_cgroup_root(self) -> None:
+        for hierarchy in cgroup_hierarchies():
+            root = hierarchy / CGROUP_ROOT
+            root.mkdir(exist_ok=True)
+            # A new cpuset cgroup starts with no CPUs and no memory nodes: copy the parent's.
+            for knob in ("cpuset.cpus", "cpuset.mems"):
+                if (hierarchy / knob).exists() and (root / knob).exists():
+                    (root / knob).write_text((hierarchy / knob).read_text())
+
+    def _client_kubeconfig(self, name: str, user: str, group: str | None = None) -> Path:
+        pair: KeyPair = self.plane.ca.issue(user, organization=group)
+        return write_kubeconfig(
+            self.base_dir / f"{name}.kubeconfig",
+            server=self.plane.server_url,
+            ca_pem=self.plane.ca.cert_pem,
+            client=pair,
+            user=user,
+        )
+
+    def _write_client_configs(self) -> None:
+        # Users the bootstrap RBAC policy already grants what each component needs.
+        self.kubelet_kubeconfig = self._client_kubeconfig(
+            "kubelet", f"system:node:{NODE_NAME}", "system:nodes"
+        )
+        self.scheduler_kubeconfig = self._client_kubeconfig("scheduler", "system:kube-scheduler")
+        self.proxy_kubeconfig = self._client_kubeconfig("kube-proxy", "system:kube-proxy")
+
+    # --- the apiserver behind the kubernetes Service --------------------------------------
+
+    def _start_forwarder(self) -> None:
+        self._forwarder = TcpForwarder(
+            (HOST_ADDRESS, APISERVER_FORWARD_PORT), ("127.0.0.1", self.plane.apiserver_port)
+        )
+        self._forwarder.start()
+        # The control plane runs without an endpoint reconciler (its apiserver is on
+        # loopback), so the kubernetes Service's endpoint is published here.
+        slice_manifest = {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": "backend-injector-e2e",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [HOST_ADDRESS], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": APISERVER_FORWARD_PORT, "protocol": "TCP"}],
+        }
+        result = self.plane.kubectl("apply", "-f", "-", input=json.dumps(slice_manifest))
+        if result.returncode != 0:
+            raise NodeError(f"publishing the kubernetes endpoint: {result.stderr.strip()}")
+
+    # --- scheduler, DNS, proxy, kubelet ---------------------------------------------------
+
+    def _start_scheduler(self) -> None:
+        self.scheduler_port = free_port()
+        self._spawn(
+            "kube-scheduler",
+            [
+                self.binaries.kube_scheduler,
+                f"--kubeconfig={self.scheduler_kubeconfig}",
+                f"--authentication-kubeconfig={self.scheduler_kubeconfig}",
+                f"--authorization-kubeconfig={self.scheduler_kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.scheduler_port}",
+                "--leader-elect=false",
+            ],
+        )
+
+    def _start_coredns(self) -> None:
+        self.coredns_health_port = free_port()
+        self.coredns_ready_port = free_port()
+        corefile = self.base_dir / "Corefile"
+        corefile.write_text(
+            f""".:{DNS_PORT} {{
+    bind {HOST_ADDRESS}
+    errors
+    health 127.0.0.1:{self.coredns_health_port}
+    ready 127.0.0.1:{self.coredns_ready_port}
+    hosts {{
+        {HOST_ADDRESS} {HOST_DOCKER_INTERNAL}
+        fallthrough
+    }}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {self.plane.kubeconfig} e2e
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 5
+}}
+"""
+        )
+        self._spawn("coredns", [self.binaries.coredns, "-conf", corefile])
+
+    def _coredns_ready(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.coredns_ready_port}/ready")
+
+    def _start_kube_proxy(self) -> None:
+        self.proxy_health_port = free_port()
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.proxy_kubeconfig)},
+            "mode": "iptables",
+            "hostnameOverride": NODE_NAME,
+            "clusterCIDR": str(POD_SUBNET),
+            "healthzBindAddress": f"127.0.0.1:{self.proxy_health_port}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            # Only the bridge address gets NodePorts; nothing else of the machine opens.
+            "nodePortAddresses": [f"{HOST_ADDRESS}/32"],
+            "iptables": {
+                # Service traffic between pods on one bridge is masqueraded to the gateway,
+                # so that replies come back through the host's conntrack (no br_netfilter).
+                "masqueradeAll": True,
+                # Would set net.ipv4.conf.all.route_localnet on the machine.
+                "localhostNodePorts": False,
+                "minSyncPeriod": "0s",
+                "syncPeriod": "30s",
+            },
+            # Zeros leave the machine's conntrack tunables alone.
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
+        }
+        config_path = self.base_dir / "kube-proxy.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        self._spawn("kube-proxy", [self.binaries.kube_proxy, f"--config={config_path}"])
+
+    def _kube_proxy_healthy(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.proxy_health_port}/healthz")
+
+    def _start_kubelet(self) -> None:
+        self.kubelet_dir.mkdir()
+        self.pod_logs_dir.mkdir()
+        self.kubelet_health_port = free_port()
+        resolv_conf = self.base_dir / "resolv.conf"
+        # Pods with dnsPolicy Default get this; ClusterFirst pods get CoreDNS.
+        resolv_conf.write_text(f"nameserver {HOST_ADDRESS}\n")
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": HOST_ADDRESS,
+            "port": KUBELET_PORT,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": self.kubelet_health_port,
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(self.plane.ca_path)},
+            },
+            "authorization": {"mode": "Webhook"},
+            # No systemd on these machines; cgroup v1 is refused since 1.35 unless told.
+            "cgroupDriver": "cgroupfs",
+            "failCgroupV1": False,
+            "cgroupRoot": f"/{CGROUP_ROOT}",
+            "cgroupsPerQOS": True,
+            # root lacks CAP_SYS_RESOURCE: the default -999 cannot be set.
+            "oomScoreAdj": 0,
+            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
+            "clusterDNS": [HOST_ADDRESS],
+            "clusterDomain": CLUSTER_DOMAIN,
+            "resolvConf": str(resolv_conf),
+            "podLogsDir": str(self.pod_logs_dir),
+            "volumePluginDir": str(self.kubelet_dir / "volume-plugins"),
+            "failSwapOn": False,
+            # kube-proxy owns the iptables rules of this node.
+            "makeIPTablesUtilChains": False,
+            # Imported images can never be pulled again: never collect them, never evict.
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {
+                "memory.available": "1Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            "serializeImagePulls": False,
+            "maxPods": 250,
+            "enableControllerAttachDetach": False,
+            "registerNode": True,
+            "rotateCertificates": False,
+            "nodeStatusUpdateFrequency": "5s",
+        }
+        config_path = self.base_dir / "kubelet.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        self._spawn(
+            "kubelet",
+            [
+                self.binaries.kubelet,
+                f"--config={config_path}",
+                f"--kubeconfig={self.kubelet_kubeconfig}",
+                f"--root-dir={self.kubelet_dir}",
+                f"--cert-dir={self.kubelet_dir / 'pki'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={HOST_ADDRESS}",
+                "--v=1",
+            ],
+            in_namespace=True,
+        )
+
+    def _node_ready(self) -> bool:
+        try:
+            node = self.plane.api_get(f"/api/v1/nodes/{NODE_NAME}")
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+        conditions = node.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    # --- diagnostics ----------------------------------------------------------------------
+
+    def container_log(self, namespace: str, pod: str, container: str) -> str:
+        """Everything a container of a pod wrote, from the kubelet's log files (CRI format)."""
+        lines = []
+        pattern = f"{namespace}_{pod}_*/{container}/*.log"
+        for path in sorted(self.pod_logs_dir.glob(pattern)):
+            for line in path.read_text(errors="replace").splitlines():
+                # "<time> <stream> <P|F> <text>"
+                parts = line.split(" ", 3)
+                lines.append(parts[3] if len(parts) == 4 else line)
+        return "\n".join(lines)
+
+
+def _http_ok(url: str) -> bool:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError, ssl.SSLError):
+        return False
+
+
+@contextlib.contextmanager
+def running_node(plane: ControlPlane, binaries: NodeBinaries) -> Iterator[Node]:
+    """Start a node on ``plane`` for the duration of a ``with`` block."""
+    node = Node(plane, binaries)
+    with node:
+        yield node
