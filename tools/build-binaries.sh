@@ -14,6 +14,7 @@
 #   runc                     github.com/opencontainers/runc (tools/runc/go.mod); cgo, seccomp
 #   coredns                  github.com/coredns/coredns (tools/coredns/go.mod + main.go)
 #   pause                    tools/pause/main.go (the node's sandbox image), keyed by its hash
+#   probe                    tools/probe/main.go (the node smoke tests' image), keyed by its hash
 #
 # Each binary is cached outside the clone, keyed by its module version, at
 #   ${BACKEND_INJECTOR_CACHE:-$HOME/.cache/backend-injector}/bin/<name>-<version>/<name>
@@ -51,8 +52,9 @@ containerd_version="$(required_version "$tools_dir/containerd/go.mod" \
     github.com/containerd/containerd/v2)"
 runc_version="$(required_version "$tools_dir/runc/go.mod" github.com/opencontainers/runc)"
 coredns_version="$(required_version "$tools_dir/coredns/go.mod" github.com/coredns/coredns)"
-# The pause program is the project's own: its cache key is the hash of its source.
+# The pause and probe programs are the project's own: their cache key is their source's hash.
 pause_version="src-$(sha256sum "$tools_dir/pause/main.go" | cut -c1-12)"
+probe_version="src-$(sha256sum "$tools_dir/probe/main.go" | cut -c1-12)"
 for v in kube_version etcd_version helm_version helm_client_go containerd_version \
     runc_version coredns_version; do
     if [[ -z "${!v}" ]]; then
@@ -77,6 +79,7 @@ targets=(
     "runc|$runc_version|runc|github.com/opencontainers/runc"
     "coredns|$coredns_version|coredns|."
     "pause|$pause_version|pause|."
+    "probe|$probe_version|probe|."
 )
 
 binary_path() { echo "$bin_root/$1-$2/$1"; }

@@ -31,11 +31,11 @@ fi
 
 if [[ ${1:-} == --all ]]; then
     # iproute2: `ip netns` runs the webhook as a host of its own for the e2e suite.
-    # The e2e node: iptables (kube-proxy), the CNI bridge/host-local/loopback plugins,
-    # a C toolchain and libseccomp for runc (built with cgo), busybox-static for its
-    # smoke-test image, util-linux for unshare/nsenter.
-    packages=(iproute2 iptables containernetworking-plugins gcc libc6-dev pkg-config
-        libseccomp-dev busybox-static util-linux)
+    # The e2e node: iptables (kube-proxy) and nft (to delete the tables it leaves), the CNI
+    # bridge/host-local/loopback plugins, a C toolchain and libseccomp for runc (built with
+    # cgo), util-linux for unshare/nsenter.
+    packages=(iproute2 iptables nftables containernetworking-plugins gcc libc6-dev
+        pkg-config libseccomp-dev util-linux)
     missing=()
     for package in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' ||

@@ -30,6 +30,7 @@ import ipaddress
 import json
 import os
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -92,6 +93,15 @@ IP_FORWARD = "net/ipv4/ip_forward"
 # configured directories. Inside the mount namespace each gets a directory of the test's own
 # mounted over it; a mount point that did not exist is created and removed again.
 HIJACKED_PATHS = (Path("/run/containerd"), Path("/var/lib/cni"), Path("/var/log/containers"))
+# CPUs the node advertises. The unmodified chart requests about 3.5 CPUs per release (and
+# the walk installs it twice and scales it up), more than the 2 CPUs of a CI machine, while
+# its stand-in pods use a fraction of that. So once the node is Ready its status says this
+# many CPUs (capacity and allocatable), which the scheduler and the kubelet's admission
+# read; the kubelet would write its own count back at its next status update, which is why
+# that runs only hourly (its lease, not its status, is the node's heartbeat). Nothing else
+# about the node is faked.
+NODE_CPUS = 16
+NODE_STATUS_UPDATE_FREQUENCY = "1h"
 # Prefixes of the iptables chains kubelet, kube-proxy and the CNI plugins create.
 CHAIN_PREFIXES = ("KUBE-", "CNI-")
 
@@ -133,6 +143,8 @@ class NodeBinaries:
     runc: Path
     coredns: Path
     pause: Path
+    # Not part of the node: the program of the node smoke tests' image.
+    probe: Path
 
     @classmethod
     def from_cache(cls) -> NodeBinaries:
@@ -145,7 +157,9 @@ class NodeBinaries:
             check=True,
         ).stdout
         paths = dict(line.split("=", 1) for line in listing.splitlines() if "=" in line)
-        binaries = cls(**{field: Path(paths[field.replace("_", "-")]) for field in cls.fields()})
+        binaries = cls(
+            **{field: Path(paths[field.replace("_", "-")]).resolve() for field in cls.fields()}
+        )
         for path in vars(binaries).values():
             if not os.access(path, os.X_OK):
                 raise NodeError(f"{path} is missing after the build")
@@ -212,7 +226,8 @@ def remove_chains(created: set[tuple[str, str, str]]) -> None:
                 continue
             rules = _run([command, "-w", "-t", table, "-S"], check=False).splitlines()
             for rule in rules:
-                words = rule.split()
+                # Comments are quoted and contain spaces.
+                words = shlex.split(rule)
                 if words[:1] != ["-A"] or words[1] in doomed:
                     continue
                 if any(word in doomed for word in words[2:]):
@@ -221,6 +236,27 @@ def remove_chains(created: set[tuple[str, str, str]]) -> None:
                 _run([command, "-w", "-t", table, "-F", chain], check=False)
             for chain in doomed:
                 _run([command, "-w", "-t", table, "-X", chain], check=False)
+
+
+def nft_tables() -> set[tuple[str, str]]:
+    """Every (family, name) nftables table; iptables (nft backend) creates them on first use."""
+    tables = set()
+    for line in _run(["nft", "list", "tables"], check=False).splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "table":
+            tables.add((words[1], words[2]))
+    return tables
+
+
+# Tables that iptables' nft backend and kube-proxy create when they are first used.
+NFT_TABLES = ("filter", "nat", "mangle", "raw", "kube-proxy")
+
+
+def remove_tables(created: set[tuple[str, str]]) -> None:
+    """Delete the given tables of NFT_TABLES (after their chains were removed)."""
+    for family, name in sorted(created):
+        if name in NFT_TABLES:
+            _run(["nft", "delete", "table", family, name], check=False)
 
 
 # --- cgroups --------------------------------------------------------------------------------
@@ -330,7 +366,8 @@ class Node:
     def __init__(self, plane: ControlPlane, binaries: NodeBinaries) -> None:
         self.plane = plane
         self.binaries = binaries
-        self.base_dir = plane.base_dir / "node"
+        # A directory of its own per node: a test may run a node before the session's node.
+        self.base_dir = Path(tempfile.mkdtemp(prefix="node-", dir=plane.base_dir))
         self.log_dir = plane.log_dir
         self.containerd_dir = self.base_dir / "containerd"
         self.containerd_socket = self.containerd_dir / "containerd.sock"
@@ -341,6 +378,7 @@ class Node:
         self._holder: subprocess.Popen[bytes] | None = None
         self._forwarder: TcpForwarder | None = None
         self._chains_before: set[tuple[str, str, str]] = set()
+        self._tables_before: set[tuple[str, str]] = set()
         self._ip_forward_before: str | None = None
         self._created_mount_points: list[Path] = []
         self._lock: int | None = None
@@ -369,7 +407,7 @@ class Node:
             deadline = time.monotonic() + timeout
             self._remove_leftovers()
             self._chains_before = iptables_chains()
-            self.base_dir.mkdir(mode=0o700)
+            self._tables_before = nft_tables()
             self._create_bridge()
             self._ip_forward_before = read_sysctl(IP_FORWARD)
             write_sysctl(IP_FORWARD, "1")
@@ -385,8 +423,11 @@ class Node:
             self._start_kube_proxy()
             self._start_kubelet()
             self._wait(deadline, f"node {NODE_NAME} Ready", self._node_ready)
+            self._advertise_cpus()
+            self._remove_not_ready_taint()
             self._wait(deadline, "CoreDNS ready", self._coredns_ready)
             self._wait(deadline, "kube-proxy healthy", self._kube_proxy_healthy)
+            self._wait(deadline, "kube-proxy's rules for the kubernetes Service", self._routed)
         except BaseException:
             self.stop()
             raise
@@ -415,6 +456,7 @@ class Node:
                 if chain[2].startswith(CHAIN_PREFIXES)
             }
         )
+        remove_tables(nft_tables() - self._tables_before)
         self._remove_interfaces()
         for hierarchy in cgroup_hierarchies():
             _remove_cgroup_tree(hierarchy / CGROUP_ROOT)
@@ -888,6 +930,12 @@ state = "{self.containerd_dir / "state"}"
     def _kube_proxy_healthy(self) -> bool:
         return _http_ok(f"http://127.0.0.1:{self.proxy_health_port}/healthz")
 
+    @staticmethod
+    def _routed() -> bool:
+        # Its health endpoint answers before the first sync; the rules are what pods need.
+        rules = _run(["iptables", "-w", "-t", "nat", "-S", "KUBE-SERVICES"], check=False)
+        return "default/kubernetes:https cluster IP" in rules
+
     def _start_kubelet(self) -> None:
         self.kubelet_dir.mkdir()
         self.pod_logs_dir.mkdir()
@@ -939,7 +987,8 @@ state = "{self.containerd_dir / "state"}"
             "enableControllerAttachDetach": False,
             "registerNode": True,
             "rotateCertificates": False,
-            "nodeStatusUpdateFrequency": "5s",
+            "nodeStatusUpdateFrequency": NODE_STATUS_UPDATE_FREQUENCY,
+            "nodeStatusReportFrequency": NODE_STATUS_UPDATE_FREQUENCY,
         }
         config_path = self.base_dir / "kubelet.json"
         config_path.write_text(json.dumps(config, indent=2))
@@ -957,6 +1006,36 @@ state = "{self.containerd_dir / "state"}"
             ],
             in_namespace=True,
         )
+
+    def _advertise_cpus(self) -> None:
+        patch = {
+            "status": {"capacity": {"cpu": str(NODE_CPUS)}, "allocatable": {"cpu": str(NODE_CPUS)}}
+        }
+        result = self.plane.kubectl(
+            "patch",
+            "node",
+            NODE_NAME,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps(patch),
+        )
+        if result.returncode != 0:
+            raise NodeError(f"advertising {NODE_CPUS} CPUs: {result.stderr.strip()}")
+
+    def _remove_not_ready_taint(self) -> None:
+        # The kubelet registers its node with this taint, and the node lifecycle controller
+        # (off in this control plane, which runs no cloud or multi-node machinery) removes it
+        # once the node is Ready. The node is Ready here, so the harness does that one step.
+        result = self.plane.kubectl(
+            "taint", "node", NODE_NAME, "node.kubernetes.io/not-ready:NoSchedule-"
+        )
+        if result.returncode != 0 and "not found" not in result.stderr:
+            raise NodeError(f"removing the not-ready taint: {result.stderr.strip()}")
+
+    def advertised_cpus(self) -> str:
+        """The node's allocatable CPUs as the API reports them now."""
+        return str(self.plane.api_get(f"/api/v1/nodes/{NODE_NAME}")["status"]["allocatable"]["cpu"])
 
     def _node_ready(self) -> bool:
         try:

@@ -2,8 +2,8 @@
 ``host.docker.internal``, reach each other through Services; and a node that has run a pod
 leaves the machine exactly as it found it.
 
-The pods use a small image made here (Debian's static busybox, packed by ``oci.py``), so
-nothing in these tests depends on images built elsewhere.
+The pods use a small image made here (the static ``probe`` program of ``tools/probe``, packed
+by ``oci.py``), so nothing in these tests depends on images built elsewhere.
 """
 
 from __future__ import annotations
@@ -36,27 +36,26 @@ from .node import (
     Node,
     NodeBinaries,
     cgroup_hierarchies,
+    nft_tables,
 )
 from .webhook_host import _lock_host
 
 SMOKE_IMAGE = "localhost/bi-e2e/smoke:1"
-BUSYBOX = Path("/bin/busybox")
 # Written into the served page, so the answer cannot come from anything but this pod.
 PAGE_TOKEN = secrets.token_hex(8)
 POD_TIMEOUT = 120.0
 
 
-def write_smoke_image(archive: Path) -> Path:
-    """busybox (httpd, nslookup, wget, sh) and a page carrying PAGE_TOKEN."""
+def write_smoke_image(archive: Path, binaries: NodeBinaries) -> Path:
+    """The probe program and a page carrying PAGE_TOKEN."""
     return oci.write_image_archive(
         archive,
         name=SMOKE_IMAGE,
         entries={
-            "/bin/busybox": oci.File(BUSYBOX.read_bytes(), 0o755),
-            "/bin/sh": oci.Symlink("busybox"),
+            "/probe": oci.File(binaries.probe.read_bytes(), 0o755),
             "/www/index.html": oci.File(f"smoke {PAGE_TOKEN}\n".encode()),
         },
-        entrypoint=["/bin/busybox"],
+        entrypoint=["/probe"],
     )
 
 
@@ -81,7 +80,7 @@ def pod_manifest(name: str, namespace: str, command: list[str], **spec: Any) -> 
     return json.dumps(pod)
 
 
-WEB_COMMAND = ["/bin/busybox", "httpd", "-f", "-v", "-p", "8080", "-h", "/www"]
+WEB_COMMAND = ["/probe", "serve", "8080", "/www/index.html"]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,8 @@ def smoke(
     node: Node, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A namespace with the smoke image imported and a web pod running; yields its name."""
-    node.import_image(write_smoke_image(tmp_path_factory.mktemp("smoke") / "smoke.tar"))
+    archive = tmp_path_factory.mktemp("smoke") / "smoke.tar"
+    node.import_image(write_smoke_image(archive, node.binaries))
     namespace = "node-smoke"
     kubectl_ok(control_plane, "create", "namespace", namespace)
     kubectl_ok(control_plane, "apply", "-f", "-", input=pod_manifest("web", namespace, WEB_COMMAND))
@@ -117,14 +117,14 @@ def test_pod_runs_and_its_address_answers_from_the_host(
 
 
 def _run_to_completion(
-    plane: ControlPlane, node: Node, namespace: str, name: str, script: str
+    plane: ControlPlane, node: Node, namespace: str, name: str, command: list[str]
 ) -> str:
     kubectl_ok(
         plane,
         "apply",
         "-f",
         "-",
-        input=pod_manifest(name, namespace, ["/bin/sh", "-c", script], restartPolicy="Never"),
+        input=pod_manifest(name, namespace, command, restartPolicy="Never"),
     )
     pod = wait_for_pod_phase(plane, namespace, name, {"Succeeded", "Failed"}, timeout=POD_TIMEOUT)
     log = node.container_log(namespace, name, "main")
@@ -133,15 +133,8 @@ def _run_to_completion(
 
 
 def _resolved(log: str, name: str) -> set[str]:
-    """Addresses busybox nslookup printed for ``name`` ("Name: n" then "Address: a" lines)."""
-    addresses: set[str] = set()
-    current = ""
-    for line in log.splitlines():
-        if match := re.match(r"Name:\s*(\S+)", line):
-            current = match.group(1)
-        elif (match := re.match(r"Address:\s*(\S+)$", line)) and current == name:
-            addresses.add(match.group(1))
-    return addresses
+    """The addresses ``probe lookup`` printed for ``name`` (lines "NAME ADDRESS")."""
+    return {line.split()[1] for line in log.splitlines() if line.split()[:1] == [name]}
 
 
 def test_cluster_dns_resolves_services_and_host_docker_internal(
@@ -150,15 +143,15 @@ def test_cluster_dns_resolves_services_and_host_docker_internal(
     kubernetes_ip = kubectl_json(control_plane, "get", "service", "-n", "default", "kubernetes")[
         "spec"
     ]["clusterIP"]
+    # Short names, as pods use them: the search path of resolv.conf completes the first.
     log = _run_to_completion(
         control_plane,
         node,
         smoke,
         "dns",
-        # Short names, as pods use them: the search path of resolv.conf completes them.
-        f"set -e; nslookup kubernetes.default; nslookup {HOST_DOCKER_INTERNAL}",
+        ["/probe", "lookup", "kubernetes.default", HOST_DOCKER_INTERNAL],
     )
-    assert _resolved(log, "kubernetes.default.svc.cluster.local") == {kubernetes_ip}, log
+    assert _resolved(log, "kubernetes.default") == {kubernetes_ip}, log
     assert _resolved(log, HOST_DOCKER_INTERNAL) == {HOST_ADDRESS}, log
 
 
@@ -172,16 +165,11 @@ def test_a_service_routes_to_its_pod(smoke: str, node: Node, control_plane: Cont
     kubectl_ok(control_plane, "apply", "-f", "-", input=json.dumps(service))
     wait_for_pod_phase(control_plane, smoke, "web", {"Running"}, timeout=POD_TIMEOUT)
     # The Service name through cluster DNS, the ClusterIP through kube-proxy's rules;
-    # retried briefly, as kube-proxy syncs its rules a moment after the Service appears.
+    # retried for a while, as kube-proxy syncs its rules a moment after the Service appears.
     log = _run_to_completion(
-        control_plane,
-        node,
-        smoke,
-        "client",
-        "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -T 2 -O - http://web/ && exit 0; sleep 1;"
-        " done; exit 1",
+        control_plane, node, smoke, "client", ["/probe", "get", "http://web/", "20"]
     )
-    assert f"smoke {PAGE_TOKEN}" in log
+    assert log.strip() == f"smoke {PAGE_TOKEN}"
 
 
 # --- the machine as found -------------------------------------------------------------------
@@ -236,6 +224,7 @@ def machine_state(binaries: NodeBinaries) -> dict[str, Any]:
                 processes.append(executable)
     return {
         "iptables": _iptables_rules(),
+        "nft tables": sorted(nft_tables()),
         "links": sorted(link["ifname"] for link in _ip_json("link", "show")),
         "addresses": sorted(
             f"{entry['ifname']} {info['local']}/{info['prefixlen']}"
@@ -280,7 +269,7 @@ def test_a_node_that_ran_a_pod_leaves_the_machine_as_found(
     try:
         own.start()
         during = machine_state(binaries)
-        own.import_image(write_smoke_image(tmp_path / "smoke.tar"))
+        own.import_image(write_smoke_image(tmp_path / "smoke.tar", binaries))
         kubectl_ok(control_plane, "create", "namespace", namespace)
         kubectl_ok(
             control_plane, "apply", "-f", "-", input=pod_manifest("web", namespace, WEB_COMMAND)
