@@ -17,6 +17,8 @@ What is checked, through the apiserver:
 * upgrade with a changed value: the caBundle is kept (before and after the hook's work), the
   Deployment's pod template changes (its checksum annotation), so the ReplicaSet controller
   rolls a new ReplicaSet, and the webhook restarted from the new ConfigMap applies it;
+* ``upgrade --force``, which replaces the registration without a caBundle: the hook's work
+  puts the same CA back (this is why the Job is a post-upgrade hook too);
 * every values example (and the defaults) renders objects the apiserver accepts: a server-side
   dry run, with its validation, defaulting and admission (Pod Security of the namespace);
 * uninstall: nothing of the release is left (no MutatingWebhookConfiguration above all, nor
@@ -87,9 +89,12 @@ class Installed:
     def helm(self, *args: str) -> str:
         started = time.monotonic()
         result = self.plane.helm(*args)
-        self.timings[f"helm {args[0]}"] = time.monotonic() - started
+        name = f"helm {args[0]}"
+        if name in self.timings:  # the same command again: `helm upgrade --force`
+            name = f"{name} ({' '.join(arg for arg in args[1:] if arg.startswith('--'))})"
+        self.timings[name] = time.monotonic() - started
         assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
-        self.outputs[f"helm {args[0]}"] = result.stdout
+        self.outputs[name] = result.stdout
         return result.stdout
 
     def ca_bundle(self) -> bytes:
@@ -102,8 +107,9 @@ class Installed:
 
     def run_hooks(self) -> str:
         """Do what the release's post-install/post-upgrade hook Job does, as its account."""
-        hooks = [item for item in yaml.safe_load_all(self.helm("get", "hooks", RELEASE))
-                 if item]
+        listed = self.plane.helm("get", "hooks", RELEASE)
+        assert listed.returncode == 0, listed.stderr
+        hooks = [item for item in yaml.safe_load_all(listed.stdout) if item]
         (job,) = hooks
         assert job["kind"] == "Job"
         spec = job["spec"]["template"]["spec"]
@@ -299,6 +305,15 @@ def test_install_upgrade_uninstall(installed: Installed) -> None:
     init = {container["name"]: container for container in pod["spec"]["initContainers"]}
     assert set(init) == {"wait-for-mlflow", "wait-for-kafka"}
     assert "host.docker.internal 5000" in " ".join(init["wait-for-mlflow"]["command"])
+
+    # --- helm upgrade --force replaces the registration, caBundle and all: this is what the
+    # post-upgrade hook is for. Its work puts the same CA back before the command would return.
+    installed.helm("upgrade", RELEASE, str(CHART), "--no-hooks", "--force", "--reuse-values")
+    assert installed.ca_bundle() == b""
+    output = installed.run_hooks()
+    assert "patched the caBundle" in output and "issued" not in output, output
+    assert installed.ca_bundle() == bundle
+    installed.admitted()
 
     # --- helm uninstall: nothing left.
     installed.helm("uninstall", RELEASE, "--wait", "--timeout=120s")
