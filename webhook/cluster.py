@@ -259,7 +259,8 @@ class KubernetesCluster:
     def _start_hint(self) -> str:
         if self._context == "docker-desktop":
             return "start Kubernetes in Docker Desktop (Settings > Kubernetes) and try again"
-        return "is the cluster running? `kubectl cluster-info` shows what kubectl reaches"
+        return "start the cluster, or choose another with --context; `kubectl cluster-info` " \
+            "shows what kubectl reaches"
 
     def _refusal(self, response: urllib3.BaseHTTPResponse, what: str) -> str:
         message = _status_message(response)
