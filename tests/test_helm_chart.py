@@ -303,11 +303,30 @@ def settings_of(objects: Objects, tmp_path: Path, environ: dict[str, str] | None
     return load_settings(config_file=path, environ=environ or {})
 
 
-def test_the_default_variables_the_chart_knows_are_the_webhooks() -> None:
+def helper_words(name: str) -> list[str]:
+    """The words a one-line `define` of templates/_helpers.tpl expands to."""
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
-    block = helpers.split('define "backend-injector.defaultEnvNames"', 1)[1]
-    names = block.split("-}}", 1)[1].split("{{-", 1)[0].split()
-    assert names == list(default_document()["env"])
+    block = helpers.split(f'define "backend-injector.{name}"', 1)[1]
+    return block.split("-}}", 1)[1].split("{{-", 1)[0].split()
+
+
+def test_the_default_variables_the_chart_knows_are_the_webhooks() -> None:
+    assert helper_words("defaultEnvNames") == list(default_document()["env"])
+
+
+def test_the_default_excluded_namespaces_the_chart_knows_are_the_webhooks() -> None:
+    assert [*helper_words("defaultExcludedNamespaces"), "backend-injector"] == (
+        default_document()["excluded_namespaces"])
+
+
+def test_another_namespace_is_excluded_by_the_webhook_itself_too(tmp_path: Path) -> None:
+    settings = settings_of(template(tmp_path, "--set", "namespace.name=injector"), tmp_path)
+    assert settings.excluded_namespaces == {"kube-system", "kube-public", "kube-node-lease",
+                                            "injector"}
+    # What the values say wins.
+    given = template(tmp_path, "--set", "namespace.name=injector",
+                     "--set", "config.excluded_namespaces={kube-system,injector}")
+    assert settings_of(given, tmp_path).excluded_namespaces == {"kube-system", "injector"}
 
 
 def test_null_in_the_values_drops_a_variable_and_an_external_address(tmp_path: Path) -> None:

@@ -56,9 +56,19 @@ MLFLOW_TRACKING_URI MLFLOW_S3_ENDPOINT_URL GATEWAY_URL
 {{- end -}}
 
 {{/*
+The namespaces the embedded default never mutates but the webhook's own. Another namespace
+for the webhook (namespace.name) takes that one's place. Checked against webhook/config.py
+like the list above.
+*/}}
+{{- define "backend-injector.defaultExcludedNamespaces" -}}
+kube-system kube-public kube-node-lease
+{{- end -}}
+
+{{/*
 config.yaml as the webhook reads it: .Values.config, with `external: null` written out for a
-service that has none (absent would keep the default's address, and Helm drops null values)
-and null for every default variable the values dropped.
+service that has none (absent would keep the default's address, and Helm drops null values),
+null for every default variable the values dropped, and the webhook's own namespace among
+the excluded ones when it is not the default's.
 */}}
 {{- define "backend-injector.config" -}}
 {{- $config := deepCopy .Values.config -}}
@@ -74,6 +84,10 @@ and null for every default variable the values dropped.
 {{- end -}}
 {{- end -}}
 {{- $_ := set $config "env" $env -}}
+{{- $namespace := include "backend-injector.namespace" . -}}
+{{- if and (ne $namespace "backend-injector") (not (hasKey $config "excluded_namespaces")) -}}
+{{- $_ := set $config "excluded_namespaces" (append (splitList " " (include "backend-injector.defaultExcludedNamespaces" .)) $namespace) -}}
+{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
 
