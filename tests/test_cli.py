@@ -154,6 +154,18 @@ def test_abbreviated_long_options_are_refused(tmp_path: Path) -> None:
         run_cli("--log-f=json", "certs"), 2)
 
 
+def test_a_port_in_use_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli("--log-level", "error", "serve", "--host", "127.0.0.1",
+                         "--port", str(port))
+    line = one_line_error(result, 1)
+    assert line.startswith(f"backend-injector serve: cannot listen on 127.0.0.1:{port}: ")
+    assert "choose another port" in line
+
+
 def test_a_missing_command_is_one_line() -> None:
     assert "required: COMMAND" in one_line_error(run_cli(), 2)
 

@@ -87,7 +87,8 @@ def bundle_certificates(configuration: dict[str, Any], index: int = 0) -> list[b
 
 
 class FakeCluster:
-    """An in-memory `install.Cluster` that records what was written."""
+    """An in-memory `webhook.cluster.Cluster` (the calls install makes) that records what was
+    written."""
 
     def __init__(
         self, *, secret: dict[str, Any] | None = None, configuration: dict[str, Any] | None = None
@@ -352,7 +353,7 @@ def test_deleting_the_secret_rotates_the_ca_and_drops_the_old_one() -> None:
 
 def test_a_missing_webhook_configuration_is_an_error_and_writes_nothing() -> None:
     cluster = FakeCluster()
-    with pytest.raises(install.InstallError, match="apply the manifests first"):
+    with pytest.raises(install.InstallError, match="install the webhook first"):
         reconcile(cluster)
     assert cluster.writes == []
 
@@ -547,6 +548,53 @@ def test_an_unusable_kubeconfig_is_an_install_error(
     kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n")
     with pytest.raises(cluster.ClusterError, match=r"kubeconfig .*missing"):
         cluster.connect(kubeconfig=str(kubeconfig), context="missing")
+
+
+class WarningApiServer(BaseHTTPRequestHandler):
+    """Answers a dry-run pod create as the apiserver does: the object and Warning headers."""
+
+    paths: list[str] = []
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.paths.append(self.path)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Warning", '299 - "backend-injector: removed init containers '
+                                    'wait-for-mlflow"')
+        self.send_header("Warning", '299 - "a \\"quoted\\" word"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_the_adapter_reads_admission_warnings_of_a_dry_run(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), WarningApiServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "ml"}}],
+        "current-context": "c",
+    }))
+    try:
+        with cluster.connected(kubeconfig=str(kubeconfig)) as adapter:
+            assert adapter.namespace == "ml"
+            created = adapter.create("/api/v1/namespaces/ml/pods",
+                                     {"kind": "Pod", "metadata": {"generateName": "p-"}},
+                                     dry_run=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert WarningApiServer.paths == ["/api/v1/namespaces/ml/pods?dryRun=All"]
+    assert created.object == {"kind": "Pod", "metadata": {"generateName": "p-"}}
+    assert created.warnings == ["backend-injector: removed init containers wait-for-mlflow",
+                                'a "quoted" word']
 
 
 def test_a_secret_replaced_by_hand_keeps_the_served_ca_in_the_bundle() -> None:
