@@ -76,6 +76,19 @@ def test_no_webhook_anywhere_fails_with_the_three_ways_to_install() -> None:
         doctor.PROBE_POD_NAME)
 
 
+def test_a_configuration_under_another_name_is_found_by_its_label() -> None:
+    cluster = DoctorCluster()
+    renamed = {"metadata": {"name": "bi-prod", "labels": {"app.kubernetes.io/name":
+                                                          "backend-injector"}},
+               "webhooks": [{"clientConfig": {"url": "https://127.0.0.1:9/mutate"}}]}
+    cluster.objects[webhook_configuration_path()
+                    + "?labelSelector=app.kubernetes.io%2Fname%3Dbackend-injector"] = {
+        "items": [renamed]}
+    registered = run_checks(cluster)["webhook configuration"]
+    assert registered.status is doctor.Status.PASS
+    assert registered.detail.startswith("MutatingWebhookConfiguration bi-prod calls")
+
+
 def test_an_empty_ca_bundle_and_no_endpoints_are_each_named(tmp_path: Path) -> None:
     cluster = DoctorCluster()
     cluster.objects[webhook_configuration_path("backend-injector")] = {

@@ -122,7 +122,7 @@ class Doctor:
         yield reachable
         if reachable.status is Status.FAIL:
             return
-        installed = self.cluster.get(webhook_configuration_path(self.webhook_configuration))
+        installed = self._installed()
         dev_registration = self.cluster.get(webhook_configuration_path(dev.DEV_CONFIGURATION))
         configuration = installed if installed is not None else dev_registration
         yield self._registered(installed, dev_registration)
@@ -152,12 +152,25 @@ class Doctor:
         return passed(name, f"{self.cluster.server}{context}, Kubernetes "
                             f"{version.get('gitVersion', '?')}")
 
+    def _installed(self) -> JsonObject | None:
+        """The named configuration; else the one webhook configuration labelled as this
+        project's (a Helm release with another name or a fullnameOverride)."""
+        named = self.cluster.get(webhook_configuration_path(self.webhook_configuration))
+        if named is not None:
+            return named
+        selector = urllib.parse.quote("app.kubernetes.io/name=backend-injector", safe="")
+        listed = self.cluster.get(f"{webhook_configuration_path()}?labelSelector={selector}")
+        candidates = [item for item in (listed or {}).get("items") or []
+                      if (item.get("metadata") or {}).get("name") != dev.DEV_CONFIGURATION]
+        return candidates[0] if len(candidates) == 1 else None
+
     def _registered(self, installed: JsonObject | None, dev_registration: JsonObject | None
                     ) -> Check:
         name = "webhook configuration"
         if installed is not None:
             webhook = (installed.get("webhooks") or [{}])[0]
-            return passed(name, f"MutatingWebhookConfiguration {self.webhook_configuration} "
+            found = (installed.get("metadata") or {}).get("name", self.webhook_configuration)
+            return passed(name, f"MutatingWebhookConfiguration {found} "
                                 f"calls {_describe_target(webhook.get('clientConfig') or {})}, "
                                 f"failurePolicy {webhook.get('failurePolicy', 'Fail')}")
         if dev_registration is not None:
