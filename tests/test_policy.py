@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import make_settings
 from webhook import policy
-from webhook.config import Action, CredentialMode, Service, Settings, load_settings
+from webhook.config import Action, CredentialMode, EnvScope, Service, Settings, load_settings
 from webhook.grammar import IDLE_COMMANDS, PROBE_COMMANDS, SHELL_KEYWORDS, WRAPPERS, host_form
 from webhook.mutate import INJECT_KEY, STATUS_KEY
 from webhook.probes import (
@@ -489,3 +489,54 @@ def test_layout_changes_only_white_space_outside_strings() -> None:
 def test_cel_string_escapes_what_cel_needs() -> None:
     assert policy.cel_string('a"b\\c\nd\ue000\x1f') == '"a\\"b\\\\c\\nd\\ue000\\u001f"'
     assert decode(policy.cel_string("[^'\"]\u2028")) == "[^'\"]\u2028"
+
+
+def value_twin(value: str, services: tuple[Service, ...]) -> str | None:
+    """policy._retarget_value run by Python's `re` on the same regexes, step for step."""
+    if ":" not in value or re.search(f"[{policy._SPACE}]", value):
+        return None
+    items = []
+    for item in value.split(","):
+        found = re.search(policy.ADDRESS_RE, item)
+        matched = found.group(0) if found else ""
+        rest = item[len(matched):]
+        if not matched or not (rest == "" or re.search("^[/?#]", rest)) or not (
+            "://" in matched or re.search(":[0-9]{1,5}$", matched)
+        ):
+            items.append(item)
+            continue
+        prefix = re.search(policy.ADDRESS_PREFIX_RE, matched)
+        assert prefix is not None
+        host_match = re.search(policy.ADDRESS_HOST_RE, matched[prefix.end():])
+        host = host_match.group(0) if host_match else ""
+        service = next((s for s in services if re.search(f"^(?:{host_form(s.hosts)})$", host)),
+                       None)
+        if service is None or service.external is None:
+            items.append(item)
+        else:
+            items.append(prefix.group(0) + str(service.external) + rest)
+    rewritten = ",".join(items)
+    return rewritten if rewritten != value else None
+
+
+value_parts = st.lists(
+    st.sampled_from(["http://", "tcp://", "s3://", "", "user@", "u:p@", "mlflow", "minio",
+                     "fastapi-app", "postgres", "kafka", "mlflow.flts.svc", "mlflowx", ":5000",
+                     ":9", ":123456", "/api", "?q=mlflow", "#x", ",", " ", "@", "/", ":"]),
+    max_size=8,
+).map("".join)
+
+
+@settings(deadline=None)
+@given(value_parts)
+def test_env_value_twin_agrees_with_probes(value: str) -> None:
+    reader = ProgramReader(DEFAULT.services)
+    assert value_twin(value, DEFAULT.services) == reader.retarget_value(value)[0]
+
+
+def test_env_values_and_the_backend_users_are_in_the_cel() -> None:
+    found = variables()
+    assert {"podWaited", "initValues", "appValues"} <= set(found)
+    assert "variables.podWaited" in squashed(found["containerOperations"])
+    every = dataclasses.replace(DEFAULT, add_env_to=EnvScope.ALL)
+    assert "variables.podWaited" not in squashed(variables(every)["containerOperations"])

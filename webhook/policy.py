@@ -41,14 +41,20 @@ from typing import Any
 
 import yaml
 
-from webhook.config import Action, CredentialMode, Service, Settings
+from webhook.config import Action, CredentialMode, EnvScope, Service, Settings
 from webhook.grammar import (
     ASSIGNMENT,
+    COMMAND_AFTER_DOUBLE_DASH,
     DEV_TCP_HOST,
+    DOCKERIZE,
+    DOCKERIZE_VALUE_OPTIONS,
+    DOCKERIZE_WORK_OPTIONS,
     IDLE_COMMANDS,
     LABEL_CHARS,
     LOOP_HEADERS,
     NAMESPACE_LABEL,
+    PORT_LAST_TOOLS,
+    PORT_OPTIONS,
     PROBE_COMMANDS,
     QUOTES,
     REDIRECTION,
@@ -180,6 +186,9 @@ def all_regexes(settings: Settings) -> list[str]:
     if external_hosts:
         regexes.append(external_search_re(external_hosts))
     regexes += [host_search_re(service) for service in services]
+    regexes += [ADDRESS_RE, ADDRESS_PREFIX_RE, ADDRESS_HOST_RE, "^[/?#]", ":[0-9]{1,5}$",
+                f"[{_SPACE}]", "^-*"]
+    regexes += [f"^(?:{host_form(service.hosts)})$" for service in services]
     retargetable = [s for s in services if s.external is not None]
     if retargetable:
         hosts = [host for s in retargetable for host in s.hosts]
@@ -335,9 +344,9 @@ def _segment_record(words: str) -> str:
 
 def _is_probe(record: str) -> str:
     return (
-        f"({record}.cmd in {_strings(PROBE_COMMANDS)}"
+        f"(!{_dockerize_works(record)} && ({record}.cmd in {_strings(PROBE_COMMANDS)}"
         f' || {record}.words.exists(wp_, wp_.contains("/dev/tcp/")'
-        f' || wp_.contains("/dev/udp/")))'
+        f' || wp_.contains("/dev/udp/"))))'
     )
 
 
@@ -392,13 +401,65 @@ def _segment_facts(record: str, services: Sequence[Service], in_script: str) -> 
         f'tt_.exists(t_, t_ != "") || !({unresolved} || {other_candidates}.exists(wo_,'
         f' !wo_.startsWith("-") && {_names_some_host("wo_")})) ? [] : ["!o"]'
     )
+    # A wait tool that runs a command of its own counts as work (probes.py reads that command
+    # apart); a port given apart from the host is tagged "!p": the policy cannot retarget it.
+    apart = (
+        f'({_runs_command(record)} ? ["!w"] : []) + ({_port_apart(record)} ? ["!p"] : [])'
+    )
     probe = _let(
         f"{_probed_words(record)}.map(wt_, {_word_tag('wt_', services)})",
         "tt_",
-        f'tt_.filter(t_, t_ != "") + ({other})',
+        f'tt_.filter(t_, t_ != "") + ({other}) + {apart}',
     )
     work = f'{record}.cmd != "" && !({record}.cmd in {_strings(IDLE_COMMANDS)}) ? ["!w"] : []'
     return f"({_is_probe(record)} ? {probe} : ({work}))"
+
+
+def _stripped_option(word: str) -> str:
+    """An option's name without its leading dashes."""
+    return f'{word}.substring({word}.find("^-*").size())'
+
+
+def _runs_command(record: str) -> str:
+    """probes._command_cut found a command: after `--` for the wait tools that take one, or
+    dockerize's first word that is neither an option nor an option's value."""
+    args = f"{record}.args"
+    value_option = _let(
+        f"{args}[j_ - 1]",
+        "p_",
+        f'p_.startsWith("-") && !p_.contains("=")'
+        f" && {_stripped_option('p_')} in {_strings(DOCKERIZE_VALUE_OPTIONS)}",
+    )
+    positional = (
+        f'{args}.transformList(j_, a_, !a_.startsWith("-") && (j_ == 0 || !({value_option})),'
+        " a_).size() > 0"
+    )
+    return (
+        f'(({record}.cmd in {_strings(COMMAND_AFTER_DOUBLE_DASH)} && {args}.indexOf("--") >= 0'
+        f' && {args}.indexOf("--") < {args}.size() - 1)'
+        f" || ({record}.cmd == {cel_string(DOCKERIZE)} && {positional}))"
+    )
+
+
+def _dockerize_works(record: str) -> str:
+    """dockerize with an option that renders files: work, not a probe (probes._classify)."""
+    option = _stripped_option("a_") + '.split("=")[0]'
+    return (
+        f"({record}.cmd == {cel_string(DOCKERIZE)} && {record}.args.exists(a_,"
+        f' a_.startsWith("-") && {option} in {_strings(DOCKERIZE_WORK_OPTIONS)}))'
+    )
+
+
+def _port_apart(record: str) -> str:
+    """The probe's port may be given apart from its host: a port option or the last word."""
+    options = " || ".join(
+        f'w_ == {cel_string(option)} || w_.startsWith({cel_string(option + "=")})'
+        for option in PORT_OPTIONS
+    )
+    return (
+        f"({record}.cmd in {_strings(PORT_LAST_TOOLS)}"
+        f" || {record}.words.exists(w_, {options}))"
+    )
 
 
 def _retarget_text(text: str, services: Sequence[Service]) -> str:
@@ -450,16 +511,20 @@ def _retarget_text(text: str, services: Sequence[Service]) -> str:
     return f"(!({names_one}) ? {text} : {tokens})"
 
 
-def _env_operations(env: str, path: str, *, add_absent: str) -> str:
+def _env_operations(env: str, path: str, values: str, kind: str, *, add_absent: str) -> str:
     """mutate.Rules._set_env as operation descriptors, in its order: managed entries replaced
-    at their first index, later duplicates removed from the back, absent ones appended when
-    the CEL condition ``add_absent`` holds (app containers and native sidecars)."""
+    at their first index and other entries whose value is a retargeted address (``values``,
+    see _retarget_value) replaced in place, in the order of the env; later duplicates of
+    managed ones removed from the back; absent ones appended when the CEL condition
+    ``add_absent`` holds (containers that use the backend)."""
     managed = "e_.name in variables.managedEnv"
     first = f"{env}.map(x_, x_.name).indexOf(e_.name) == j_"
     replaced = (
-        f"{env}.transformList(j_, e_, {managed} && {first}"
-        f' && e_ != variables.managedEnv[e_.name], "R " + {path} + "/env/" + string(j_)'
-        ' + " " + e_.name)'
+        f"{env}.transformList(j_, e_, ({managed} && {first}"
+        f" && e_ != variables.managedEnv[e_.name]) || (!({managed}) && {values}[j_] != \"\"),"
+        f' {managed} ? "R " + {path} + "/env/" + string(j_) + " " + e_.name'
+        f' : "V " + {path} + "/env/" + string(j_) + " {kind} " + string(i_) + " "'
+        " + string(j_))"
     )
     duplicates = _let(
         f"{env}.transformList(j_, e_, {managed} && !({first}), j_)",
@@ -475,17 +540,88 @@ def _env_operations(env: str, path: str, *, add_absent: str) -> str:
     return f"{replaced} + {duplicates} + ({add_absent} ? {absent} : [])"
 
 
-def _env_changes(env: str, *, add_absent: str) -> str:
+def _env_changes(env: str, values: str, *, add_absent: str) -> str:
     """The names _set_env reports as changed, in its order, joined with commas."""
     managed = "e_.name in variables.managedEnv"
     first = f"{env}.map(x_, x_.name).indexOf(e_.name) == j_"
     replaced = (
-        f"{env}.transformList(j_, e_, {managed} && {first}"
-        " && e_ != variables.managedEnv[e_.name], e_.name)"
+        f"{env}.transformList(j_, e_, ({managed} && {first}"
+        f" && e_ != variables.managedEnv[e_.name]) || (!({managed}) && {values}[j_] != \"\"),"
+        " e_.name)"
     )
     duplicates = f"{env}.transformList(j_, e_, {managed} && !({first}), e_.name)"
     absent = f"variables.managedOrder.filter(n_, !{env}.exists(x_, x_.name == n_))"
     return f'({replaced} + {duplicates} + ({add_absent} ? {absent} : [])).join(",")'
+
+
+ADDRESS_RE = (
+    "^(?:[A-Za-z][A-Za-z0-9+.-]*://)?(?:[^@/?#]*@)?[A-Za-z0-9][-A-Za-z0-9.]*(?::[0-9]{1,5})?"
+)
+ADDRESS_PREFIX_RE = "^(?:[A-Za-z][A-Za-z0-9+.-]*://)?(?:[^@/?#]*@)?"
+ADDRESS_HOST_RE = "^[A-Za-z0-9][-A-Za-z0-9.]*"
+
+
+def _retarget_value(value: str, services: Sequence[Service]) -> str:
+    """ProgramReader.retarget_value: an env value's addresses of managed hosts pointed at the
+    external address, or "" when nothing changes. Each comma-separated item is matched from
+    its start; RE2's leftmost-first match, followed by one of `/?#` or the end, is the one
+    the look-ahead of probes._ADDRESS admits (the host and port runs are maximal)."""
+    choice = "it_"
+    for service in reversed(services):
+        whole = cel_string(f"^(?:{host_form(service.hosts)})$")
+        replaced = (
+            f"pf_ + {cel_string(str(service.external))} + it_.substring(m_.size())"
+            if service.external is not None else "it_"
+        )
+        choice = f"(h_.matches({whole}) ? {replaced} : {choice})"
+    address = (
+        '(it_.size() == m_.size() || it_.substring(m_.size()).matches("^[/?#]"))'
+        ' && (m_.contains("://") || m_.matches(":[0-9]{1,5}$"))'
+    )
+    item = _let(
+        f"it_.find({cel_string(ADDRESS_RE)})",
+        "m_",
+        f'm_ == "" || !({address}) ? it_ : '
+        + _let(
+            f"m_.find({cel_string(ADDRESS_PREFIX_RE)})",
+            "pf_",
+            _let(f"m_.substring(pf_.size()).find({cel_string(ADDRESS_HOST_RE)})", "h_", choice),
+        ),
+    )
+    rewritten = _let(f'{value}.split(",").map(it_, {item}).join(",")', "o_",
+                     f'o_ == {value} ? "" : o_')
+    return (
+        f'(!{value}.contains(":") || {value}.matches({cel_string(f"[{_SPACE}]")}) ? ""'
+        f" : {rewritten})"
+    )
+
+
+def _values(containers: str, services: Sequence[Service]) -> str:
+    """Per container, per env entry: the retargeted value of a literal one, else ""."""
+    retarget = _retarget_value('e_.?value.orValue("")', services)
+    return (
+        f'{containers}.map(c_, c_.?env.orValue([]).map(e_, has(e_.valueFrom) ? ""'
+        f" : {retarget}))"
+    )
+
+
+def _uses_backend(settings: Settings) -> str:
+    """mutate.Rules._uses_backend for the container ``c_``: its pod waited for a managed
+    service, or it carries a managed variable, or its env, command or args name a managed
+    host (``add_env_to: all``: every container)."""
+    if settings.add_env_to is EnvScope.ALL:
+        return "true"
+    names_host = " || ".join(
+        f"t_.matches({cel_string(host_search_re(service))})" for service in settings.services
+    )
+    texts = (
+        'c_.?command.orValue([]) + c_.?args.orValue([])'
+        ' + c_.?env.orValue([]).map(e_, e_.?value.orValue(""))'
+    )
+    return (
+        f"(variables.podWaited || {_ENV}.exists(e_, e_.name in variables.managedEnv)"
+        f" || ({texts}).exists(t_, {names_host}))"
+    )
 
 
 # A native sidecar (an init container with restartPolicy Always) is served like an app
@@ -632,9 +768,11 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         remove = f"({named}) || ({waits})"
     else:
         orphaned = f"variables.facts[i_].exists(f_, f_ in {_strings(no_external)})"
+        # A waiter whose port the policy cannot retarget ("!p") is removed instead.
         remove = (
             f"(({named}) || ({waits}))"
-            f' && (!({managed}) ? !("@" in variables.facts[i_]) : {orphaned})'
+            f' && (!({managed}) ? !("@" in variables.facts[i_])'
+            f' : ({orphaned} || "!p" in variables.facts[i_]))'
         )
     retargets = any(s.external is not None for s in services)
     # What to retarget, per init container, as [text, "1" if it is a probe]: the segments of
@@ -680,13 +818,33 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         ("scriptIndex", f"variables.argvs.map(a_, {script_index})"),
         ("segments", segments),
         ("records", f"variables.segments.map(g_, g_.map(ws_, {_segment_record('ws_')}))"),
-        ("probeFlags", f"variables.records.map(g_, g_.map(r_, {_is_probe('r_')}))"),
+        # Probes to retarget: not those whose port or command the policy cannot follow.
+        ("probeFlags", (
+            f"variables.records.map(g_, g_.map(r_, {_is_probe('r_')}"
+            f" && !{_runs_command('r_')} && !{_port_apart('r_')}))"
+        )),
         ("facts", (
             "variables.records.transformList(i_, g_, g_.map(r_,"
             f' {_segment_facts("r_", services, "variables.scriptIndex[i_] >= 0")}.join(","))'
             '.join(",").split(",").filter(f_, f_ != ""))'
         )),
         ("removeInit", f"variables.inits.transformList(i_, c_, {remove})"),
+        ("currentStatus", (
+            f"object.metadata.?annotations[?{cel_string(STATUS_KEY)}].orValue(\"\")"
+        )),
+        ("earlier", (
+            f"variables.currentStatus.matches({cel_string(STATUS_SHAPE_RE)})"
+            f" ? [{_earlier_status('removed')}, {_earlier_status('rewritten')},"
+            f" {_earlier_status('env')}] : [[], [], []]"
+        )),
+        # The pod waited for a managed service, now or by an earlier pass's account.
+        ("podWaited", (
+            "variables.earlier[0].size() > 0 || variables.earlier[1].size() > 0"
+            " || variables.removeInit.exists(r_, r_)"
+            ' || variables.facts.exists(g_, g_.exists(f_, f_.startsWith("s")))'
+        )),
+        ("initValues", _values("variables.inits", services)),
+        ("appValues", _values("variables.containers", services)),
     ]
     if retargets:
         variables += [
@@ -696,6 +854,14 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         ]
     else:
         variables.append(("newArgvs", "variables.argvs"))
+    # Only containers that use the backend get the absent variables (add_env_to), the native
+    # sidecars among init containers.
+    uses = _uses_backend(settings)
+    sidecar_uses = f"({_SIDECAR} && {uses})"
+    init_env = _env_operations(_ENV, _INIT_PATH, "variables.initValues[i_]", "I",
+                               add_absent=sidecar_uses)
+    app_env = _env_operations(_ENV, _CONTAINER_PATH, "variables.appValues[i_]", "C",
+                              add_absent=uses)
     # Operations travel as descriptors, "KIND PATH [ARG]", joined into one string and split
     # again: that flattens the per-container lists without the lists library's flatten().
     # Their values are built only from literals and strings: the pod reaches CEL as typed
@@ -715,7 +881,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
             f' ? ["C " + {_INIT_PATH} + "/command " + string(i_)] : [])'
             " + (variables.newArgs[i_] != c_.?args.orValue([]).map(x_, x_)"
             f' ? ["G " + {_INIT_PATH} + "/args " + string(i_)] : [])'
-            f" + {_env_operations(_ENV, _INIT_PATH, add_absent=_SIDECAR)}).join(\"\\n\"))"
+            f" + {init_env}).join(\"\\n\"))"
             '.join("\\n")'
         )),
         ("removals", (
@@ -730,7 +896,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         )),
         ("containerOperations", (
             "variables.containers.transformList(i_, c_,"
-            f" ({_env_operations(_ENV, _CONTAINER_PATH, add_absent='true')}).join(\"\\n\"))"
+            f" ({app_env}).join(\"\\n\"))"
             '.join("\\n")'
         )),
         ("operations", (
@@ -744,22 +910,14 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         )),
         ("envChanged", (
             "[variables.inits.transformList(i_, c_, !variables.removeInit[i_], "
-            + _env_changes("c_.?env.orValue([])", add_absent=_SIDECAR)
-            + ').join(","), variables.containers.map(c_, '
-            + _env_changes("c_.?env.orValue([])", add_absent="true")
+            + _env_changes(_ENV, "variables.initValues[i_]", add_absent=sidecar_uses)
+            + ').join(","), variables.containers.transformList(i_, c_, '
+            + _env_changes(_ENV, "variables.appValues[i_]", add_absent=uses)
             + ').join(",")].join(",").split(",").filter(n_, n_ != "")'
         )),
         ("envNames", (
             "variables.envChanged.transformList(j_, n_,"
             " variables.envChanged.indexOf(n_) == j_, n_)"
-        )),
-        ("currentStatus", (
-            f"object.metadata.?annotations[?{cel_string(STATUS_KEY)}].orValue(\"\")"
-        )),
-        ("earlier", (
-            f"variables.currentStatus.matches({cel_string(STATUS_SHAPE_RE)})"
-            f" ? [{_earlier_status('removed')}, {_earlier_status('rewritten')},"
-            f" {_earlier_status('env')}] : [[], [], []]"
         )),
         ("status", (
             "'{\"removed\":' + "
@@ -779,15 +937,23 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
 
 def _patch_expression() -> str:
     status_path = "/metadata/annotations/" + STATUS_KEY.replace("~", "~0").replace("/", "~1")
+    retargeted_value = (
+        '{"name": dyn((f_[2] == "I" ? variables.inits : variables.containers)[int(f_[3])]'
+        ".env[int(f_[4])].name),"
+        ' "value": dyn((f_[2] == "I" ? variables.initValues : variables.appValues)[int(f_[3])]'
+        "[int(f_[4])])}"
+    )
     operation = (
-        'f_[0] == "R" ? JSONPatch{op: "replace", path: f_[1], value: variables.managedEnv[f_[2]]}'
+        'f_[0] == "V" ? JSONPatch{op: "replace", path: f_[1], value: ' + retargeted_value + "}"
+        ' : (f_[0] == "R" ? JSONPatch{op: "replace", path: f_[1],'
+        " value: variables.managedEnv[f_[2]]}"
         ' : (f_[0] == "D" ? JSONPatch{op: "remove", path: f_[1]}'
         ' : (f_[0] == "A" ? JSONPatch{op: "add", path: f_[1], value: variables.managedEnv[f_[2]]}'
         ' : (f_[0] == "L" ? JSONPatch{op: "add", path: f_[1],'
         " value: variables.managedOrder.map(n_, variables.managedEnv[n_])}"
         ' : (f_[0] == "C" ? JSONPatch{op: "replace", path: f_[1],'
         " value: variables.newCommands[int(f_[2])]}"
-        ' : JSONPatch{op: "replace", path: f_[1], value: variables.newArgs[int(f_[2])]}))))'
+        ' : JSONPatch{op: "replace", path: f_[1], value: variables.newArgs[int(f_[2])]})))))'
     )
     split = _let('o_.split(" ")', "f_", operation)
     return (

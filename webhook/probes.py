@@ -129,7 +129,7 @@ _LAST_WORD_PORT = re.compile(rf"(?<!\S)(?P<port>{PORT_NUMBER})(?P<tail>\s*)$")
 _EXEC_JOINER = "\x1f"
 # One address in an env value: `scheme://[user@]host[:port][/path]` or `host:port`.
 _ADDRESS = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?:[^@/]*@)?(?P<host>[A-Za-z0-9][-A-Za-z0-9.]*)"
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?:[^@/?#]*@)?(?P<host>[A-Za-z0-9][-A-Za-z0-9.]*)"
     rf"(?::(?P<port>{PORT_NUMBER}))?(?=[/?#]|$)"
 )
 
