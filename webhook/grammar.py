@@ -111,6 +111,10 @@ QUOTES = "'\""  # stripped from both ends of a word before it is compared
 # a longer name (`mlflow-db`, `xmlflow`). The `-` is escaped, so the fragment can be put
 # anywhere in a class.
 LABEL_CHARS = "A-Za-z0-9_\\-"
+# A host followed by `.` and one of these goes on: into a longer name (`mlflow.example.com`)
+# or into a part computed at run time (`mlflow.$NS`, `mlflow.$(...)`) that the rules cannot
+# know, so it is not that host. (A character-class fragment.)
+CONTINUES_AFTER_DOT = "A-Za-z0-9$`"
 # One DNS label of a namespace (lower case, as Kubernetes names are).
 NAMESPACE_LABEL = "[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 # After NAME.NS: nothing, `.svc` or `.svc.cluster.local`.

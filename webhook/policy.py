@@ -45,6 +45,7 @@ from webhook.config import Action, CredentialMode, EnvScope, Service, Settings
 from webhook.grammar import (
     ASSIGNMENT,
     COMMAND_AFTER_DOUBLE_DASH,
+    CONTINUES_AFTER_DOT,
     DEV_TCP_HOST,
     DOCKERIZE,
     DOCKERIZE_VALUE_OPTIONS,
@@ -142,7 +143,7 @@ def host_search_re(service: Service) -> str:
     return (
         f"(?:^|[^{_LABEL_CHARS}])"
         + host_form(service.hosts)
-        + f"(?:$|[^{_LABEL_CHARS}]|\\.$|\\.[^A-Za-z0-9])"
+        + f"(?:$|[^{_LABEL_CHARS}]|\\.$|\\.[^{CONTINUES_AFTER_DOT}])"
     )
 
 
@@ -164,13 +165,20 @@ def host_token_re(hosts: Iterable[str]) -> str:
     # nothing after it is looked at, and no host can start inside its name.
     variable_port = f"[:/]{VARIABLE_PORT_RE}"
     next_word_port = f"[{_SPACE}]+[0-9]{{1,5}}(?:$|[^\\w.:/-])"
-    bare = f"$|[^{_LABEL_CHARS}]|\\.$|\\.[^{_LABEL_CHARS}]|\\.[_.-][{_LABEL_CHARS}]*"
+    bare = (
+        f"$|[^{_LABEL_CHARS}]|\\.$|\\.[^{_LABEL_CHARS}$`]|\\.[_.-][{_LABEL_CHARS}]*"
+    )
     return f"{host_form(hosts)}(?:{attached_port}|{variable_port}|{next_word_port}|{bare})"
 
 
 def retarget_token_re(hosts: Iterable[str]) -> str:
-    """Tokens whose concatenation is the text: host occurrences, label runs, single characters."""
-    return f"{host_token_re(hosts)}|[{_LABEL_CHARS}]+|(?s:.)"
+    """Tokens whose concatenation is the text: host occurrences, label runs, single characters.
+
+    A label run that ends in a dot before `$` or a backtick takes that character along: the
+    host before it goes on into a computed part (grammar.CONTINUES_AFTER_DOT), which the
+    token's end must not pass for the end of the text.
+    """
+    return f"{host_token_re(hosts)}|[{_LABEL_CHARS}]*\\.[$`]|[{_LABEL_CHARS}]+|(?s:.)"
 
 
 def all_regexes(settings: Settings) -> list[str]:
@@ -763,6 +771,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
     named = f"c_.name in {_strings(settings.waiter_names)}"
     waits = (
         f'{managed} && !("!o" in variables.facts[i_]) && !("!w" in variables.facts[i_])'
+        " && !variables.computed[i_]"
     )
     if settings.action is Action.REMOVE:
         remove = f"({named}) || ({waits})"
@@ -781,6 +790,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
     script = "variables.argvs[i_][variables.scriptIndex[i_]]"
     retarget_input = (
         "variables.inits.transformList(i_, c_, variables.removeInit[i_] || !" + managed
+        + " || variables.computed[i_]"
         + " ? [] : (variables.scriptIndex[i_] < 0"
         " ? (variables.probeFlags[i_].size() > 0 && variables.probeFlags[i_][0]"
         f" && !variables.argvs[i_].exists(x_, x_.contains({cel_string(_EXEC_JOINER)}))"
@@ -827,6 +837,11 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
             "variables.records.transformList(i_, g_, g_.map(r_,"
             f' {_segment_facts("r_", services, "variables.scriptIndex[i_] >= 0")}.join(","))'
             '.join(",").split(",").filter(f_, f_ != ""))'
+        )),
+        # A host part computed at run time (`mlflow.$(...)`): the policy splits the script
+        # there, so it cannot tell the host; the container is kept as it is.
+        ("computed", (
+            'variables.argvs.map(a_, a_.exists(x_, x_.contains(".$(") || x_.contains(".`")))'
         )),
         ("removeInit", f"variables.inits.transformList(i_, c_, {remove})"),
         ("currentStatus", (

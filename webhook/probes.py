@@ -39,6 +39,7 @@ from webhook.grammar import (
     CLIENTS,
     COMMAND_AFTER_DOUBLE_DASH,
     COMMENT,
+    CONTINUES_AFTER_DOT,
     DEV_TCP_HOST,
     DEV_TCP_MARKERS,
     DOCKERIZE,
@@ -99,15 +100,19 @@ def _separator_pattern() -> str:
     return "|".join([*map(re.escape, longer), f"[{single}]", lone_ampersand])
 
 
-# One scan of a script finds, left to right: namespace substitutions inside a host (not
-# split), comments (dropped up to the end of the line) and separators.
+# A command substitution right after a host's dot is part of that word, not a separator
+# (`mlflow.$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace).svc`); any other
+# than the namespace file's keeps the word from naming a managed host.
+COMPUTED_PART = r"\$\([^()\n]*\)"
+# One scan of a script finds, left to right: substitutions inside a host (not split),
+# comments (dropped up to the end of the line) and separators.
 _SCRIPT_TOKENS = re.compile(
-    rf"(?P<opaque>\.(?:{NAMESPACE_FILE_SUBSTITUTION}|\$\([A-Za-z_][A-Za-z0-9_]*\)))"
+    rf"(?P<opaque>\.(?:{NAMESPACE_FILE_SUBSTITUTION}|{COMPUTED_PART}))"
     rf"|(?P<comment>(?:^|(?<=[\s;&|()`])){re.escape(COMMENT)}[^\n]*)"
     rf"|(?P<separator>{_separator_pattern()})"
 )
 _SPACE = re.compile(r"\s")
-_WORD = re.compile(rf"(?:{NAMESPACE_FILE_SUBSTITUTION}|\S)+")
+_WORD = re.compile(rf"(?:{NAMESPACE_FILE_SUBSTITUTION}|{COMPUTED_PART}|\S)+")
 _ASSIGNMENT = re.compile(ASSIGNMENT)
 _REDIRECTION = re.compile(REDIRECTION)
 _WRAPPER_NUMBER = re.compile(WRAPPER_NUMBER)
@@ -152,7 +157,7 @@ class HostPattern:
         regex = re.compile(
             rf"(?<![{LABEL_CHARS}.])"
             rf"(?P<host>{host_form(service.hosts)})"
-            rf"(?![{LABEL_CHARS}]|\.[A-Za-z0-9])"
+            rf"(?![{LABEL_CHARS}]|\.[{CONTINUES_AFTER_DOT}])"
             rf"(?:(?P<sep>[{PORT_SEPARATORS}])(?P<port>{PORT_NUMBER}(?![0-9])|{VARIABLE_PORT}))?"
         )
         return cls(service=service, regex=regex, whole_host=re.compile(host_form(service.hosts)))

@@ -150,6 +150,8 @@ IN_CLUSTER_ENV = [
     _env("AWS_SECRET_ACCESS_KEY", "minioadmin"),
 ]
 KAFKA_WAIT = _sh("wait-for-kafka", "until nc -z kafka 9092; do sleep 2; done")
+POD_NAMESPACE = {"name": "POD_NAMESPACE",
+                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
 
 
 def edge_pods() -> list[dict[str, Any]]:
@@ -219,6 +221,20 @@ def edge_pods() -> list[dict[str, Any]]:
         "kept-with-env": [_sh("wait-for-kafka-too", "until nc -z kafka 9092; do sleep 2; done",
                               env=[_env("MLFLOW_TRACKING_URI", "http://mlflow:5000"),
                                    _env("OTHER", "x")])],
+        # Shapes of the rules v2 that the policy follows exactly (docs/policy.md).
+        "variable-namespace": [_sh("probe", "until nc -z minio.${POD_NAMESPACE}.svc 9000; do"
+                                            " sleep 2; done", env=[POD_NAMESPACE])],
+        "unresolved-variable": [_sh("probe", "until nc -z mlflow 5000 && nc -z $BROKER 9092;"
+                                             " do sleep 1; done")],
+        "dockerize": [_init("probe", ["dockerize", "-wait", "tcp://minio:9000", "-wait",
+                                      "http://fastapi-app:8000/health", "-timeout", "60s"])],
+        "wait-for-it-bare": [_init("probe", ["wait-for-it.sh", "mlflow:5000", "-t", "60"])],
+        "dockerize-template": [_init("render", ["dockerize", "-template", "/t:/etc/app.conf",
+                                                "-wait", "tcp://mlflow:5000"])],
+        "kubectl-wait": [_sh("probe", "kubectl wait --for=condition=ready pod -l app=mlflow")],
+        "env-in-init": [_sh("migrate", "alembic upgrade head",
+                            env=[_env("TRACKING", "http://mlflow:5000/api"),
+                                 _env("DATABASE_URL", "postgresql://u@postgres:5432/db")])],
     }
     pods = [
         _pod(f"wait-{case}", init=init + ([] if case == "all-removed" else [KAFKA_WAIT]),
@@ -264,6 +280,23 @@ def edge_pods() -> list[dict[str, Any]]:
             STATUS_KEY: '{"removed":["wait-for-old"],"rewritten":[],"env":["GATEWAY_URL"]}',
         }, containers=[_app(env=list(IN_CLUSTER_ENV))]),
         _pod("foreign-status", init=chart_like, annotations={STATUS_KEY: "not json"}),
+        # Env only where it belongs: a broker beside a trainer gets nothing, a gateway variable
+        # of another name is retargeted, a database URL of postgres left, a dashboard that
+        # waits for kafka only left alone.
+        _pod("env-broker-beside-trainer", containers=[
+            _app("trainer", env=list(IN_CLUSTER_ENV)),
+            _app("kafka", env=[_env("KAFKA_CFG_ADVERTISED_LISTENERS", "PLAINTEXT://kafka:9092")]),
+        ]),
+        _pod("env-gateway-other-name", containers=[_app("inference", env=[
+            _env("FASTAPI_URL", "http://fastapi-app:8000/api"), _env("LOG_LEVEL", "info")])]),
+        _pod("env-address-list", containers=[_app("exporter", env=[
+            _env("TARGETS", "kafka:9092,mlflow:5000,http://u@minio/bucket?x=mlflow")])]),
+        _pod("env-postgres-url", containers=[_app("eval", env=[
+            _env("DATABASE_URL", "postgresql://mlflow@postgres:5432/mlflow")])]),
+        _pod("env-not-used", init=[KAFKA_WAIT], containers=[_app("dashboard")]),
+        _pod("env-host-in-args", containers=[_app("client", args=["--tracking", "mlflow:5000"])]),
+        _pod("env-waited-by-status", containers=[_app("late")], annotations={
+            STATUS_KEY: '{"removed":["wait-for-mlflow"],"rewritten":[],"env":[]}'}),
     ]
     return pods
 
@@ -696,3 +729,64 @@ def test_variable_ports_and_quoted_hosts_are_idempotent(
     ]
     assert normalized(twice) == normalized(once)
     assert normalized(through_policy) == normalized(once)
+
+
+# Shapes the webhook reads and the policy does not follow, with what docs/policy.md says the
+# policy does instead: "kept" (the init container exactly as written), "removed", "retargeted"
+# (kept, its probe pointed at the external address) or "same" (the webhook's pod), for remove
+# and rewrite mode.
+DEGRADED: dict[str, tuple[dict[str, Any], dict[Action, str]]] = {
+    "comment": (_sh("probe", "# the tracking server\nuntil nc -z mlflow 5000; do sleep 2; done"),
+                {Action.REMOVE: "retargeted", Action.REWRITE: "same"}),
+    "liveness-client": (_sh("probe", "until psql -h postgres -c 'SELECT 1'; do sleep 1; done"),
+                        {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
+    "resolved-variable": (_sh("probe", 'until nc -z "$TRACKING_HOST" 5000; do sleep 1; done',
+                              env=[_env("TRACKING_HOST", "mlflow")]),
+                          {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
+    "kubelet-variable": (_init("probe", ["nc", "-z", "$(TRACKING_HOST)", "5000"],
+                               env=[_env("TRACKING_HOST", "mlflow")]),
+                         {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
+    "computed-namespace": (_sh("probe", "until nslookup mlflow.$(cat /var/run/secrets/"
+                                        "kubernetes.io/serviceaccount/namespace).svc.cluster.local;"
+                                        " do sleep 2; done"),
+                           {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
+    "wait-tool-command": (_init("probe", ["wait-for-it", "mlflow:5000", "--", "echo", "up"]),
+                          {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
+    "port-apart": (_init("probe", ["wait-for-port", "--host=fastapi-app", "--state=inuse", "80"]),
+                   {Action.REMOVE: "same", Action.REWRITE: "removed"}),
+}
+
+
+@pytest.mark.parametrize("instance", INSTANCES, ids=lambda instance: instance.name)
+def test_the_policy_degrades_as_documented_where_it_does_not_follow(
+    control_plane: Cluster, comparisons: dict[str, Comparison], instance: Instance
+) -> None:
+    rules = Rules(instance.settings)
+    pods = [_pod(f"degraded-{name}", init=[container],
+                 containers=[_app(env=list(IN_CLUSTER_ENV))])
+            for name, (container, _) in DEGRADED.items()]
+    through_policy = create_pods(control_plane, instance.policy_namespace, pods, dry_run=True)
+    defaulted = create_pods(control_plane, instance.plain_namespace, pods, dry_run=True)
+    wrong = {}
+    for name, (container, expected) in DEGRADED.items():
+        pod_name = f"degraded-{name}"
+        policy_pod = through_policy[pod_name]
+        webhook = webhook_pod(defaulted[pod_name], rules)
+        outcome = expected[instance.settings.action]
+        stored = {c["name"]: c for c in policy_pod["spec"].get("initContainers", [])}
+        program = stored["probe"].get("command", []) + stored["probe"].get("args", []) \
+            if "probe" in stored else None
+        written = container.get("command", []) + container.get("args", [])
+        if outcome == "same":
+            ok = normalized(webhook) == normalized(policy_pod)
+        elif outcome == "removed":
+            ok = program is None
+        elif outcome == "kept":
+            ok = program == written
+        else:
+            ok = program is not None and "host.docker.internal" in " ".join(program)
+        # A degradation is a difference from the webhook, or it would not need documenting.
+        real = outcome == "same" or normalized(webhook) != normalized(policy_pod)
+        if not (ok and real):
+            wrong[name] = f"expected {outcome}; policy stored {program}"
+    assert not wrong, wrong
