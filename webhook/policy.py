@@ -106,7 +106,16 @@ _HIDDEN = (
     ("&-", _AMPERSAND + "-"),
     *((f"&{digit}", f"{_AMPERSAND}{digit}") for digit in range(10)),
 )
-_SEPARATORS = ";&|\\n()`" + _MARK + _AND
+# A comment (grammar.COMMENT, up to the end of its line) is cut off as a segment of its own:
+# a mark before its `#`, and the separators inside it hidden, so it is one inert segment.
+_COMMENT_MARK = "\ue003"
+_IN_COMMENT = {";": "\ue004", "&": "\ue005", "|": "\ue006", "(": "\ue007", ")": "\ue008",
+               "`": "\ue009"}
+_MARKS = (_MARK, _AMPERSAND, _AND, _COMMENT_MARK, *_IN_COMMENT.values())
+# The part of a line before its comment: `#` starts one at the start of the line or after
+# white space or a separator, as probes.py's look-behind has it.
+COMMENT_PREFIX_RE = f"^(?:[^#]*[^#{_SPACE};&|()`]#+)*[^#]*"
+_SEPARATORS = ";&|\\n()`" + _MARK + _AND + _COMMENT_MARK
 # A simple command with the separator that ends it: the tokens of a script, one per segment
 # of probes._segments (empty ones included), so that reading and retargeting share indexes.
 SEGMENT_RE = f"[^{_SEPARATORS}]*[{_SEPARATORS}]|[^{_SEPARATORS}]+"
@@ -188,7 +197,8 @@ def all_regexes(settings: Settings) -> list[str]:
     regexes = [
         WORD_RE, SEGMENT_RE, SEGMENT_WORD_RE, UNQUOTE_RE, BASENAME_RE,
         ASSIGNMENT_RE, REDIRECTION_RE, WRAPPER_OPTION_RE, COMMAND_PREFIX_RE, DEV_TCP_RE,
-        RSTRIP_RE, URL_HOST_RE, STATUS_SHAPE_RE, SHELL_VARIABLE_RE, "^[:/][0-9]", "^[:/][0-9]{1,5}",
+        RSTRIP_RE, URL_HOST_RE, STATUS_SHAPE_RE, SHELL_VARIABLE_RE, COMMENT_PREFIX_RE,
+        "^[:/][0-9]", "^[:/][0-9]{1,5}",
         f"^[{_SPACE}]+[0-9]", f"^[{_SPACE}]+", "^[0-9]{1,5}", '"[^"]*"', "^[:/][$]",
     ]
     if external_hosts:
@@ -293,9 +303,36 @@ def _strings(values: Iterable[str]) -> str:
     return "[" + ", ".join(cel_string(value) for value in sorted(values)) + "]"
 
 
+def _commented(script: str) -> str:
+    """``script`` with each comment marked and its separators hidden (see _COMMENT_MARK)."""
+    hidden = "cm_"
+    for char, stand_in in _IN_COMMENT.items():
+        hidden += f".replace({cel_string(char)}, {cel_string(stand_in)})"
+    line = _let(
+        f"ln_.find({cel_string(COMMENT_PREFIX_RE)})",
+        "cp_",
+        f"cp_.size() == ln_.size() ? ln_ : cp_ + {cel_string(_COMMENT_MARK)} + "
+        + _let("ln_.substring(cp_.size())", "cm_", hidden),
+    )
+    return f'{script}.split("\\n").map(ln_, {line}).join("\\n")'
+
+
+def _uncommented(text: str) -> str:
+    """The inverse of _commented."""
+    text += f'.replace({cel_string(_COMMENT_MARK)}, "")'
+    for char, stand_in in _IN_COMMENT.items():
+        text += f".replace({cel_string(stand_in)}, {cel_string(char)})"
+    return text
+
+
+def _is_comment(record: str) -> str:
+    return f'({record}.words.size() > 0 && {record}.words[0].startsWith("#"))'
+
+
 def _marked(script: str) -> str:
-    """``script`` with `$(`, `&&` and the `&` of redirections hidden, ready to be split."""
-    marked = script
+    """``script`` with comments set apart, and `$(`, `&&` and the `&` of redirections hidden,
+    ready to be split."""
+    marked = _commented(script)
     for old, new in _HIDDEN:
         marked += f".replace({cel_string(old)}, {cel_string(new)})"
     return marked
@@ -352,7 +389,8 @@ def _segment_record(words: str) -> str:
 
 def _is_probe(record: str) -> str:
     return (
-        f"(!{_dockerize_works(record)} && ({record}.cmd in {_strings(PROBE_COMMANDS)}"
+        f"(!{_is_comment(record)} && !{_dockerize_works(record)}"
+        f" && ({record}.cmd in {_strings(PROBE_COMMANDS)}"
         f' || {record}.words.exists(wp_, wp_.contains("/dev/tcp/")'
         f' || wp_.contains("/dev/udp/"))))'
     )
@@ -419,7 +457,10 @@ def _segment_facts(record: str, services: Sequence[Service], in_script: str) -> 
         "tt_",
         f'tt_.filter(t_, t_ != "") + ({other}) + {apart}',
     )
-    work = f'{record}.cmd != "" && !({record}.cmd in {_strings(IDLE_COMMANDS)}) ? ["!w"] : []'
+    work = (
+        f'!{_is_comment(record)} && {record}.cmd != ""'
+        f' && !({record}.cmd in {_strings(IDLE_COMMANDS)}) ? ["!w"] : []'
+    )
     return f"({_is_probe(record)} ? {probe} : ({work}))"
 
 
@@ -795,7 +836,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         " ? (variables.probeFlags[i_].size() > 0 && variables.probeFlags[i_][0]"
         f" && !variables.argvs[i_].exists(x_, x_.contains({cel_string(_EXEC_JOINER)}))"
         f' ? [[variables.argvs[i_].join({cel_string(_EXEC_JOINER)}), "1"]] : [])'
-        f" : ([{', '.join(cel_string(m) for m in (_MARK, _AMPERSAND, _AND))}]"
+        f" : ([{', '.join(cel_string(m) for m in _MARKS)}]"
         f".exists(m_, {script}.contains(m_)) ? [] : "
         + _let(
             f"{_marked(script)}.findAll({cel_string(SEGMENT_RE)})",
@@ -814,8 +855,10 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         " : (variables.scriptIndex[i_] < 0"
         f" ? variables.retargetOutput[i_].split({cel_string(_EXEC_JOINER)})"
         " : a_.transformList(j_, x_, j_ == variables.scriptIndex[i_]"
-        f" ? variables.retargetOutput[i_].replace({cel_string(_MARK)}, \"$(\")"
-        f".replace({cel_string(_AND)}, \"&&\") : x_)))"
+        " ? " + _uncommented(
+            f"variables.retargetOutput[i_].replace({cel_string(_MARK)}, \"$(\")"
+            f".replace({cel_string(_AND)}, \"&&\")"
+        ) + " : x_)))"
     )
     variables: list[tuple[str, str]] = [
         ("managedEnv", "{" + ", ".join(

@@ -51,6 +51,8 @@ REPO = Path(__file__).resolve().parents[2]
 OVERLAY = REPO / "manifests" / "overlays" / "docker-desktop"
 CHART = Path(__file__).resolve().parent / "chart"
 BROKER = "kafka"  # the chart's component that keeps running in the cluster
+# The second chart: waiters in the shapes public charts write (see its README).
+SHAPES_CHART = Path(__file__).resolve().parent / "chart-shapes"
 VALUES = CHART / "values-complete.yaml"
 
 NAMESPACE = "backend-injector"
@@ -565,6 +567,65 @@ def test_chart_pods_in_an_unlabelled_namespace_are_as_the_chart_wrote_them(
     assert set(WAITERS) <= {name for pod in chart_unlabelled.pods.values()
                             for name in names(pod["spec"].get("initContainers"))}
     assert deployment.reviews(namespace=chart_unlabelled.namespace) == []
+
+
+@pytest.fixture(scope="module")
+def shapes_opted_in(deployment: Deployment) -> dict[str, dict[str, Any]]:
+    """The second chart installed in an opted-in namespace: component -> live pod."""
+    plane = deployment.plane
+    namespace = new_namespace(plane, "shapes-opted-in", opted_in_labels())
+    installed = plane.helm("install", "shapes", str(SHAPES_CHART), "--namespace", namespace)
+    assert installed.returncode == 0, installed.stderr
+    components = {"tracker", "reporter", "broker", "bucket"}
+
+    def all_pods() -> dict[str, dict[str, Any]] | None:
+        items = kubectl_json(plane, "get", "pods", "-n", namespace,
+                             "-l", "app.kubernetes.io/instance=shapes")["items"]
+        pods = {pod["metadata"]["labels"]["app.kubernetes.io/component"]: pod for pod in items}
+        return pods if set(pods) == components and len(items) == len(components) else None
+
+    pods: dict[str, dict[str, Any]] = wait_for(all_pods, f"the second chart's pods in {namespace}")
+    return pods
+
+
+def test_the_second_chart_is_admitted_as_its_shapes_require(
+    shapes_opted_in: dict[str, dict[str, Any]]
+) -> None:
+    tracker = shapes_opted_in["tracker"]
+    # The commented waiter and Bitnami's wait-for-port go; the wait for Kafka stays.
+    assert names(tracker["spec"]["initContainers"]) == ["wait-for-broker"]
+    status = json.loads(tracker["metadata"]["annotations"][STATUS])
+    assert status["removed"] == ["wait-for-tracking", "wait-for-store"]
+    [app] = tracker["spec"]["containers"]
+    assert_injected(app)
+    env = env_of(app)
+    # A gateway variable of another name, retargeted in place, its path kept.
+    assert env["FASTAPI_URL"] == "http://host.docker.internal:8000/api"
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert [e["name"] for e in app["env"]][:3] == [
+        "MLFLOW_TRACKING_URI", "FASTAPI_URL", "KAFKA_BOOTSTRAP_SERVERS"]
+
+    # Only an address of the gateway: it uses the backend, so it gets it all.
+    [reporter] = shapes_opted_in["reporter"]["spec"]["containers"]
+    assert_injected(reporter)
+    assert env_of(reporter)["GATEWAY"] == "http://host.docker.internal:8000"
+
+    # The broker uses no managed service: left as the chart wrote it, not even annotated.
+    broker = shapes_opted_in["broker"]
+    [kafka] = broker["spec"]["containers"]
+    assert not set(env_of(kafka)) & set(EXTERNAL_ENV)
+    assert env_of(kafka)["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    assert STATUS not in (broker["metadata"].get("annotations") or {})
+
+    # The bucket job does work after its wait: kept, its probe of the computed host retargeted,
+    # the work and the comment as written.
+    bucket = shapes_opted_in["bucket"]
+    [make_bucket] = bucket["spec"]["initContainers"]
+    script = make_bucket["command"][2]
+    assert script.startswith("until nc -z host.docker.internal 9000; do sleep 2; done\n")
+    assert "# the bucket the trainers log their models to\nmc mb --ignore-existing" in script
+    assert "minio" not in script.split("\n")[0]
+    assert_injected(bucket["spec"]["containers"][0])
 
 
 def test_inject_on_helm_template_gives_the_live_pods(chart_opted_in: Release) -> None:
