@@ -128,3 +128,23 @@ def test_doctor_on_a_stopped_cluster_is_one_failed_check(tmp_path: Path, context
         f"FAIL  cluster reachable: cannot reach the cluster at {server} (context {context}): "
         "connection refused; fix: start Kubernetes in Docker Desktop (Settings > Kubernetes) "
         "and try again\n")
+
+
+def test_a_refused_request_fails_its_check_only() -> None:
+    class Forbidden(DoctorCluster):
+        def get(self, path: str) -> dict[str, Any] | None:
+            if path.startswith("/api/v1/namespaces/ml"):
+                raise ClusterError("cannot read namespace ml: forbidden: User \"dev\" cannot get "
+                                   "resource \"namespaces\"", "ask for the RBAC rights it names")
+            return super().get(path)
+
+    cluster = Forbidden()
+    cluster.objects[webhook_configuration_path("backend-injector")] = {
+        "metadata": {"name": "backend-injector"},
+        "webhooks": [{"clientConfig": {"url": "https://127.0.0.1:9/mutate"}}]}
+    checks = run_checks(cluster)
+    selected = checks["namespace ml selected"]
+    assert selected.status is doctor.Status.FAIL
+    assert "forbidden" in selected.detail and selected.fix == "ask for the RBAC rights it names"
+    assert checks["dry-run"].status is doctor.Status.FAIL
+    assert checks["webhook configuration"].status is doctor.Status.PASS

@@ -249,7 +249,7 @@ class KubernetesCluster:
         if response.status == 404 and missing_ok:
             return None
         if response.status >= 400:
-            raise ClusterError(self._refusal(response, what))
+            raise ClusterError(*self._refusal(response, what))
         return response
 
     def _where(self) -> str:
@@ -262,14 +262,15 @@ class KubernetesCluster:
         return "start the cluster, or choose another with --context; `kubectl cluster-info` " \
             "shows what kubectl reaches"
 
-    def _refusal(self, response: urllib3.BaseHTTPResponse, what: str) -> str:
+    def _refusal(self, response: urllib3.BaseHTTPResponse, what: str) -> tuple[str, str]:
+        """(what failed, what to do) for an error status."""
         message = _status_message(response)
         if response.status == 401:
             return (f"cannot {what}: {self._where()} does not accept these credentials "
-                    f"(401 Unauthorized); renew the kubeconfig's credentials")
+                    "(401 Unauthorized)", "renew the kubeconfig's credentials")
         if response.status == 403:
-            return f"cannot {what}: forbidden: {message}; ask for the RBAC rights it names"
-        return f"cannot {what}: {response.status} {response.reason}: {message}"
+            return f"cannot {what}: forbidden: {message}", "ask for the RBAC rights it names"
+        return f"cannot {what}: {response.status} {response.reason}: {message}", ""
 
 
 def _ssl_context(configuration: Any) -> ssl.SSLContext:

@@ -22,7 +22,7 @@ import os
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -118,26 +118,50 @@ class Doctor:
         self.now = now if now is not None else dt.datetime.now(dt.UTC)
 
     def run(self) -> Iterator[Check]:
+        """The checks in order, each as soon as it is made. A request the cluster refuses
+        (RBAC, typically) fails that check only, with the apiserver's reason."""
         reachable = self._reachable()
         yield reachable
         if reachable.status is Status.FAIL:
             return
-        installed = self._installed()
-        dev_registration = self.cluster.get(webhook_configuration_path(dev.DEV_CONFIGURATION))
+        try:
+            installed = self._installed()
+            dev_registration = self.cluster.get(
+                webhook_configuration_path(dev.DEV_CONFIGURATION))
+        except ClusterError as error:
+            yield _refused("webhook configuration", error)
+            return
         configuration = installed if installed is not None else dev_registration
         yield self._registered(installed, dev_registration)
         if configuration is not None:
             webhook = (configuration.get("webhooks") or [{}])[0]
             client_config = webhook.get("clientConfig") or {}
-            served = self._served(client_config)
-            yield self._ca_bundle(client_config, served)
-            yield self._expiry(client_config, served)
-            yield self._endpoints(client_config, served)
-            yield self._namespace(webhook)
+            try:
+                served = self._served(client_config)
+            except ClusterError as error:
+                served = Served(cert_pem=None, hostname="", where="", error=error.problem)
+            yield self._guarded("caBundle verifies the served certificate",
+                                lambda: self._ca_bundle(client_config, served))
+            yield self._guarded("certificate expiry",
+                                lambda: self._expiry(client_config, served))
+            yield self._guarded("webhook endpoints ready",
+                                lambda: self._endpoints(client_config, served))
+            yield self._guarded(f"namespace {self.namespace} selected",
+                                lambda: self._namespace(webhook))
         yield self._dev_leftover(dev_registration, active=configuration is dev_registration)
         if configuration is not None:
             yield from self._backend(configuration)
-        yield from self._dry_runs()
+        try:
+            yield from self._dry_runs()
+        except ClusterError as error:
+            yield _refused("dry-run", error)
+
+    @staticmethod
+    def _guarded(name: str, check: Callable[[], Check]) -> Check:
+        try:
+            return check()
+        except ClusterError as error:
+            return _refused(name, error)
 
     # --- the checks ----------------------------------------------------------------------
 
@@ -559,6 +583,11 @@ def _dev_alive(url: str, annotations: Mapping[str, str]) -> bool | None:
             return True
         return True
     return None
+
+
+def _refused(name: str, error: ClusterError) -> Check:
+    return failed(name, error.problem,
+                  error.fix or "ask for the rights the message names, or use another context")
 
 
 def _host_port(address: str, port: int) -> str:
