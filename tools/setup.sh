@@ -52,7 +52,8 @@ if [[ ${1:-} == --all ]]; then
     # buildah builds the Dockerfile with no Docker engine; debootstrap makes the local base
     # image; Debian's busybox (its shell finds /bin/nc on PATH, unlike busybox-static's, which
     # always runs its own nc applet) goes into the busybox:1.35 stand-in; gcc compiles that
-    # stand-in's nc. The backend's MLflow + moto venv is cached by version.
+    # stand-in's nc. The backend's MLflow + moto venv is cached by version, the images by the
+    # hash of their inputs (a cold build takes minutes; warm, this is a few file reads).
     image_packages=()
     for package in buildah debootstrap busybox gcc libc6-dev; do
         if [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) != "install ok installed" ]]
@@ -66,5 +67,6 @@ if [[ ${1:-} == --all ]]; then
         apt-get update -qq && apt-get install -y -qq "${image_packages[@]}" >/dev/null
     fi
     .venv/bin/python -m tests.e2e.backend prepare >/dev/null
+    .venv/bin/python -m tests.e2e.images build >/dev/null
     # --- end of images and backend
 fi
