@@ -148,3 +148,40 @@ def test_a_refused_request_fails_its_check_only() -> None:
     assert "forbidden" in selected.detail and selected.fix == "ask for the RBAC rights it names"
     assert checks["dry-run"].status is doctor.Status.FAIL
     assert checks["webhook configuration"].status is doctor.Status.PASS
+
+
+def service_webhook_cluster() -> DoctorCluster:
+    cluster = DoctorCluster()
+    cluster.objects[webhook_configuration_path("backend-injector")] = {
+        "metadata": {"name": "backend-injector"},
+        "webhooks": [{"clientConfig": {"service": {"name": "backend-injector",
+                                                   "namespace": "backend-injector",
+                                                   "port": 443}}}]}
+    cluster.objects["/api/v1/namespaces/backend-injector/services/backend-injector"] = {
+        "spec": {"selector": {"app.kubernetes.io/name": "backend-injector"},
+                 "ports": [{"name": "https", "port": 443}]}}
+    return cluster
+
+
+PODS = ("/api/v1/namespaces/backend-injector/pods"
+        "?labelSelector=app.kubernetes.io%2Fname%3Dbackend-injector")
+
+
+def test_pods_that_cannot_get_their_image_are_named_with_the_kind_fix() -> None:
+    cluster = service_webhook_cluster()
+    cluster.objects[PODS] = {"items": [{
+        "metadata": {"name": "backend-injector-7d9c-abcde"},
+        "status": {"phase": "Pending", "containerStatuses": [
+            {"name": "webhook", "state": {"waiting": {"reason": "ErrImageNeverPull"}}}]}}]}
+    endpoints = run_checks(cluster)["webhook endpoints ready"]
+    assert endpoints.status is doctor.Status.FAIL
+    assert "pods: backend-injector-7d9c-abcde ErrImageNeverPull" in endpoints.detail
+    assert "kind-based cluster" in endpoints.fix and "backend-injector dev" in endpoints.fix
+
+
+def test_a_webhook_scaled_to_zero_is_told_how_to_scale_up() -> None:
+    cluster = service_webhook_cluster()
+    cluster.objects[PODS] = {"items": []}
+    endpoints = run_checks(cluster)["webhook endpoints ready"]
+    assert "no pods: scaled to zero" in endpoints.detail
+    assert "scale deployment/backend-injector --replicas=2" in endpoints.fix

@@ -286,9 +286,10 @@ class Doctor:
         addresses, port = self._ready_addresses(service)
         where = f"Service {service.get('namespace')}/{service.get('name')}"
         if not addresses:
-            return failed(name, f"{where} has no ready endpoints: the webhook is not running",
-                          f"kubectl -n {service.get('namespace')} get pods (ErrImageNeverPull or "
-                          "ImagePullBackOff: see the README's troubleshooting table)")
+            namespace = str(service.get("namespace"))
+            pods, fix = self._why_no_endpoints(namespace, str(service.get("name")))
+            return failed(name, f"{where} has no ready endpoints: the webhook is not running"
+                                f" ({pods})", fix)
         return passed(name, f"{where}: {len(addresses)} ready ({', '.join(addresses)}:{port})")
 
     def _namespace(self, webhook: Mapping[str, Any]) -> Check:
@@ -430,6 +431,36 @@ class Doctor:
                     continue
                 addresses.extend(endpoint.get("addresses") or [])
         return addresses, target
+
+    def _why_no_endpoints(self, namespace: str, service: str) -> tuple[str, str]:
+        """What the Service's pods are doing, and the fix that goes with it."""
+        found = self.cluster.get(namespaced_path("v1", namespace, "services", service))
+        selector = ((found or {}).get("spec") or {}).get("selector") or {}
+        look = f"kubectl -n {namespace} get pods,deployments"
+        if not selector:
+            return "the Service selects no pods", look
+        query = urllib.parse.quote(",".join(f"{key}={value}" for key, value in
+                                            sorted(selector.items())), safe="")
+        listed = self.cluster.get(namespaced_path("v1", namespace, "pods")
+                                  + f"?labelSelector={query}")
+        pods = (listed or {}).get("items") or []
+        if not pods:
+            return ("no pods: scaled to zero, or none could be created",
+                    f"kubectl -n {namespace} scale deployment/{service} --replicas=2, and "
+                    f"kubectl -n {namespace} describe replicasets for what stops them")
+        states = [f"{(pod.get('metadata') or {}).get('name')} {_pod_state(pod)}" for pod in pods]
+        reasons = " ".join(states)
+        if "ErrImageNeverPull" in reasons:
+            fix = ("the node does not have the image: on Docker Desktop's kind-based cluster "
+                   "load it into each node or use a registry (README, Troubleshooting), or run "
+                   "backend-injector dev instead")
+        elif "ImagePullBackOff" in reasons or "ErrImagePull" in reasons:
+            fix = "the image cannot be pulled: check image.repository, image.tag and the secrets"
+        elif "CrashLoopBackOff" in reasons or "Error" in reasons:
+            fix = f"kubectl -n {namespace} logs deployment/{service} says why it stops"
+        else:
+            fix = f"kubectl -n {namespace} describe pods -l {','.join(sorted(selector))}"
+        return "pods: " + ", ".join(states[:5]), fix
 
     def _service_port_name(self, namespace: str, name: str, port: int) -> str:
         found = self.cluster.get(namespaced_path("v1", namespace, "services", name))
@@ -583,6 +614,19 @@ def _dev_alive(url: str, annotations: Mapping[str, str]) -> bool | None:
             return True
         return True
     return None
+
+
+def _pod_state(pod: Mapping[str, Any]) -> str:
+    """The first waiting or terminated reason of its containers, else its phase."""
+    status = pod.get("status") or {}
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(key) or []:
+            state = container.get("state") or {}
+            for kind in ("waiting", "terminated"):
+                reason = (state.get(kind) or {}).get("reason")
+                if reason and reason != "Completed":
+                    return str(reason)
+    return str(status.get("phase", "Pending"))
 
 
 def _refused(name: str, error: ClusterError) -> Check:
