@@ -44,6 +44,7 @@ import yaml
 from webhook.config import Action, CredentialMode, EnvScope, Service, Settings
 from webhook.grammar import (
     ASSIGNMENT,
+    CLIENTS,
     COMMAND_AFTER_DOUBLE_DASH,
     CONTINUES_AFTER_DOT,
     DEV_TCP_HOST,
@@ -52,13 +53,20 @@ from webhook.grammar import (
     DOCKERIZE_WORK_OPTIONS,
     IDLE_COMMANDS,
     LABEL_CHARS,
+    LIVENESS_QUERIES,
     LOOP_HEADERS,
+    MYSQLADMIN,
+    MYSQLADMIN_COMMANDS,
+    MYSQLADMIN_LIVENESS,
     NAMESPACE_LABEL,
     PORT_LAST_TOOLS,
     PORT_OPTIONS,
     PROBE_COMMANDS,
+    QUERY_CLIENTS,
     QUOTES,
     REDIRECTION,
+    REDIS_CLI,
+    REDIS_LIVENESS,
     SHELL_KEYWORDS,
     SHELL_VARIABLE,
     SHELLS,
@@ -205,7 +213,7 @@ def all_regexes(settings: Settings) -> list[str]:
         regexes.append(external_search_re(external_hosts))
     regexes += [host_search_re(service) for service in services]
     regexes += [ADDRESS_RE, ADDRESS_PREFIX_RE, ADDRESS_HOST_RE, "^[/?#]", ":[0-9]{1,5}$",
-                f"[{_SPACE}]", "^-*"]
+                f"[{_SPACE}]", "^-*", "^(?s:.*[^;])"]
     regexes += [f"^(?:{host_form(service.hosts)})$" for service in services]
     retargetable = [s for s in services if s.external is not None]
     if retargetable:
@@ -368,36 +376,88 @@ def _word_class(word: str) -> str:
 
 
 def _segment_record(words: str) -> str:
-    """{cmd, args, words} of one simple command, as probes._command_of finds them."""
+    """{cmd, args, raw, words} of one simple command, as probes._command_index finds them
+    (``raw``: the arguments as written, quotes and all)."""
     prefix = (
         f'{words}.map(wc_, {_word_class("wc_")}).join("")'
         f".find({cel_string(COMMAND_PREFIX_RE)}).size()"
     )
+    nothing = f'{{"cmd": dyn(""), "args": dyn([]), "raw": dyn([]), "words": dyn({words})}}'
     found = (
         f"u_ in {_strings(LOOP_HEADERS)}"
-        f' ? {{"cmd": dyn(""), "args": dyn([]), "words": dyn({words})}}'
+        f" ? {nothing}"
         f' : {{"cmd": dyn({_basename("u_")}),'
         f' "args": dyn({words}.transformList(ia_, a_, ia_ > k_, {_unquote("a_")})),'
+        f' "raw": dyn({words}.transformList(ia_, a_, ia_ > k_, a_)),'
         f' "words": dyn({words})}}'
     )
-    body = (
-        f"k_ < {words}.size() ? {_let(_unquote(f'{words}[k_]'), 'u_', found)}"
-        f' : {{"cmd": dyn(""), "args": dyn([]), "words": dyn({words})}}'
-    )
+    body = f"k_ < {words}.size() ? {_let(_unquote(f'{words}[k_]'), 'u_', found)} : {nothing}"
     return _let(prefix, "k_", body)
 
 
 def _is_probe(record: str) -> str:
+    other = (
+        f"({record}.cmd in {_strings(PROBE_COMMANDS)}"
+        f' || {record}.words.exists(wp_, wp_.contains("/dev/tcp/")'
+        f' || wp_.contains("/dev/udp/")))'
+    )
     return (
         f"(!{_is_comment(record)} && !{_dockerize_works(record)}"
-        f" && ({record}.cmd in {_strings(PROBE_COMMANDS)}"
-        f' || {record}.words.exists(wp_, wp_.contains("/dev/tcp/")'
-        f' || wp_.contains("/dev/udp/"))))'
+        f" && ({record}.cmd in {_strings(CLIENTS)} ? {_client_probes(record)} : {other}))"
     )
 
 
 def _probed_words(record: str) -> str:
-    return f"({record}.cmd in {_strings(PROBE_COMMANDS)} ? {record}.args : {record}.words)"
+    probing = _strings(PROBE_COMMANDS | CLIENTS)
+    return f"({record}.cmd in {probing} ? {record}.args : {record}.words)"
+
+
+def _normalised_query(text: str) -> str:
+    """probes._normalised_query(probes._first_shell_word(text))."""
+    first = (
+        f"({text}.startsWith(\"'\") || {text}.startsWith('\"'))"
+        f" ? {text}.substring(1).split({text}.substring(0, 1))[0]"
+        f' : {text}.split(" ")[0]'
+    )
+    squeezed = f'fw_.findAll({cel_string(WORD_RE)}).join(" ")'
+    return _let(first, "fw_", f'{squeezed}.find("^(?s:.*[^;])").trim().lowerAscii()')
+
+
+def _client_probes(record: str) -> str:
+    """A client probes its host when it runs a liveness check (probes._classify)."""
+    raw, args = f"{record}.raw", f"{record}.args"
+    verdict = "false"
+    for name, flags in reversed(QUERY_CLIENTS.items()):
+        long_flags = [flag for flag in flags if flag.startswith("--")]
+        attached = " || ".join(f"w_.startsWith({cel_string(flag + '=')})" for flag in long_flags)
+        attached_value = "".join(
+            f"w_.startsWith({cel_string(flag + '=')}) ? [w_.substring({len(flag) + 1})] : "
+            for flag in long_flags
+        ) + "[]"
+        text = (
+            f"(w_ in {_strings(flags)} ? [] : {attached_value})"
+            f' + {raw}.transformList(ia_, x_, ia_ > j_, x_)'
+        )
+        query = _let(f'({text}).join(" ")', "tx_", _normalised_query("tx_"))
+        queries = (
+            f"{raw}.transformList(j_, w_, w_ in {_strings(flags)} || {attached or 'false'},"
+            f" {query})"
+        )
+        live = f"qs_.size() > 0 && qs_.all(q_, q_ in {_strings(LIVENESS_QUERIES)})"
+        verdict = (
+            f"({record}.cmd == {cel_string(name)} ? {_let(queries, 'qs_', live)} : {verdict})"
+        )
+    verbs = f"{args}.map(a_, a_.lowerAscii()).filter(v_, v_ in {_strings(MYSQLADMIN_COMMANDS)})"
+    mysqladmin = _let(verbs, "vb_",
+                      f"vb_.size() > 0 && vb_.all(v_, v_ in {_strings(MYSQLADMIN_LIVENESS)})")
+    redis = (
+        f"{args}.size() > 0 && {args}[{args}.size() - 1].lowerAscii()"
+        f" in {_strings(REDIS_LIVENESS)}"
+    )
+    return (
+        f"({record}.cmd == {cel_string(MYSQLADMIN)} ? {mysqladmin}"
+        f" : ({record}.cmd == {cel_string(REDIS_CLI)} ? {redis} : {verdict}))"
+    )
 
 
 def _names_external_host(word: str, external_hosts: Sequence[str]) -> str:

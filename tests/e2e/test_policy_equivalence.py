@@ -232,6 +232,17 @@ def edge_pods() -> list[dict[str, Any]]:
                                   "nc -z fastapi-app 8000 # mlflow:5000 in a comment")],
         "comment-then-work": [_sh("migrate", "until nc -z minio 9000; do sleep 1; done\n"
                                              "# make the bucket\nmc mb local/models")],
+        "liveness-psql": [_sh("probe", "until psql -h postgres -c 'SELECT 1'; do sleep 1; done")],
+        "liveness-psql-long": [_sh("probe", "until psql -h postgres --command='select 1;';"
+                                            " do sleep 1; done")],
+        "liveness-then-create": [_sh("create-db", "until pg_isready -h postgres; do sleep 1;"
+                                                  " done; psql -h postgres -c 'CREATE DB m'")],
+        "liveness-mysqladmin": [_sh("probe", "until mysqladmin ping -h mlflow --silent; do sleep"
+                                             " 1; done")],
+        "mysqladmin-create": [_sh("probe", "mysqladmin -h mlflow create runs")],
+        "liveness-redis": [_sh("probe", "until redis-cli -h minio ping; do sleep 1; done")],
+        "redis-flush": [_sh("probe", "until nc -z minio 9000; do sleep 1; done;"
+                                     " redis-cli -h minio FLUSHALL")],
         "variable-namespace": [_sh("probe", "until nc -z minio.${POD_NAMESPACE}.svc 9000; do"
                                             " sleep 2; done", env=[POD_NAMESPACE])],
         "unresolved-variable": [_sh("probe", "until nc -z mlflow 5000 && nc -z $BROKER 9092;"
@@ -772,8 +783,6 @@ def test_variable_ports_and_quoted_hosts_are_idempotent(
 # (kept, its probe pointed at the external address) or "same" (the webhook's pod), for remove
 # and rewrite mode.
 DEGRADED: dict[str, tuple[dict[str, Any], dict[Action, str]]] = {
-    "liveness-client": (_sh("probe", "until psql -h postgres -c 'SELECT 1'; do sleep 1; done"),
-                        {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
     "resolved-variable": (_sh("probe", 'until nc -z "$TRACKING_HOST" 5000; do sleep 1; done',
                               env=[_env("TRACKING_HOST", "mlflow")]),
                           {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
