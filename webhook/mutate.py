@@ -152,14 +152,14 @@ class Rules:
                 f"read pods of at most {MAX_CONTAINERS}"
             )
         readings = self._read_init_containers(init_containers, mutation)
+        leaving = [self._should_remove(name, reading) for name, _, _, reading in readings]
         earlier = _parse_status(_annotations(metadata).get(STATUS_KEY))
         # The pod waited for a managed service (now, or before an earlier pass removed the
         # waiter): every container of it uses the backend.
-        waited = bool(earlier["removed"] or earlier["rewritten"]) or any(
-            reading.managed or self._should_remove(name, reading)
-            for name, _, _, reading in readings
+        waited = bool(earlier["removed"] or earlier["rewritten"]) or any(leaving) or any(
+            reading.managed for _, _, _, reading in readings
         )
-        self._mutate_init_containers(init_containers, readings, waited, mutation)
+        self._mutate_init_containers(init_containers, readings, leaving, waited, mutation)
         for index, container in enumerate(containers):
             path = f"/spec/containers/{index}"
             self._set_env(container, path, mutation,
@@ -178,7 +178,8 @@ class Rules:
             path = f"/spec/initContainers/{index}"
             name = _name_of(container, path)
             argv = _program_of(container, path)
-            env = _literal_env(container)
+            # Only a program that refers to variables reads the env.
+            env = _literal_env(container) if any("$" in part for part in argv) else {}
             length = program_length(argv)
             if length > min(budget, MAX_PROGRAM_CHARS):
                 # Not read, so neither a waiter nor retargeted: kept exactly as it is.
@@ -186,7 +187,7 @@ class Rules:
                 unread.append(name)
             else:
                 budget -= length
-                reading = self._reader.read(argv, env)
+                reading = self._reader.read(argv, env, length=length)
             readings.append((name, argv, env, reading))
         if unread:
             mutation.notices.append(
@@ -200,15 +201,15 @@ class Rules:
         self,
         init_containers: Sequence[Mapping[str, Any]],
         readings: list[tuple[str, list[str], dict[str, str], ProgramReading]],
+        removals: list[bool],
         waited: bool,
         mutation: Mutation,
     ) -> None:
         leaving: list[int] = []
-        for index, (container, (name, argv, env, reading)) in enumerate(
-            zip(init_containers, readings, strict=True)
-        ):
+        for index, container in enumerate(init_containers):
+            name, argv, env, reading = readings[index]
             path = f"/spec/initContainers/{index}"
-            if self._should_remove(name, reading):
+            if removals[index]:
                 leaving.append(index)
                 mutation.removed.append(name)
                 continue
@@ -301,7 +302,8 @@ class Rules:
             variable = entry["name"]
             if variable not in self._managed_names:
                 value = entry.get("value")
-                if isinstance(value, str) and ":" in value:  # addresses only, cheaply
+                # Addresses only, tested cheaply: most values are not.
+                if isinstance(value, str) and ":" in value and "valueFrom" not in entry:
                     self._retarget_value(entry, value, f"{path}/env/{index}", container,
                                          mutation, changed)
                 continue
@@ -349,8 +351,6 @@ class Rules:
     ) -> None:
         """Another variable whose value is the address of a managed host, retargeted in place
         (`FASTAPI_URL=http://fastapi-app:8000/api`); a host with no external address stays."""
-        if "valueFrom" in entry:
-            return
         retargeted, unreachable = self._reader.retarget_value(value)
         if retargeted is not None:
             mutation.operations.append(
@@ -436,7 +436,11 @@ def _escape_pointer(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def _parse_status(value: Any) -> dict[str, list[str]]:
+# What a pod without our annotation has: read, never changed.
+_NO_STATUS: Mapping[str, list[str]] = {key: [] for key in STATUS_LISTS}
+
+
+def _parse_status(value: Any) -> Mapping[str, list[str]]:
     """An earlier pass's status annotation, or empty lists for anything else.
 
     Anything that is not our own shape (not JSON, nested too deep, larger than any real
@@ -444,9 +448,9 @@ def _parse_status(value: Any) -> dict[str, list[str]]:
     rewritten. A list that is not a list of names is read as empty; only names of Kubernetes'
     length are kept, from the first STATUS_MAX_NAMES entries of a list.
     """
-    empty: dict[str, list[str]] = {key: [] for key in STATUS_LISTS}
     if not isinstance(value, str) or len(value) > STATUS_MAX_CHARS:
-        return empty
+        return _NO_STATUS
+    empty: dict[str, list[str]] = {key: [] for key in STATUS_LISTS}
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:  # also what orjson raises for nesting beyond its limit

@@ -237,7 +237,7 @@ class _Command:
 
 def program_length(argv: Sequence[str]) -> int:
     """The size by which programs are bounded: characters of all elements together."""
-    return sum(len(element) for element in argv)
+    return sum(map(len, argv))
 
 
 class ProgramReader:
@@ -264,10 +264,14 @@ class ProgramReader:
         # program, and need not split it again.
         self._last: tuple[_Key, list[tuple[_Segment, _Command]]] | None = None
 
-    def read(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> ProgramReading:
-        """What ``argv`` does, with ``env`` the container's literal variables. The result is
-        shared between calls: do not change it."""
-        size = program_length(argv)
+    def read(
+        self, argv: Sequence[str], env: Mapping[str, str] | None = None, *,
+        length: int | None = None,
+    ) -> ProgramReading:
+        """What ``argv`` does, with ``env`` the container's literal variables (``length``:
+        its program_length, when the caller has it). The result is shared between calls: do
+        not change it."""
+        size = program_length(argv) if length is None else length
         if size > MAX_PROGRAM_CHARS:
             return NOT_READ
         key = _cache_key(argv, env)
@@ -481,8 +485,9 @@ class ProgramReader:
 
 def _cache_key(argv: Sequence[str], env: Mapping[str, str] | None) -> _Key:
     # The env only matters to a program that refers to variables.
-    relevant = env and any("$" in element for element in argv)
-    return tuple(argv), tuple(sorted(env.items())) if env and relevant else ()
+    if env and any("$" in element for element in argv):
+        return tuple(argv), tuple(sorted(env.items()))
+    return tuple(argv), ()
 
 
 def _env_size(key: _Key) -> int:
