@@ -14,17 +14,20 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
 
+from webhook.logs import clipped
 from webhook.mutate import Mutation, PodShapeError, Rules
 from webhook.review_cache import ReviewCache
 
 API_VERSIONS = frozenset({"admission.k8s.io/v1", "admission.k8s.io/v1beta1"})
 # The apiserver shows a warning in full up to this length and may cut longer ones.
 WARNING_LENGTH = 120
+# More warnings than this are not read by anyone; describe_changes says at most four things.
+MOST_WARNINGS = 8
 WARNING_PREFIX = "backend-injector: "
 
 Result = Literal[
@@ -61,20 +64,29 @@ class AdmissionHandler:
         rules: Rules,
         *,
         excluded_namespaces: frozenset[str] = frozenset(),
-        cache: ReviewCache | None = None,
+        cache: ReviewCache[ReviewOutcome] | None = None,
     ) -> None:
         self._rules = rules
         self._excluded_namespaces = excluded_namespaces
-        self._cache = cache if cache is not None else ReviewCache()
+        self._cache: ReviewCache[ReviewOutcome] = cache if cache is not None else ReviewCache()
+
+    def without_cache(self) -> AdmissionHandler:
+        """The same rules and exclusions, remembering no answers (for another process)."""
+        return AdmissionHandler(self._rules, excluded_namespaces=self._excluded_namespaces,
+                                cache=ReviewCache(entries=0))
 
     def review(self, body: bytes | str) -> ReviewOutcome:
         """Answer one review. Raises EnvelopeError when ``body`` is not a review."""
         key = self._cache.key(body) if isinstance(body, bytes) else None
         if key is not None and (remembered := self._cache.get(key)) is not None:
-            return remembered
+            answer, account = remembered
+            return replace(account, body=answer, uid=key.uid)
         outcome = self._review(body)
-        if key is not None and outcome.result != "internal-error":
-            self._cache.put(key, outcome)
+        if (key is not None and isinstance(body, bytes) and outcome.uid == key.uid
+                and outcome.result != "internal-error"):
+            account = without_operations(outcome)
+            self._cache.put(key, body, outcome.body, account, _account_size(account),
+                            request_uid=_request_uid)
         return outcome
 
     def _review(self, body: bytes | str) -> ReviewOutcome:
@@ -114,7 +126,7 @@ class AdmissionHandler:
         except Exception:
             # The one place a bug in the rules is caught: the pod is admitted as it came, the
             # apiserver gets a well-formed answer, and the log keeps the trace (no values).
-            logger.exception("rules failed", extra={"fields": {"uid": outcome.uid}})
+            logger.exception("rules failed", extra={"fields": {"uid": clipped(outcome.uid)}})
             outcome.result = "internal-error"
             outcome.warnings = [f"{WARNING_PREFIX}internal error; pod left unchanged"]
             response["warnings"] = outcome.warnings
@@ -123,7 +135,7 @@ class AdmissionHandler:
         if mutation.skipped is not None:
             outcome.result = "skipped"
             return
-        outcome.warnings = describe_changes(mutation)
+        outcome.warnings = describe_changes(mutation)[:MOST_WARNINGS]
         if outcome.warnings:
             response["warnings"] = outcome.warnings
         if not mutation.changed:
@@ -132,6 +144,43 @@ class AdmissionHandler:
         outcome.result = "mutated"
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(orjson.dumps(mutation.operations)).decode("ascii")
+
+
+def without_operations(outcome: ReviewOutcome) -> ReviewOutcome:
+    """The outcome as logs and metrics read it, without the body and the patch operations.
+
+    What a remembered answer keeps, and what a review process sends back. The operations live
+    on inside the encoded answer; this keeps only how many there were (one shared placeholder
+    each), which is all that ``Mutation.changed`` reads.
+    """
+    mutation = outcome.mutation
+    if mutation is not None:
+        placeholder: dict[str, Any] = {}
+        mutation = replace(mutation, operations=[placeholder] * len(mutation.operations))
+    return replace(outcome, body=b"", mutation=mutation)
+
+
+def _account_size(outcome: ReviewOutcome) -> int:
+    """About the bytes an account holds: its strings and lists (CPython object sizes)."""
+    texts = [outcome.uid, outcome.operation, outcome.namespace, outcome.pod, *outcome.warnings]
+    lists = 1
+    mutation = outcome.mutation
+    if mutation is not None:
+        names = (mutation.removed, mutation.rewritten, mutation.env, mutation.containers,
+                 mutation.kept_waiting)
+        lists += len(names) + 1
+        texts.extend(name for listed in names for name in listed)
+        texts.append(mutation.skipped or "")
+        # One pointer per operation placeholder and per name.
+        lists += len(mutation.operations) // 8
+    return sum(len(text) + 56 for text in texts) + 8 * len(texts) + 64 * lists + 400
+
+
+def _request_uid(body: bytes) -> str | None:
+    try:
+        return str(_parse_envelope(body)[1]["uid"])
+    except EnvelopeError:
+        return None
 
 
 def describe_changes(mutation: Mutation) -> list[str]:

@@ -8,19 +8,20 @@ than the review itself. Everything else (``/healthz``, ``/readyz``, ``/metrics``
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import anyio.to_thread
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from webhook.admission import AdmissionHandler, EnvelopeError, ReviewOutcome
-from webhook.logs import ReviewLog
+from webhook.logs import ReviewLog, bounded_fields
 from webhook.metrics import Metrics
+from webhook.offload import OFFLOAD_THRESHOLD, Busy, ReviewProcesses
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -32,8 +33,6 @@ Headers = list[tuple[bytes, bytes]]
 # up to twice (object and oldObject) plus the envelope; controller-runtime settles on 7 MiB
 # for the same reason. Anything larger did not come from an apiserver.
 DEFAULT_BODY_LIMIT = 7 * 1024 * 1024
-# Above this size a review is handled off the event loop so other requests keep flowing.
-THREAD_THRESHOLD = 1024 * 1024
 
 review_log = ReviewLog("webhook.review")
 
@@ -57,10 +56,12 @@ class BodyTooLarge(Exception):
 class MutateEndpoint:
     """Raw ASGI handler for ``/mutate``: read, review, answer, log, count."""
 
-    def __init__(self, handler: AdmissionHandler, metrics: Metrics, body_limit: int) -> None:
+    def __init__(self, handler: AdmissionHandler, metrics: Metrics, body_limit: int,
+                 big_reviews: ReviewProcesses | None) -> None:
         self._handler = handler
         self._metrics = metrics
         self._body_limit = body_limit
+        self._big_reviews = big_reviews
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -76,13 +77,22 @@ class MutateEndpoint:
             return
         started = time.perf_counter()
         try:
-            if len(body) > THREAD_THRESHOLD:
-                outcome = await anyio.to_thread.run_sync(self._handler.review, body)
-            else:
+            if len(body) <= OFFLOAD_THRESHOLD:
                 outcome = self._handler.review(body)
+            elif self._big_reviews is not None:
+                outcome = await self._big_reviews.review(body)
+            else:
+                # Without review processes (the app embedded elsewhere), a thread at least
+                # lets other requests be read meanwhile.
+                outcome = await asyncio.to_thread(self._handler.review, body)
         except EnvelopeError as error:
             self._metrics.observe_error("bad-request")
             await _send_json(send, 400, {"error": str(error)})
+            return
+        except Busy:
+            self._metrics.observe_error("busy")
+            await _send_json(send, 503, {"error": "too many large reviews waiting; try again"},
+                             extra=[(b"retry-after", b"1")])
             return
         seconds = time.perf_counter() - started
         await _send(send, 200, outcome.body)
@@ -130,8 +140,12 @@ def create_app(
     metrics: Metrics,
     readiness: Readiness,
     body_limit: int = DEFAULT_BODY_LIMIT,
+    big_reviews: ReviewProcesses | None = None,
 ) -> WebhookApp:
-    """Build the ASGI application around a ready AdmissionHandler."""
+    """Build the ASGI application around a ready AdmissionHandler.
+
+    Reviews over ``OFFLOAD_THRESHOLD`` bytes go to ``big_reviews`` (see webhook/offload.py).
+    """
     api = FastAPI(title="backend-injector", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.get("/healthz")
@@ -147,7 +161,7 @@ def create_app(
     async def metrics_endpoint() -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
-    return WebhookApp(api, MutateEndpoint(handler, metrics, body_limit))
+    return WebhookApp(api, MutateEndpoint(handler, metrics, body_limit, big_reviews))
 
 
 def _log_review(outcome: ReviewOutcome, seconds: float) -> None:
@@ -168,7 +182,7 @@ def _log_review(outcome: ReviewOutcome, seconds: float) -> None:
         fields["env"] = mutation.env
     if mutation is not None and mutation.skipped:
         fields["skipped"] = mutation.skipped
-    review_log.info("review", fields)
+    review_log.info("review", bounded_fields(fields))
 
 
 async def _send_json(

@@ -124,3 +124,38 @@ def _json_handler() -> logging.StreamHandler[Any] | None:
                 and hasattr(handler.stream, "buffer")):
             return handler
     return None
+
+
+# -- bounds on what a review puts in the log -----------------------------------------------------
+
+# The longest name Kubernetes gives anything (a DNS subdomain: pod names, namespaces are
+# shorter). A review is logged before the apiserver validates its object, so its names can be
+# of any length; they are clipped to this, which loses nothing from a pod that can exist.
+NAME_LENGTH = 253
+# Names listed per field; the rest are counted in ``<field>_more``.
+MOST_LISTED = 10
+
+
+def clipped(text: str, limit: int = NAME_LENGTH) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...(+{len(text) - limit} chars)"
+
+
+def bounded_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Log fields with every string clipped and every list cut to its first few names.
+
+    A line then holds at most a fixed number of names of bounded length, whatever the review.
+    """
+    bounded: dict[str, Any] = {}
+    for name, value in fields.items():
+        if isinstance(value, str):
+            bounded[name] = clipped(value)
+        elif isinstance(value, list):
+            bounded[name] = [clipped(str(item)) for item in value[:MOST_LISTED]]
+            if len(value) > MOST_LISTED:
+                bounded[f"{name}_more"] = len(value) - MOST_LISTED
+        else:
+            bounded[name] = value
+    return bounded

@@ -35,8 +35,10 @@ from webhook.admission import AdmissionHandler
 from webhook.app import Readiness, create_app
 from webhook.certs import build_self_signed
 from webhook.config import Settings
+from webhook.connections import ConnectionLimits, protocol_factory
 from webhook.metrics import Metrics
 from webhook.mutate import Rules
+from webhook.offload import ReviewProcesses
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +62,17 @@ class ServingOptions:
     # this long. The apiserver completes a handshake in milliseconds; asyncio's 60 s default
     # lets idle sockets pile up.
     handshake_timeout_seconds: float = 10.0
-    # Above this many open connections (plus requests in flight) new requests get 503. The
-    # apiserver keeps a few dozen connections per replica; this leaves room for many.
+    # Open connections (plus requests in flight). A new connection over it closes the one idle
+    # longest; a request that finds none idle gets 503. The apiserver keeps a few dozen
+    # connections per replica; this leaves room for many. See webhook/connections.py.
     max_connections: int = 1000
+    # The request line and headers together: over it, 431 without reading the rest.
+    head_limit_bytes: int = 64 * 1024
+    # From a request's first byte to its last: over it, 408.
+    request_seconds: float = 10.0
+    # Processes answering reviews too big for the event loop (webhook/offload.py). One keeps
+    # a core for the event loop on a small machine; big reviews are rare and wait their turn.
+    review_processes: int = 1
     # After SIGTERM: how long to keep serving with /readyz false before closing the listener.
     shutdown_delay_seconds: float = 0.0
     graceful_timeout_seconds: int = 20
@@ -235,7 +245,8 @@ def _run_worker(
     listener: socket.socket, handler: AdmissionHandler, options: ServingOptions
 ) -> None:
     readiness = Readiness()
-    app = create_app(handler, metrics=Metrics(), readiness=readiness)
+    big_reviews = ReviewProcesses(handler, processes=options.review_processes)
+    app = create_app(handler, metrics=Metrics(), readiness=readiness, big_reviews=big_reviews)
     config, context = uvicorn_config(app, options)
     server = WebhookServer(
         config,
@@ -244,26 +255,37 @@ def _run_worker(
         shutdown_delay_seconds=options.shutdown_delay_seconds,
         handshake_timeout_seconds=options.handshake_timeout_seconds,
     )
-    server.run(sockets=[listener])
+    big_reviews.start()
+    try:
+        server.run(sockets=[listener])
+    finally:
+        big_reviews.stop()
 
 
 def uvicorn_config(
     app: Callable[..., Awaitable[None]], options: ServingOptions
 ) -> tuple[uvicorn.Config, ssl.SSLContext]:
-    """uvicorn's configuration as this project serves: uvloop, httptools, our TLS context.
+    """uvicorn's configuration as this project serves: uvloop, httptools with our connection
+    limits, our TLS context.
 
     Public so that the benchmarks serve their comparison apps on exactly the same stack.
     """
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=protocol_factory(ConnectionLimits(
+            max_connections=options.max_connections,
+            head_limit=options.head_limit_bytes,
+            request_seconds=options.request_seconds,
+        )),
         lifespan="off",
         log_config=None,
         access_log=False,
         server_header=False,
+        # Also the idle timeout of a connection that has not sent its first request yet.
         timeout_keep_alive=options.keep_alive_seconds,
-        limit_concurrency=options.max_connections,
+        # The cap is the protocol's (it closes idle connections first), not uvicorn's.
+        limit_concurrency=None,
         timeout_graceful_shutdown=options.graceful_timeout_seconds,
         ssl_certfile=str(options.tls_cert),
         ssl_keyfile=str(options.tls_key),
