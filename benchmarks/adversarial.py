@@ -123,10 +123,11 @@ class Running:
         return self.process.pid
 
     def rss(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return rss_of(self.pid)
+
+    def tree_rss(self) -> int:
+        """RSS of the server and of its review processes together."""
+        return sum(rss_of(pid) for pid in [self.pid, *children_of(self.pid)])
 
     def cpu_seconds(self) -> float:
         """User and system time the server process has used so far."""
@@ -138,6 +139,21 @@ class Running:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+def rss_of(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def children_of(pid: int) -> list[int]:
+    listed = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in listed.read_text().split()] if listed.exists() else []
 
 
 def tls_pair(directory: Path) -> Path:
@@ -211,13 +227,13 @@ def tls_connect(port: int, timeout: float) -> ssl.SSLSocket:
 
 
 def read_response(connection: ssl.SSLSocket) -> tuple[int, bytes]:
-    data = b""
+    data = bytearray()
     while b"\r\n\r\n" not in data:
         chunk = connection.recv(65536)
         if not chunk:
             raise ConnectionError("closed before a response")
         data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
     length = 0
@@ -225,12 +241,13 @@ def read_response(connection: ssl.SSLSocket) -> tuple[int, bytes]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    while len(rest) < length:
-        chunk = connection.recv(65536)
+    body = bytearray(rest)
+    while len(body) < length:
+        chunk = connection.recv(1024 * 1024)
         if not chunk:
             break
-        rest += chunk
-    return status, rest[:length]
+        body += chunk
+    return status, bytes(body[:length])
 
 
 def request_once(port: int, request: bytes, timeout: float) -> tuple[int, bytes]:
@@ -334,7 +351,7 @@ def hostile_review(running: Running, name: str, obj: dict[str, Any], *,
     return ReviewFigures(
         name=name, body_bytes=len(body), status=timed.status, seconds=timed.seconds,
         result=outcome, log_bytes=sum(len(line) + 1 for line in hostile_lines),
-        rss_after=running.rss(), small_p99=result.percentile(0.99),
+        rss_after=running.tree_rss(), small_p99=result.percentile(0.99),
         small_failed=result.failed, traceback_logged=b"Traceback" in log_text,
     )
 
@@ -403,7 +420,7 @@ def unique_giants(running: Running, *, count: int, size: int, where: str) -> Mem
     """A stream of unique giant reviews on one connection, then steady small load."""
     warm = [build_request(payloads.encoded(review)) for review in payloads.unique_reviews(500)]
     run(HOST, running.port, warm, connections=4, count=2000)
-    rss_before = running.rss()
+    rss_before = running.tree_rss()
     log_before = running.log_size()
     started = time.perf_counter()
     each = 0
@@ -414,11 +431,11 @@ def unique_giants(running: Running, *, count: int, size: int, where: str) -> Mem
             connection.sendall(build_request(body))
             read_response(connection)
     seconds = time.perf_counter() - started
-    rss_after_stream = running.rss()
+    rss_after_stream = running.tree_rss()
     log_bytes = running.log_size() - log_before
     run(HOST, running.port, warm, connections=4, count=2000)
-    return MemoryFigures(count, each, rss_before, rss_after_stream, running.rss(), log_bytes,
-                         seconds)
+    return MemoryFigures(count, each, rss_before, rss_after_stream, running.tree_rss(),
+                         log_bytes, seconds)
 
 
 @dataclass
@@ -437,7 +454,7 @@ def idle_connections(running: Running, *, count: int, wait: float) -> IdleFigure
     try:
         for _ in range(count):
             idle.append(tls_connect(running.port, 10))
-        rss = running.rss()
+        rss = running.tree_rss()
         body = body_of(small_pod(), uid="after-idle")
         timed = timed_review(running.port, body, timeout=10)
         time.sleep(wait)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,6 +35,10 @@ OFFLOAD_THRESHOLD = 256 * 1024
 # Bytes of big reviews waiting for a process, beyond the ones being reviewed: about twenty
 # reviews of the apiserver's largest objects.
 QUEUED_LIMIT = 64 * 1024 * 1024
+# How long the server waits for its review processes before it says it is ready.
+STARTUP_SECONDS = 30.0
+# Added to the review processes' nice value.
+REVIEW_PROCESS_NICENESS = 5
 
 
 class Busy(Exception):
@@ -51,10 +56,14 @@ class ReviewProcesses:
         self._queued = 0
         self._executor: ProcessPoolExecutor | None = None
 
-    def start(self) -> None:
-        """Start the processes now rather than at the first big review."""
-        executor = self._pool()
-        executor.submit(_ready)  # spawns them; each one starts from scratch and takes a moment
+    async def start(self, timeout: float = STARTUP_SECONDS) -> None:
+        """Start the processes now rather than at the first big review, and wait for them."""
+        # Spawning is quick; each process then starts an interpreter and imports the rules.
+        started = self._pool().submit(_ready)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(started), timeout)
+        except (TimeoutError, BrokenProcessPool):
+            logger.warning("review process not started yet; big reviews will wait for it")
 
     def stop(self) -> None:
         if self._executor is not None:
@@ -97,6 +106,8 @@ def _adopt(handler: AdmissionHandler) -> None:
     _handler = handler
     # Ctrl-C reaches the whole process group; stopping is the server's to decide.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # When the machine is busy, the event loop (every small review) gets the CPU first.
+    os.nice(REVIEW_PROCESS_NICENESS)
 
 
 def _ready() -> bool:

@@ -143,8 +143,10 @@ class WebhookServer(uvicorn.Server):
         watcher: CertificateWatcher,
         shutdown_delay_seconds: float,
         handshake_timeout_seconds: float,
+        big_reviews: ReviewProcesses | None = None,
     ) -> None:
         super().__init__(config)
+        self._big_reviews = big_reviews
         self._handshake_timeout = handshake_timeout_seconds
         self._readiness = readiness
         self._watcher = watcher
@@ -165,6 +167,9 @@ class WebhookServer(uvicorn.Server):
         finally:
             loop.create_server = create_server  # type: ignore[method-assign]
         self._watch_task = asyncio.create_task(self._watcher.watch())
+        if self._big_reviews is not None:
+            # Ready means ready for any review, the big ones included.
+            await self._big_reviews.start()
         self._readiness.set(True, "serving")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -254,8 +259,8 @@ def _run_worker(
         watcher=CertificateWatcher(context, options.tls_cert, options.tls_key),
         shutdown_delay_seconds=options.shutdown_delay_seconds,
         handshake_timeout_seconds=options.handshake_timeout_seconds,
+        big_reviews=big_reviews,
     )
-    big_reviews.start()
     try:
         server.run(sockets=[listener])
     finally:
