@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import itertools
+import multiprocessing
 import os
 import socket
 import ssl
@@ -43,6 +45,7 @@ MIB = 1024 * 1024
 OBJECT_LIMIT = 3 * MIB
 PROBE = "until nc -z mlflow 5000; do sleep 2; done; "
 SMALL_RATE = 100  # small reviews a second while an attack runs
+GIANT_MARKER = "giant-00000000"  # replaced by a number in each giant review sent
 
 
 # -- the hostile reviews -----------------------------------------------------------------------
@@ -64,11 +67,14 @@ def encoded_size(obj: dict[str, Any]) -> int:
     return len(orjson.dumps(review_of(obj)))
 
 
-def repeated_probe_pod(size: int, *, unit: str = PROBE) -> dict[str, Any]:
-    """The seed's trainer whose wait-for-mlflow script repeats a probe to about ``size`` bytes."""
+def repeated_probe_pod(size: int, *, unit: str = PROBE, tag: str = "") -> dict[str, Any]:
+    """The seed's trainer whose wait-for-mlflow script repeats a probe to about ``size`` bytes.
+
+    ``tag`` goes into a comment at the top of the script, so that scripts can differ.
+    """
     pod = small_pod()
     padding = size - encoded_size(pod)
-    script = unit * max(1, padding // len(unit))
+    script = f"# {tag}\n" + unit * max(1, padding // len(unit))
     pod["spec"]["initContainers"][0]["command"] = ["sh", "-c", script]
     return pod
 
@@ -171,7 +177,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@functools.cache
 def client_context() -> ssl.SSLContext:
+    """One context for every connection: building one loads the system's CAs (~25 ms)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -372,37 +380,58 @@ def concurrent_giants(running: Running, obj: dict[str, Any], *, in_flight: int =
                       seconds: float = 5.0, timeout: float = 60.0) -> ConcurrentFigures:
     """``in_flight`` giant reviews at all times (closed loop), small ones paced meanwhile.
 
-    Every giant differs from every other (a number in its generateName), so none is answered
-    from memory.
+    Every giant differs from every other (a number in its generateName, and wherever else
+    ``obj`` holds the marker ``giant-00000000``), so none is answered from memory. They are sent
+    from a process of their own, so that the time this process spends building and reading
+    them (it holds the GIL) is not charged to the small reviews.
     """
     obj = copy.deepcopy(obj)
-    obj["metadata"]["generateName"] = "giant-00000000-"
+    obj["metadata"]["generateName"] = f"{GIANT_MARKER}-"
     request = build_request(body_of(obj, uid="giant"))
-    tag = request.index(b"giant-00000000-") + len(b"giant-")
-    latencies: list[float] = []
+    context = multiprocessing.get_context("spawn")
+    started, stop = context.Event(), context.Event()
+    results: multiprocessing.Queue[list[float]] = context.Queue()
+    sender = context.Process(target=_send_giants,
+                             args=(running.port, request, in_flight, timeout, started, stop,
+                                   results))
+    sender.start()
+    try:
+        started.wait(timeout)
+        time.sleep(0.5)  # the giants are in flight before the small reviews start
+        small = SmallReviews(running.port).start(seconds=seconds).result()
+        stop.set()
+        latencies = results.get(timeout=timeout)
+    finally:
+        sender.join(timeout)
+        if sender.is_alive():
+            sender.kill()
+    return ConcurrentFigures(len(request), len(latencies), max(latencies, default=float("nan")),
+                             small)
+
+
+def _send_giants(port: int, request: bytes, in_flight: int, timeout: float,
+                 started: Any, stop: Any, results: Any) -> None:
     counter = itertools.count()
-    stop_at = time.monotonic() + seconds
+    latencies: list[float] = []
 
     def giant_loop() -> None:
         with contextlib.suppress(OSError, ssl.SSLError, ConnectionError), \
-                tls_connect(running.port, timeout) as connection:
-            while time.monotonic() < stop_at:
-                unique = b"%s%08d%s" % (request[:tag], next(counter), request[tag + 8:])
-                started = time.perf_counter()
+                tls_connect(port, timeout) as connection:
+            while not stop.is_set():
+                unique = request.replace(GIANT_MARKER.encode(), b"giant-%08d" % next(counter))
+                began = time.perf_counter()
                 connection.sendall(unique)
+                started.set()
                 status, _ = read_response(connection)
                 if status == 200:
-                    latencies.append(time.perf_counter() - started)
+                    latencies.append(time.perf_counter() - began)
 
-    giants = [threading.Thread(target=giant_loop, daemon=True) for _ in range(in_flight)]
-    for thread in giants:
+    threads = [threading.Thread(target=giant_loop, daemon=True) for _ in range(in_flight)]
+    for thread in threads:
         thread.start()
-    time.sleep(0.5)  # the giants are in flight before the small reviews start
-    small = SmallReviews(running.port).start(seconds=seconds - 0.5).result()
-    for thread in giants:
+    for thread in threads:
         thread.join(timeout)
-    return ConcurrentFigures(len(request), len(latencies), max(latencies, default=float("nan")),
-                             small)
+    results.put(latencies)
 
 
 @dataclass
@@ -584,7 +613,7 @@ def one_at_a_time(running: Running, action: str) -> str:
 
 
 def four_in_flight(running: Running, action: str) -> str:
-    giants = concurrent_giants(running, repeated_probe_pod(OBJECT_LIMIT - 4096))
+    giants = concurrent_giants(running, repeated_probe_pod(OBJECT_LIMIT - 4096, tag=GIANT_MARKER))
     print(action, "concurrent", giants.big_answered, giants.big_max_seconds, giants.small_p99,
           flush=True)
     small = giants.small

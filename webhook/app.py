@@ -33,6 +33,8 @@ Headers = list[tuple[bytes, bytes]]
 # up to twice (object and oldObject) plus the envelope; controller-runtime settles on 7 MiB
 # for the same reason. Anything larger did not come from an apiserver.
 DEFAULT_BODY_LIMIT = 7 * 1024 * 1024
+# Answers larger than this are written in pieces of this size.
+SEND_CHUNK = 256 * 1024
 
 review_log = ReviewLog("webhook.review")
 
@@ -198,4 +200,14 @@ async def _send(
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    if len(body) <= SEND_CHUNK:
+        await send({"type": "http.response.body", "body": body})
+        return
+    # A big answer is encrypted as it is written; in pieces, with other requests served in
+    # between, it holds the event loop for a fraction of a millisecond at a time.
+    view = memoryview(body)
+    for start in range(0, len(body), SEND_CHUNK):
+        piece = bytes(view[start:start + SEND_CHUNK])
+        await send({"type": "http.response.body", "body": piece,
+                    "more_body": start + SEND_CHUNK < len(body)})
+        await asyncio.sleep(0)

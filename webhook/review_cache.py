@@ -32,7 +32,7 @@ from typing import Generic, TypeVar
 _FIRST_UID = re.compile(rb'"uid"\s*:\s*"([A-Za-z0-9-]{1,64})"')
 DEFAULT_ENTRIES = 4096
 # All entries together; see SECURITY.md for the memory budget this is part of.
-DEFAULT_BUDGET = 16 * 1024 * 1024
+DEFAULT_BUDGET = 8 * 1024 * 1024
 # A pod of one ReplicaSet answers in a few kilobytes; much larger answers are rare, and a few
 # hundred of them would take the whole budget from the common case.
 LARGEST_ENTRY = 64 * 1024
