@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,4 +70,77 @@ def test_the_table_is_bounded() -> None:
     body = FIXTURES[0].read_bytes()
     for number in range(10):
         handler.review(body.replace(b"busybox", f"busybox{number}".encode()))
-    assert len(cache._entries) == 3
+    assert len(cache) == 3
+
+
+def test_the_table_is_bounded_in_bytes() -> None:
+    cache: ReviewCache[object] = ReviewCache(budget=64 * 1024)
+    handler = AdmissionHandler(Rules(make_settings()), cache=cache)
+    body = FIXTURES[0].read_bytes()
+    for number in range(200):
+        handler.review(body.replace(b"busybox", f"busybox{number}".encode()))
+    assert 0 < cache.held_bytes <= 64 * 1024
+    assert 0 < len(cache) < 200
+
+
+def test_an_entry_larger_than_the_largest_is_not_kept() -> None:
+    cache: ReviewCache[object] = ReviewCache(largest_entry=1024)
+    AdmissionHandler(Rules(make_settings()), cache=cache).review(FIXTURES[0].read_bytes())
+    assert len(cache) == 0 and cache.held_bytes == 0
+
+
+def review_with(request: dict[str, object]) -> dict[str, object]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "operation": "CREATE", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        **request}}
+
+
+def test_a_body_in_which_the_uid_occurs_twice_is_not_answered_from_memory() -> None:
+    cache: ReviewCache[object] = ReviewCache()
+    handler = AdmissionHandler(Rules(make_settings()), cache=cache)
+    obj = {"metadata": {"annotations": {"note": "0f0f-request"}}, "spec": {"containers": []}}
+    body = json.dumps(review_with({"uid": "0f0f-request", "object": obj})).encode()
+    assert cache.key(body) is None
+    handler.review(body)
+    assert len(cache) == 0
+
+
+def test_a_uid_spelled_with_escapes_cannot_take_another_uid_back() -> None:
+    # The first plain "uid" is an owner's; the request's uid key and value are spelled with
+    # escapes, which the parser reads as "uid": "aaaa". The owner's uid equals it, so the
+    # first uid *is* the request uid here, but not in a body where only the owner's changed.
+    cache: ReviewCache[object] = ReviewCache()
+    handler = AdmissionHandler(Rules(make_settings()), cache=cache)
+
+    def body_with_owner(owner: str) -> bytes:
+        obj = {"metadata": {"ownerReferences": [{"uid": owner}]}, "spec": {"containers": []}}
+        text = json.dumps(review_with({"object": obj, "UID-HERE": "VALUE-HERE"}))
+        return text.replace('"UID-HERE": "VALUE-HERE"',
+                            r'"\u0075id": "\u0061\u0061\u0061\u0061"').encode()
+
+    first = body_with_owner("aaaa")
+    assert json.loads(handler.review(first).body)["response"]["uid"] == "aaaa"
+    second = body_with_owner("bbbb")
+    assert json.loads(second)["request"]["uid"] == "aaaa"
+    assert json.loads(handler.review(second).body)["response"]["uid"] == "aaaa"
+
+
+def test_escapes_elsewhere_do_not_keep_a_proven_answer_out() -> None:
+    # Go's encoder writes & as \u0026, so most reviews from an apiserver hold escapes.
+    cache: ReviewCache[object] = ReviewCache()
+    handler = AdmissionHandler(Rules(make_settings()), cache=cache)
+    body = with_uid(FIXTURES[0].read_bytes(), json.loads(FIXTURES[0].read_bytes())["request"]
+                    ["uid"], "1111-2222").replace(b"do sleep", rb"do true \u0026\u0026 sleep")
+    handler.review(body)
+    assert len(cache) == 1
+    again = body.replace(b"1111-2222", b"3333-4444")
+    assert json.loads(handler.review(again).body)["response"]["uid"] == "3333-4444"
+
+
+def test_the_cache_knows_nothing_of_the_review_envelope() -> None:
+    # No import cycle: admission uses the cache, the cache imports nothing of the webhook.
+    code = "import sys, webhook.review_cache; print(sorted(m for m in sys.modules " \
+           "if m.startswith('webhook.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert loaded.strip() == "['webhook.review_cache']"
