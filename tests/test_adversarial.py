@@ -35,7 +35,7 @@ SMALL_P99_SECONDS = 0.05  # small reviews while four giant ones are in flight
 CACHE_BUDGET = 32 * MIB  # every cache of every process together (SECURITY.md)
 LOG_LINE_LIMIT = 16 * 1024  # one review's line, names of plain characters
 STATUS = "backend-injector/status"
-ROUNDS = 5
+ROUNDS = 8
 
 
 def best_of(measure: Callable[[], float], bound: float, what: str) -> float:

@@ -37,8 +37,8 @@ OFFLOAD_THRESHOLD = 256 * 1024
 QUEUED_LIMIT = 64 * 1024 * 1024
 # How long the server waits for its review processes before it says it is ready.
 STARTUP_SECONDS = 30.0
-# Added to the review processes' nice value.
-REVIEW_PROCESS_NICENESS = 5
+# Added to the review processes' nice value: they get the CPU the event loop leaves.
+REVIEW_PROCESS_NICENESS = 10
 
 
 class Busy(Exception):
