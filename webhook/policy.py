@@ -213,7 +213,8 @@ def all_regexes(settings: Settings) -> list[str]:
         regexes.append(external_search_re(external_hosts))
     regexes += [host_search_re(service) for service in services]
     regexes += [ADDRESS_RE, ADDRESS_PREFIX_RE, ADDRESS_HOST_RE, "^[/?#]", ":[0-9]{1,5}$",
-                f"[{_SPACE}]", "^-*", "^(?s:.*[^;])"]
+                f"[{_SPACE}]", "^-*", "^(?s:.*[^;])", WHOLE_VARIABLE_RE,
+                "[A-Za-z_][A-Za-z0-9_]*", "-[^}]*"]
     regexes += [f"^(?:{host_form(service.hosts)})$" for service in services]
     retargetable = [s for s in services if s.external is not None]
     if retargetable:
@@ -490,17 +491,47 @@ def _word_tag(word: str, services: Sequence[Service]) -> str:
     return _let(named, "ms_", f'ms_ != "" ? ms_ : ({external} ? "@" : "")')
 
 
+# A word that is one variable reference and nothing else, quoted or not: `"$DB_HOST"`,
+# `${DB_HOST}`, `${DB_HOST:-postgres}`. The policy resolves these; a reference inside a longer
+# word (`$HOST:$PORT`) it leaves unresolved (docs/policy.md).
+WHOLE_VARIABLE_RE = (
+    '^"?\\$(?:[A-Za-z_][A-Za-z0-9_]*|\\{[A-Za-z_][A-Za-z0-9_]*(?::?-[^}]*)?\\})"?$'
+)
+_ENV_OF_INIT = "variables.inits[i_].?env.orValue([])"
+
+
+def _resolved_word(word: str, in_script: str) -> str:
+    """probes._expand_word for a whole-word reference, against the init container's literal
+    env, then the default; any other word as it is."""
+    name = f'{word}.find("[A-Za-z_][A-Za-z0-9_]*")'
+    values = f"{_ENV_OF_INIT}.filter(e_, e_.name == nm_ && has(e_.value)).map(e_, e_.value)"
+    default = (
+        f'{word}.contains("-") ? {word}.find("-[^}}]*").substring(1) : ""'
+    )
+    chosen = _let(
+        values,
+        "vs_",
+        _let('vs_.size() > 0 ? vs_[vs_.size() - 1] : ""', "vl_",
+             _let(default, "df_", f'vl_ != "" ? vl_ : (df_ != "" ? df_ : {word})')),
+    )
+    return (
+        f"({in_script} && {word}.matches({cel_string(WHOLE_VARIABLE_RE)})"
+        f" ? {_let(name, 'nm_', chosen)} : {word})"
+    )
+
+
 def _segment_facts(record: str, services: Sequence[Service], in_script: str) -> str:
     """What one simple command contributes, as tags: "s<i>", "@", "!o" (another host),
-    "!w" (work). The twin of probes.ProgramReader._read_segment.
+    "!w" (work), "!p" and "!v" (a probe the policy cannot retarget: its port is apart, or its
+    host came through a variable). The twin of probes.ProgramReader._read_segment.
 
-    A variable in a script's probe may stand for any host. probes.py resolves it against the
-    container's literal env; the policy does not, so to it every variable is unresolved (see
-    docs/policy.md): the probe counts as one of another host, and the container is kept.
+    A variable in a script's probe may stand for any host: probes.py resolves it against the
+    container's literal env, and so does the policy for a word that is one reference; what
+    stays unresolved counts as another host, so the container is kept.
     """
     other_candidates = f"({record}.args.size() > 0 ? {record}.args : {record}.words)"
     unresolved = (
-        f"({in_script} && {_probed_words(record)}.exists(wv_, !wv_.startsWith(\"-\")"
+        f"({in_script} && xw_.exists(wv_, !wv_.startsWith(\"-\")"
         f" && wv_.matches({cel_string(SHELL_VARIABLE_RE)})))"
     )
     other = (
@@ -511,17 +542,29 @@ def _segment_facts(record: str, services: Sequence[Service], in_script: str) -> 
     # apart); a port given apart from the host is tagged "!p": the policy cannot retarget it.
     apart = (
         f'({_runs_command(record)} ? ["!w"] : []) + ({_port_apart(record)} ? ["!p"] : [])'
+        f' + ({_resolves(record, in_script)} ? ["!v"] : [])'
     )
     probe = _let(
-        f"{_probed_words(record)}.map(wt_, {_word_tag('wt_', services)})",
-        "tt_",
-        f'tt_.filter(t_, t_ != "") + ({other}) + {apart}',
+        f"{_probed_words(record)}.map(wr_, {_resolved_word('wr_', in_script)})",
+        "xw_",
+        _let(
+            f"xw_.map(wt_, {_word_tag('wt_', services)})",
+            "tt_",
+            f'tt_.filter(t_, t_ != "") + ({other}) + {apart}',
+        ),
     )
     work = (
         f'!{_is_comment(record)} && {record}.cmd != ""'
         f' && !({record}.cmd in {_strings(IDLE_COMMANDS)}) ? ["!w"] : []'
     )
     return f"({_is_probe(record)} ? {probe} : ({work}))"
+
+
+def _resolves(record: str, in_script: str) -> str:
+    """A probed word of the command is a variable the policy resolves (see _resolved_word)."""
+    return (
+        f"{_probed_words(record)}.exists(wr_, {_resolved_word('wr_', in_script)} != wr_)"
+    )
 
 
 def _stripped_option(word: str) -> str:
@@ -882,7 +925,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         remove = (
             f"(({named}) || ({waits}))"
             f' && (!({managed}) ? !("@" in variables.facts[i_])'
-            f' : ({orphaned} || "!p" in variables.facts[i_]))'
+            f' : ({orphaned} || "!p" in variables.facts[i_] || "!v" in variables.facts[i_]))'
         )
     retargets = any(s.external is not None for s in services)
     # What to retarget, per init container, as [text, "1" if it is a probe]: the segments of
@@ -933,8 +976,9 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         ("records", f"variables.segments.map(g_, g_.map(ws_, {_segment_record('ws_')}))"),
         # Probes to retarget: not those whose port or command the policy cannot follow.
         ("probeFlags", (
-            f"variables.records.map(g_, g_.map(r_, {_is_probe('r_')}"
-            f" && !{_runs_command('r_')} && !{_port_apart('r_')}))"
+            f"variables.records.transformList(i_, g_, g_.map(r_, {_is_probe('r_')}"
+            f" && !{_runs_command('r_')} && !{_port_apart('r_')}"
+            f" && !{_resolves('r_', 'variables.scriptIndex[i_] >= 0')}))"
         )),
         ("facts", (
             "variables.records.transformList(i_, g_, g_.map(r_,"

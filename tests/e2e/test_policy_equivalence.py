@@ -245,6 +245,8 @@ def edge_pods() -> list[dict[str, Any]]:
                                      " redis-cli -h minio FLUSHALL")],
         "variable-namespace": [_sh("probe", "until nc -z minio.${POD_NAMESPACE}.svc 9000; do"
                                             " sleep 2; done", env=[POD_NAMESPACE])],
+        "default-variable": [_sh("probe", "until pg_isready -h ${DB_HOST:-postgres}; do sleep 1;"
+                                          " done")],
         "unresolved-variable": [_sh("probe", "until nc -z mlflow 5000 && nc -z $BROKER 9092;"
                                              " do sleep 1; done")],
         "dockerize": [_init("probe", ["dockerize", "-wait", "tcp://minio:9000", "-wait",
@@ -785,7 +787,12 @@ def test_variable_ports_and_quoted_hosts_are_idempotent(
 DEGRADED: dict[str, tuple[dict[str, Any], dict[Action, str]]] = {
     "resolved-variable": (_sh("probe", 'until nc -z "$TRACKING_HOST" 5000; do sleep 1; done',
                               env=[_env("TRACKING_HOST", "mlflow")]),
-                          {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
+                          {Action.REMOVE: "same", Action.REWRITE: "removed"}),
+    "variable-inside-a-word": (_sh("probe", "until nc -z $TRACKING_HOST:$TRACKING_PORT; do sleep"
+                                            " 1; done",
+                                   env=[_env("TRACKING_HOST", "mlflow"),
+                                        _env("TRACKING_PORT", "5000")]),
+                               {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
     "kubelet-variable": (_init("probe", ["nc", "-z", "$(TRACKING_HOST)", "5000"],
                                env=[_env("TRACKING_HOST", "mlflow")]),
                          {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
