@@ -313,3 +313,20 @@ def test_only_the_host_part_of_an_address_is_retargeted() -> None:
     assert READER.retarget_value("http://fastapi-app/api") == (
         "http://host.docker.internal:8000/api", [])
     assert READER.retarget_value("s3://models/mlflow:5000") == (None, [])
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "until nslookup mlflow.$(cat /run/secrets/ns).svc.cluster.local; do sleep 2; done",
+        "until nc -z mlflow.$NS 5000; do sleep 2; done",
+        "until nc -z mlflow.`hostname -d` 5000; do sleep 2; done",
+    ],
+)
+def test_a_host_part_computed_otherwise_is_not_that_host(script: str) -> None:
+    # Not the namespace file, nor a variable before `.svc`: what the host becomes is unknown,
+    # so it is never retargeted into `host.docker.internal.$(...)`, and the container stays.
+    reading = READER.read(sh(script))
+    assert reading.managed == []
+    assert not reading.only_waits_for_managed
+    assert READER.retarget(sh(script)) is None
