@@ -111,6 +111,10 @@ QUOTES = "'\""  # stripped from both ends of a word before it is compared
 # a longer name (`mlflow-db`, `xmlflow`). The `-` is escaped, so the fragment can be put
 # anywhere in a class.
 LABEL_CHARS = "A-Za-z0-9_\\-"
+# A command substitution (`$(...)` or backticks) right after a host's dot is part of that word,
+# not a separator (`mlflow.$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace).svc`);
+# any other than the namespace file's keeps the word from naming a managed host.
+COMPUTED_PART = "\\$\\([^()\\n]*\\)|`[^`\\n]*`"
 # A host followed by `.` and one of these goes on: into a longer name (`mlflow.example.com`)
 # or into a part computed at run time (`mlflow.$NS`, `mlflow.$(...)`) that the rules cannot
 # know, so it is not that host. (A character-class fragment.)

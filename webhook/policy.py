@@ -46,6 +46,7 @@ from webhook.grammar import (
     ASSIGNMENT,
     CLIENTS,
     COMMAND_AFTER_DOUBLE_DASH,
+    COMPUTED_PART,
     CONTINUES_AFTER_DOT,
     DEV_TCP_HOST,
     DOCKERIZE,
@@ -214,7 +215,7 @@ def all_regexes(settings: Settings) -> list[str]:
     regexes += [host_search_re(service) for service in services]
     regexes += [ADDRESS_RE, ADDRESS_PREFIX_RE, ADDRESS_HOST_RE, "^[/?#]", ":[0-9]{1,5}$",
                 f"[{_SPACE}]", "^-*", "^(?s:.*[^;])", WHOLE_VARIABLE_RE,
-                "[A-Za-z_][A-Za-z0-9_]*", "-[^}]*"]
+                "[A-Za-z_][A-Za-z0-9_]*", "-[^}]*", COMPUTED_RE]
     regexes += [f"^(?:{host_form(service.hosts)})$" for service in services]
     retargetable = [s for s in services if s.external is not None]
     if retargetable:
@@ -491,6 +492,8 @@ def _word_tag(word: str, services: Sequence[Service]) -> str:
     return _let(named, "ms_", f'ms_ != "" ? ms_ : ({external} ? "@" : "")')
 
 
+# A host part computed at run time, as probes.py's script scan sets it apart.
+COMPUTED_RE = f"\\.(?:{COMPUTED_PART})"
 # A word that is one variable reference and nothing else, quoted or not: `"$DB_HOST"`,
 # `${DB_HOST}`, `${DB_HOST:-postgres}`. The policy resolves these; a reference inside a longer
 # word (`$HOST:$PORT`) it leaves unresolved (docs/policy.md).
@@ -988,7 +991,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         # A host part computed at run time (`mlflow.$(...)`): the policy splits the script
         # there, so it cannot tell the host; the container is kept as it is.
         ("computed", (
-            'variables.argvs.map(a_, a_.exists(x_, x_.contains(".$(") || x_.contains(".`")))'
+            f"variables.argvs.map(a_, a_.exists(x_, x_.matches({cel_string(COMPUTED_RE)})))"
         )),
         ("removeInit", f"variables.inits.transformList(i_, c_, {remove})"),
         ("currentStatus", (

@@ -39,6 +39,7 @@ from webhook.grammar import (
     CLIENTS,
     COMMAND_AFTER_DOUBLE_DASH,
     COMMENT,
+    COMPUTED_PART,
     CONTINUES_AFTER_DOT,
     DEV_TCP_HOST,
     DEV_TCP_MARKERS,
@@ -100,10 +101,6 @@ def _separator_pattern() -> str:
     return "|".join([*map(re.escape, longer), f"[{single}]", lone_ampersand])
 
 
-# A command substitution (`$(...)` or backticks) right after a host's dot is part of that word,
-# not a separator (`mlflow.$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace).svc`);
-# any other than the namespace file's keeps the word from naming a managed host.
-COMPUTED_PART = r"\$\([^()\n]*\)|`[^`\n]*`"
 # One scan of a script finds, left to right: substitutions inside a host (not split),
 # comments (dropped up to the end of the line) and separators.
 _SCRIPT_TOKENS = re.compile(
