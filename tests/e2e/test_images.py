@@ -7,7 +7,6 @@ under ``chroot`` on this host: the bytes containerd would run, without a contain
 from __future__ import annotations
 
 import json
-import shlex
 import socket
 import subprocess
 import threading
@@ -208,32 +207,59 @@ def backend() -> Iterator[Backend]:
         yield running
 
 
-def test_the_train_image_logs_a_run_with_its_own_mlflow_client(
+def in_image(image: images.Image, rootfs: Path, args: list[str] | None, env: dict[str, str],
+             log: Path) -> Standin:
+    """Start the image's command (its CMD unless ``args``, as a pod spec's args) in ``rootfs``."""
+    argv = [*image.config["Entrypoint"], *(args if args is not None else image.config["Cmd"])]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(["chroot", str(rootfs), *argv], env=image_env(image) | env,
+                                   stdin=subprocess.DEVNULL, stdout=output,
+                                   stderr=subprocess.STDOUT)
+    return Standin(process, log)
+
+
+def test_the_pipeline_images_log_their_runs_with_their_own_mlflow_client(
     built: dict[str, images.Image], backend: Backend, tmp_path: Path
 ) -> None:
-    image = built[images.qualified(images.chart_values()["images"]["train"])]
+    """preprocess, a trainer and eval, each from its image, as the chart starts them."""
+    names = images.chart_values()["images"]
+    image = {role: built[images.qualified(names[role])] for role in ("preprocess", "train", "eval")}
+    # The five images share their layers: one root filesystem serves them all.
     rootfs = tmp_path / "rootfs"
-    images.unpack(image, rootfs)
-    env = image_env(image) | backend.client_env() | {
-        "MODEL_TYPE": "LSTM", "EPOCHS": "4", "MLFLOW_EXPERIMENT_NAME": "flts-lstm",
-        "HOSTNAME": "train-lstm-chroot",
-    }
-    command = ["chroot", str(rootfs), *image.config["Entrypoint"], "train", "--model", "lstm"]
-    log = tmp_path / "train.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=output,
-                                   stderr=subprocess.STDOUT)
-    trainer = Standin(process, log)
+    images.unpack(image["train"], rootfs)
+    env = backend.client_env()
+
+    job = in_image(image["preprocess"], rootfs, ["preprocess", "--sample-rows", "30"],
+                   env | {"HOSTNAME": "preprocess-chroot"}, tmp_path / "preprocess.log")
+    assert job.process.wait(timeout=180) == 0, job.output()
+    trainer = in_image(image["train"], rootfs, ["train", "--model", "lstm"],
+                       env | {"MODEL_TYPE": "LSTM", "EPOCHS": "4", "HOSTNAME": "train-chroot",
+                              "MLFLOW_EXPERIMENT_NAME": "flts-lstm"}, tmp_path / "train.log")
     try:
-        [run] = wait_for("the run", lambda: runs_of(backend, "train-lstm-chroot"), 180,
+        [run] = wait_for("the trainer's run", lambda: runs_of(backend, "train-chroot"), 180,
                          running=trainer)
     finally:
         assert trainer.stop() == 0, trainer.output()
+    evaluator = in_image(image["eval"], rootfs, None, env | {
+        "HOSTNAME": "eval-chroot", "PROMOTE_URL": f"{backend.gateway_url}/models/promote",
+    }, tmp_path / "eval.log")
+    try:
+        [promotion] = wait_for("the promotion", lambda: [
+            r for r in backend.gateway_requests() if r.path == "/models/promote"
+        ], 180, running=evaluator)
+    finally:
+        assert evaluator.stop() == 0, evaluator.output()
+
+    [preprocessed] = runs_of(backend, "preprocess-chroot")
+    assert preprocessed.metrics["rows"] == 30
     assert run.params["epochs"] == "4"
     key = run.artifact_uri.removeprefix("s3://mlflow/") + "/model.json"
     assert json.loads(backend.s3_object(key))["model"] == "lstm"
     # MLflow records the program that logged the run: the image's, under chroot.
-    assert run.tags["mlflow.source.name"] == "/opt/flts/standin.py", shlex.join(command)
+    assert run.tags["mlflow.source.name"] == "/opt/flts/standin.py"
+    assert json.loads(promotion.body) == {"model": "lstm", "run_id": run.run_id}
+    # No warning about a missing git in the pods' logs.
+    assert "git executable" not in evaluator.output()
 
 
 def test_the_kafka_image_listens_on_the_charts_listener_ports(
@@ -243,13 +269,8 @@ def test_the_kafka_image_listens_on_the_charts_listener_ports(
     rootfs = tmp_path / "rootfs"
     images.unpack(image, rootfs)
     port = free_port()
-    log = tmp_path / "kafka.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            ["chroot", str(rootfs), *image.config["Entrypoint"], *image.config["Cmd"]],
-            env=image_env(image) | {"KAFKA_LISTENERS": f"PLAINTEXT://127.0.0.1:{port}"},
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
-    kafka = Standin(process, log)
+    kafka = in_image(image, rootfs, None, {"KAFKA_LISTENERS": f"PLAINTEXT://127.0.0.1:{port}"},
+                     tmp_path / "kafka.log")
     try:
         wait_for("the listener", lambda: "listening" in kafka.output(), 30, running=kafka)
         socket.create_connection(("127.0.0.1", port), timeout=5).close()

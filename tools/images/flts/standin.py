@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 INFERENCE_PORT = 8080
+STARTED = time.monotonic()
 
 
 def main(argv: list[str]) -> int:
@@ -146,7 +147,6 @@ def run_eval() -> None:
 def run_inference() -> None:
     import mlflow
 
-    started = time.monotonic()
     model_name = os.environ.get("MODEL_NAME", "flts-best")
     log_run(
         experiment="flts-inference",
@@ -154,7 +154,7 @@ def run_inference() -> None:
         # The registry URI is the chart's $(MLFLOW_TRACKING_URI): recorded to show it resolved.
         params={"model_name": model_name, "model_uri": os.environ.get("MODEL_URI", ""),
                 "registry_uri": mlflow.get_registry_uri()},
-        metrics={"startup_seconds": time.monotonic() - started},
+        metrics={"seconds_to_ready": time.monotonic() - STARTED},
         artifact=("serving.json", {"model_name": model_name}),
     )
     server = ThreadingHTTPServer(("", INFERENCE_PORT), _InferenceHandler)
