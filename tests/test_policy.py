@@ -27,8 +27,8 @@ from webhook.mutate import INJECT_KEY, STATUS_KEY
 from webhook.probes import (
     HostPattern,
     ProgramReader,
-    _segments,
-    _unquote,
+    segments,
+    unquote,
 )
 
 DEFAULT = make_settings()
@@ -211,7 +211,7 @@ WORD = st.text(alphabet="mlflowinopstgrkafcd.-_:/'\"@x0159 $", max_size=24)
 @given(WORD)
 def test_host_search_twin_agrees_with_probes(word: str) -> None:
     for service in DEFAULT.services:
-        expected = bool(HostPattern.for_service(service).regex.search(_unquote(word)))
+        expected = bool(HostPattern.for_service(service).regex.search(unquote(word)))
         assert bool(re.search(policy.host_search_re(service), word)) == expected
 
 
@@ -228,7 +228,7 @@ def test_a_word_counts_every_service_it_names_as_in_probes(word: str) -> None:
 
 
 def test_the_word_tag_tests_every_service() -> None:
-    tag = policy._word_tag("w_", DEFAULT.services)
+    tag = policy.word_tag("w_", DEFAULT.services)
     for index, service in enumerate(DEFAULT.services):
         regex = policy.cel_string(policy.host_search_re(service))
         assert f'w_.matches({regex}) ? "s{index},"' in tag
@@ -292,11 +292,11 @@ def marked(script: str) -> str:
         prefix = re.search(policy.COMMENT_PREFIX_RE, line)
         assert prefix is not None
         comment = line[prefix.end():]
-        for char, stand_in in policy._IN_COMMENT.items():
+        for char, stand_in in policy.IN_COMMENT.items():
             comment = comment.replace(char, stand_in)
-        lines.append(line if not comment else prefix.group(0) + policy._COMMENT_MARK + comment)
+        lines.append(line if not comment else prefix.group(0) + policy.COMMENT_MARK + comment)
     script = "\n".join(lines)
-    for old, new in policy._HIDDEN:
+    for old, new in policy.HIDDEN:
         script = script.replace(old, new)
     return script
 
@@ -304,11 +304,12 @@ def marked(script: str) -> str:
 @settings(max_examples=400, deadline=None)
 @given(SCRIPT)
 def test_script_splitting_twin_agrees_with_probes(script: str) -> None:
-    expected = [list(s.words) for s in _segments(["sh", "-c", script]) if s.words]
+    expected = [list(s.words) for s in segments(["sh", "-c", script]) if s.words]
     tokens = re.findall(policy.SEGMENT_RE, marked(script))
     assert "".join(tokens) == marked(script)
     twin = [
-        [word.replace(policy._AMPERSAND, "&") for word in re.findall(policy.SEGMENT_WORD_RE, token)]
+        [word.replace(policy.AMPERSAND_MARK, "&")
+         for word in re.findall(policy.SEGMENT_WORD_RE, token)]
         for token in tokens
     ]
     # A comment is a segment of its own, starting with `#`, which reads as nothing.
@@ -329,7 +330,7 @@ def retarget_twin(text: str, services: tuple[Service, ...]) -> str:
     hosts = [host for s in retargetable for host in s.hosts]
     if not any(host in text for host in hosts):
         return text
-    space = f"[{policy._SPACE}]"
+    space = f"[{policy.SPACE_CLASS}]"
     tokens = re.findall(policy.retarget_token_re(hosts), text)
     out = []
     for index, token in enumerate(tokens):
@@ -337,7 +338,7 @@ def retarget_twin(text: str, services: tuple[Service, ...]) -> str:
                 and re.search(f"^(?:{policy.host_token_re(hosts)})$", token)):
             out.append(token)
             continue
-        service = next(s for s in retargetable if re.search(policy._service_start_re(s), token))
+        service = next(s for s in retargetable if re.search(policy.service_start_re(s), token))
         assert service.external is not None
         host, port = service.external.host, str(service.external.port)
         found = re.search("^" + host_form(service.hosts), token)
@@ -412,7 +413,7 @@ def test_earlier_status_is_merged_not_overwritten() -> None:
     status = squashed(variables()["status"])
     read_back = list(cel_literals(variables()["earlier"]))
     for index, key in enumerate(("removed", "rewritten", "env")):
-        assert policy._status_list_re(key) in read_back
+        assert policy.status_list_re(key) in read_back
         assert f"variables.earlier[{index}]+" in status
 
 
@@ -505,7 +506,7 @@ def test_cel_string_escapes_what_cel_needs() -> None:
 
 def value_twin(value: str, services: tuple[Service, ...]) -> str | None:
     """policy._retarget_value run by Python's `re` on the same regexes, step for step."""
-    if ":" not in value or re.search(f"[{policy._SPACE}]", value):
+    if ":" not in value or re.search(f"[{policy.SPACE_CLASS}]", value):
         return None
     items = []
     for item in value.split(","):

@@ -91,45 +91,45 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # Python's \s and \S are Unicode-aware and RE2's are ASCII-only, so the white space of
 # str.isspace() is spelled out: the tabs and breaks, the separators \x1c-\x1f (which also make
 # the exec-form joiner count as white space, as in probes.py) and the Unicode spaces.
-_SPACE = (
+SPACE_CLASS = (
     "\\t\\n\\v\\f\\r \\x1c-\\x1f\\x85\\xa0"
     "\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 )
-WORD_RE = f"[^{_SPACE}]+"
+WORD_RE = f"[^{SPACE_CLASS}]+"
 # Private-use characters standing in, while a script is split, for the separators `$(` and
 # `&&` (so that a character class can split at them) and for an `&` inside a redirection
 # (`2>&1`, `&>f`, `>&-`), which does not separate commands. A script that already holds one
 # is not retargeted.
 _MARK = "\ue000"
-_AMPERSAND = "\ue001"
+AMPERSAND_MARK = "\ue001"
 _AND = "\ue002"
 # Literal replacements (CEL has no regex replace), in this order: `&&` first, since probes.py
 # tries it before a lone `&` wherever a scan starts; then the `&` of redirections, which
 # probes.py recognises with look-arounds: after `<` or `>`, or before `>`, `-` or a digit.
-_HIDDEN = (
+HIDDEN = (
     ("$(", _MARK),
     ("&&", _AND),
-    (">&", ">" + _AMPERSAND),
-    ("<&", "<" + _AMPERSAND),
-    ("&>", _AMPERSAND + ">"),
-    ("&-", _AMPERSAND + "-"),
-    *((f"&{digit}", f"{_AMPERSAND}{digit}") for digit in range(10)),
+    (">&", ">" + AMPERSAND_MARK),
+    ("<&", "<" + AMPERSAND_MARK),
+    ("&>", AMPERSAND_MARK + ">"),
+    ("&-", AMPERSAND_MARK + "-"),
+    *((f"&{digit}", f"{AMPERSAND_MARK}{digit}") for digit in range(10)),
 )
 # A comment (grammar.COMMENT, up to the end of its line) is cut off as a segment of its own:
 # a mark before its `#`, and the separators inside it hidden, so it is one inert segment.
-_COMMENT_MARK = "\ue003"
-_IN_COMMENT = {";": "\ue004", "&": "\ue005", "|": "\ue006", "(": "\ue007", ")": "\ue008",
+COMMENT_MARK = "\ue003"
+IN_COMMENT = {";": "\ue004", "&": "\ue005", "|": "\ue006", "(": "\ue007", ")": "\ue008",
                "`": "\ue009"}
-_MARKS = (_MARK, _AMPERSAND, _AND, _COMMENT_MARK, *_IN_COMMENT.values())
+_MARKS = (_MARK, AMPERSAND_MARK, _AND, COMMENT_MARK, *IN_COMMENT.values())
 # The part of a line before its comment: `#` starts one at the start of the line or after
 # white space or a separator, as probes.py's look-behind has it.
-COMMENT_PREFIX_RE = f"^(?:[^#]*[^#{_SPACE};&|()`]#+)*[^#]*"
-_SEPARATORS = ";&|\\n()`" + _MARK + _AND + _COMMENT_MARK
+COMMENT_PREFIX_RE = f"^(?:[^#]*[^#{SPACE_CLASS};&|()`]#+)*[^#]*"
+_SEPARATORS = ";&|\\n()`" + _MARK + _AND + COMMENT_MARK
 # A simple command with the separator that ends it: the tokens of a script, one per segment
-# of probes._segments (empty ones included), so that reading and retargeting share indexes.
+# of probes.segments (empty ones included), so that reading and retargeting share indexes.
 SEGMENT_RE = f"[^{_SEPARATORS}]*[{_SEPARATORS}]|[^{_SEPARATORS}]+"
-SEGMENT_WORD_RE = f"[^{_SPACE}{_SEPARATORS}]+"
-# probes._unquote strips quote characters from both ends; `find` returns the leftmost match,
+SEGMENT_WORD_RE = f"[^{SPACE_CLASS}{_SEPARATORS}]+"
+# probes.unquote strips quote characters from both ends; `find` returns the leftmost match,
 # from the first non-quote character to the last one.
 UNQUOTE_RE = f"(?s)[^{QUOTES}](?:.*[^{QUOTES}])?"
 BASENAME_RE = "[^/]*$"
@@ -182,7 +182,7 @@ def host_token_re(hosts: Iterable[str]) -> str:
     # A variable standing for the port (`mlflow:${MLFLOW_PORT}`) ends where probes.py's does:
     # nothing after it is looked at, and no host can start inside its name.
     variable_port = f"[:/]{VARIABLE_PORT_RE}"
-    next_word_port = f"[{_SPACE}]+[0-9]{{1,5}}(?:$|[^\\w.:/-])"
+    next_word_port = f"[{SPACE_CLASS}]+[0-9]{{1,5}}(?:$|[^\\w.:/-])"
     bare = (
         f"$|[^{_LABEL_CHARS}]|\\.$|\\.[^{_LABEL_CHARS}$`]|\\.[_.-][{_LABEL_CHARS}]*"
     )
@@ -208,13 +208,13 @@ def all_regexes(settings: Settings) -> list[str]:
         ASSIGNMENT_RE, REDIRECTION_RE, WRAPPER_OPTION_RE, COMMAND_PREFIX_RE, DEV_TCP_RE,
         RSTRIP_RE, URL_HOST_RE, STATUS_SHAPE_RE, SHELL_VARIABLE_RE, COMMENT_PREFIX_RE,
         "^[:/][0-9]", "^[:/][0-9]{1,5}",
-        f"^[{_SPACE}]+[0-9]", f"^[{_SPACE}]+", "^[0-9]{1,5}", '"[^"]*"', "^[:/][$]",
+        f"^[{SPACE_CLASS}]+[0-9]", f"^[{SPACE_CLASS}]+", "^[0-9]{1,5}", '"[^"]*"', "^[:/][$]",
     ]
     if external_hosts:
         regexes.append(external_search_re(external_hosts))
     regexes += [host_search_re(service) for service in services]
     regexes += [ADDRESS_RE, ADDRESS_PREFIX_RE, ADDRESS_HOST_RE, "^[/?#]", ":[0-9]{1,5}$",
-                f"[{_SPACE}]", "^-*", "^(?s:.*[^;])", WHOLE_VARIABLE_RE,
+                f"[{SPACE_CLASS}]", "^-*", "^(?s:.*[^;])", WHOLE_VARIABLE_RE,
                 "[A-Za-z_][A-Za-z0-9_]*", "-[^}]*", COMPUTED_RE]
     regexes += [f"^(?:{host_form(service.hosts)})$" for service in services]
     retargetable = [s for s in services if s.external is not None]
@@ -222,8 +222,8 @@ def all_regexes(settings: Settings) -> list[str]:
         hosts = [host for s in retargetable for host in s.hosts]
         regexes += [retarget_token_re(hosts), f"^(?:{host_token_re(hosts)})$"]
         for service in retargetable:
-            regexes += [_service_start_re(service), "^" + host_form(service.hosts)]
-    regexes += [_status_list_re(key) for key in ("removed", "rewritten", "env")]
+            regexes += [service_start_re(service), "^" + host_form(service.hosts)]
+    regexes += [status_list_re(key) for key in ("removed", "rewritten", "env")]
     return regexes
 
 
@@ -264,11 +264,11 @@ def external_search_re(external_hosts: Sequence[str]) -> str:
     )
 
 
-def _service_start_re(service: Service) -> str:
+def service_start_re(service: Service) -> str:
     return f"^(?:{host_names(service.hosts)})(?:[^A-Za-z0-9_-]|$)"
 
 
-def _status_list_re(key: str) -> str:
+def status_list_re(key: str) -> str:
     return f'"{key}"\\s*:\\s*\\[[^\\]]*\\]'
 
 
@@ -314,14 +314,14 @@ def _strings(values: Iterable[str]) -> str:
 
 
 def _commented(script: str) -> str:
-    """``script`` with each comment marked and its separators hidden (see _COMMENT_MARK)."""
+    """``script`` with each comment marked and its separators hidden (see COMMENT_MARK)."""
     hidden = "cm_"
-    for char, stand_in in _IN_COMMENT.items():
+    for char, stand_in in IN_COMMENT.items():
         hidden += f".replace({cel_string(char)}, {cel_string(stand_in)})"
     line = _let(
         f"ln_.find({cel_string(COMMENT_PREFIX_RE)})",
         "cp_",
-        f"cp_.size() == ln_.size() ? ln_ : cp_ + {cel_string(_COMMENT_MARK)} + "
+        f"cp_.size() == ln_.size() ? ln_ : cp_ + {cel_string(COMMENT_MARK)} + "
         + _let("ln_.substring(cp_.size())", "cm_", hidden),
     )
     return f'{script}.split("\\n").map(ln_, {line}).join("\\n")'
@@ -329,8 +329,8 @@ def _commented(script: str) -> str:
 
 def _uncommented(text: str) -> str:
     """The inverse of _commented."""
-    text += f'.replace({cel_string(_COMMENT_MARK)}, "")'
-    for char, stand_in in _IN_COMMENT.items():
+    text += f'.replace({cel_string(COMMENT_MARK)}, "")'
+    for char, stand_in in IN_COMMENT.items():
         text += f".replace({cel_string(stand_in)}, {cel_string(char)})"
     return text
 
@@ -343,13 +343,13 @@ def _marked(script: str) -> str:
     """``script`` with comments set apart, and `$(`, `&&` and the `&` of redirections hidden,
     ready to be split."""
     marked = _commented(script)
-    for old, new in _HIDDEN:
+    for old, new in HIDDEN:
         marked += f".replace({cel_string(old)}, {cel_string(new)})"
     return marked
 
 
 def _unmarked_ampersands(text: str) -> str:
-    return f'{text}.replace({cel_string(_AMPERSAND)}, "&")'
+    return f'{text}.replace({cel_string(AMPERSAND_MARK)}, "&")'
 
 
 def _let(value: str, name: str, body: str) -> str:
@@ -478,7 +478,7 @@ def _names_some_host(word: str) -> str:
     )
 
 
-def _word_tag(word: str, services: Sequence[Service]) -> str:
+def word_tag(word: str, services: Sequence[Service]) -> str:
     """"s<i>" for every managed service the word probes, in the order of the services and
     comma-separated (the facts are split at commas), else "@" for the external address, as
     probes.ProgramReader._managed_services_in and _names_external_host."""
@@ -551,7 +551,7 @@ def _segment_facts(record: str, services: Sequence[Service], in_script: str) -> 
         f"{_probed_words(record)}.map(wr_, {_resolved_word('wr_', in_script)})",
         "xw_",
         _let(
-            f"xw_.map(wt_, {_word_tag('wt_', services)})",
+            f"xw_.map(wt_, {word_tag('wt_', services)})",
             "tt_",
             f'tt_.filter(t_, t_ != "") + ({other}) + {apart}',
         ),
@@ -627,7 +627,7 @@ def _retarget_text(text: str, services: Sequence[Service]) -> str:
         assert service.external is not None
         found = cel_string("^" + host_form(service.hosts))
         choice = (
-            f"(tk_.matches({cel_string(_service_start_re(service))})"
+            f"(tk_.matches({cel_string(service_start_re(service))})"
             f" ? [tk_.find({found}), {cel_string(service.external.host)},"
             f" {cel_string(str(service.external.port))}] : {choice})"
         )
@@ -637,7 +637,7 @@ def _retarget_text(text: str, services: Sequence[Service]) -> str:
         '((q_ >= 3 ? tks_[q_ - 3] : "") + (q_ >= 2 ? tks_[q_ - 2] : "")'
         ' + (q_ >= 1 ? tks_[q_ - 1] : "")).endsWith("://")'
     )
-    space = f"[{_SPACE}]"
+    space = f"[{SPACE_CLASS}]"
     next_word = _let(
         f"r_.find({cel_string('^' + space + '+')})",
         "sp_",
@@ -746,7 +746,7 @@ def _retarget_value(value: str, services: Sequence[Service]) -> str:
     rewritten = _let(f'{value}.split(",").map(it_, {item}).join(",")', "o_",
                      f'o_ == {value} ? "" : o_')
     return (
-        f'(!{value}.contains(":") || {value}.matches({cel_string(f"[{_SPACE}]")}) ? ""'
+        f'(!{value}.contains(":") || {value}.matches({cel_string(f"[{SPACE_CLASS}]")}) ? ""'
         f" : {rewritten})"
     )
 
@@ -793,7 +793,7 @@ def _json_list(names: str) -> str:
 
 def _earlier_status(key: str) -> str:
     """The names under ``key`` in an earlier status annotation (our own compact JSON)."""
-    found = f"variables.currentStatus.find({cel_string(_status_list_re(key))})"
+    found = f"variables.currentStatus.find({cel_string(status_list_re(key))})"
     quoted = cel_string('"[^"]*"')
     return _let(
         found,

@@ -423,7 +423,7 @@ class ProgramReader:
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         commands = [(segment, _classify(segment.words, segment.command))
-                    for segment in _segments(expanded)]
+                    for segment in segments(expanded)]
         self._last = (key, commands)
         return commands
 
@@ -466,7 +466,7 @@ class ProgramReader:
             reading.does_work = True
 
     def _managed_services_in(self, word: str) -> list[Service]:
-        unquoted = _unquote(word)
+        unquoted = unquote(word)
         return [pattern.service for pattern in self._patterns if pattern.regex.search(unquoted)]
 
     def _names_external_host(self, word: str) -> bool:
@@ -523,7 +523,8 @@ def _retarget_matches(
     return "".join(pieces)
 
 
-def _segments(argv: Sequence[str]) -> Iterator[_Segment]:
+def segments(argv: Sequence[str]) -> Iterator[_Segment]:
+    """The simple commands of a program, in order (a comment is none)."""
     script_index = _shell_script_index(argv)
     if script_index is None:
         # Exec form: one command, whose words are the elements themselves.
@@ -578,7 +579,7 @@ def _command_cut(words: Sequence[str], index: int | None) -> tuple[int, int] | N
     """
     if index is None:
         return None
-    name = _basename(_unquote(words[index]))
+    name = _basename(unquote(words[index]))
     if name in COMMAND_AFTER_DOUBLE_DASH:
         for position in range(index + 1, len(words)):
             if words[position] == "--":
@@ -616,7 +617,7 @@ def _command_index(words: Sequence[str]) -> int | None:
     """
     index = 0
     while index < len(words):
-        word = _unquote(words[index])
+        word = unquote(words[index])
         name = _basename(word)
         if word in LOOP_HEADERS:
             return None
@@ -638,9 +639,9 @@ def _classify(words: Sequence[str], index: int | None) -> _Command:
     """What a simple command does; ``index`` is its command word's (see _command_index)."""
     if index is None:
         return _Command("probe" if _uses_dev_tcp(words) else "", "", [])
-    name = _basename(_unquote(words[index]))
+    name = _basename(unquote(words[index]))
     raw = words[index + 1 :]
-    arguments = [_unquote(word) for word in raw]
+    arguments = [unquote(word) for word in raw]
     if name == DOCKERIZE:
         work = any(a.lstrip("-").split("=", 1)[0] in DOCKERIZE_WORK_OPTIONS for a in arguments
                    if a.startswith("-"))
@@ -749,7 +750,8 @@ def _is_redirection(word: str) -> bool:
     return bool(_REDIRECTION.match(word))
 
 
-def _unquote(word: str) -> str:
+def unquote(word: str) -> str:
+    """A word without the quote characters at its ends."""
     return word.strip(QUOTES)
 
 
@@ -765,4 +767,6 @@ __all__ = [
     "ProgramReader",
     "ProgramReading",
     "program_length",
+    "segments",
+    "unquote",
 ]
