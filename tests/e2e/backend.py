@@ -472,11 +472,15 @@ def main(argv: list[str]) -> int:
         print(ensure_venv(sys.stderr))
         return 0
     if argv[:1] == ["serve"] and len(argv) == 2:
-        stopping = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+        # Handlers, not a blocked signal mask: the servers would inherit the mask and
+        # ignore the SIGTERM that stops them.
+        stopping = threading.Event()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, lambda *_: stopping.set())
         with Backend(argv[1]) as backend:
             print(json.dumps(backend.client_env(), indent=2), flush=True)
-            signal.sigwait(stopping)
+            while not stopping.wait(1):
+                pass
         return 0
     print("usage: python -m tests.e2e.backend prepare | serve HOST", file=sys.stderr)
     return 2
