@@ -25,19 +25,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
-import selectors
-import shlex
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -49,11 +44,26 @@ from . import oci
 from .controlplane import (
     BUILD_SCRIPT,
     ControlPlane,
-    ControlPlaneError,
     KeyPair,
     _Process,
     free_port,
     write_kubeconfig,
+)
+from .node_host import (
+    NodeError,
+    TcpForwarder,
+    cgroup_hierarchies,
+    cgroup_pids,
+    die_with_parent_prefix,
+    iptables_chains,
+    lock_machine,
+    nft_tables,
+    read_sysctl,
+    remove_cgroup_tree,
+    remove_chains,
+    remove_tables,
+    run,
+    write_sysctl,
 )
 
 # The pods' network. 10.88.0.0/16 is the usual CNI bridge default; start() refuses to run
@@ -106,30 +116,6 @@ NODE_STATUS_UPDATE_FREQUENCY = "1h"
 CHAIN_PREFIXES = ("KUBE-", "CNI-")
 
 
-class NodeError(ControlPlaneError):
-    """The node could not be built, started or reached."""
-
-
-def lock_machine(timeout: float = 1200.0) -> int:
-    """Take the machine-wide node lock (the bridge, subnet and cgroup names are fixed).
-
-    Returns the locked descriptor; closing it releases the lock, and so does the kernel when
-    a session dies. Waits for another session's node rather than failing.
-    """
-    path = Path(tempfile.gettempdir()) / "backend-injector-e2e-node.lock"
-    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return descriptor
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(descriptor)
-                raise NodeError(f"{path} stayed locked for {timeout:.0f}s") from None
-            time.sleep(1)
-
-
 @dataclass(frozen=True)
 class NodeBinaries:
     """Absolute paths of the cached node binaries (see tools/build-binaries.sh)."""
@@ -168,188 +154,6 @@ class NodeBinaries:
     @classmethod
     def fields(cls) -> tuple[str, ...]:
         return tuple(cls.__dataclass_fields__)
-
-
-def _run(argv: Sequence[str | os.PathLike[str]], *, check: bool = True) -> str:
-    result = subprocess.run(
-        [os.fspath(arg) for arg in argv],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        command = " ".join(os.fspath(arg) for arg in argv)
-        raise NodeError(f"{command}: exit {result.returncode}: {result.stderr.strip()}")
-    return result.stdout
-
-
-def _die_with_parent_prefix() -> list[str]:
-    # As in controlplane.py: a SIGKILLed pytest must not leave node processes behind.
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
-
-
-def read_sysctl(name: str) -> str:
-    return (Path("/proc/sys") / name).read_text().strip()
-
-
-def write_sysctl(name: str, value: str) -> None:
-    (Path("/proc/sys") / name).write_text(value + "\n")
-
-
-# --- iptables -------------------------------------------------------------------------------
-
-IPTABLES = ("iptables", "ip6tables")
-TABLES = ("filter", "nat", "mangle", "raw")
-
-
-def iptables_chains() -> set[tuple[str, str, str]]:
-    """Every (command, table, chain) of the machine's IPv4 and IPv6 rule sets."""
-    chains: set[tuple[str, str, str]] = set()
-    for command in IPTABLES:
-        table = ""
-        for line in _run([f"{command}-save"], check=False).splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith(":"):
-                chains.add((command, table, line[1:].split()[0]))
-    return chains
-
-
-def remove_chains(created: set[tuple[str, str, str]]) -> None:
-    """Delete the given chains and every rule that jumps to them."""
-    for command in IPTABLES:
-        for table in TABLES:
-            doomed = {chain for cmd, tbl, chain in created if (cmd, tbl) == (command, table)}
-            if not doomed:
-                continue
-            rules = _run([command, "-w", "-t", table, "-S"], check=False).splitlines()
-            for rule in rules:
-                # Comments are quoted and contain spaces.
-                words = shlex.split(rule)
-                if words[:1] != ["-A"] or words[1] in doomed:
-                    continue
-                if any(word in doomed for word in words[2:]):
-                    _run([command, "-w", "-t", table, "-D", *words[1:]], check=False)
-            for chain in doomed:
-                _run([command, "-w", "-t", table, "-F", chain], check=False)
-            for chain in doomed:
-                _run([command, "-w", "-t", table, "-X", chain], check=False)
-
-
-def nft_tables() -> set[tuple[str, str]]:
-    """Every (family, name) nftables table; iptables (nft backend) creates them on first use."""
-    tables = set()
-    for line in _run(["nft", "list", "tables"], check=False).splitlines():
-        words = line.split()
-        if len(words) == 3 and words[0] == "table":
-            tables.add((words[1], words[2]))
-    return tables
-
-
-# Tables that iptables' nft backend and kube-proxy create when they are first used.
-NFT_TABLES = ("filter", "nat", "mangle", "raw", "kube-proxy")
-
-
-def remove_tables(created: set[tuple[str, str]]) -> None:
-    """Delete the given tables of NFT_TABLES (after their chains were removed)."""
-    for family, name in sorted(created):
-        if name in NFT_TABLES:
-            _run(["nft", "delete", "table", family, name], check=False)
-
-
-# --- cgroups --------------------------------------------------------------------------------
-
-
-def cgroup_hierarchies() -> list[Path]:
-    """Every mounted cgroup hierarchy (v1 controllers, named ones and the unified one)."""
-    hierarchies = []
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if fields[2] in ("cgroup", "cgroup2"):
-            hierarchies.append(Path(fields[1]))
-    return hierarchies
-
-
-def _remove_cgroup_tree(root: Path) -> None:
-    if not root.is_dir():
-        return
-    for directory in sorted(root.glob("**/"), key=lambda p: len(p.parts), reverse=True):
-        for _ in range(50):
-            try:
-                directory.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.1)  # a killed task is leaving the cgroup
-
-
-def _cgroup_pids(root: Path) -> set[int]:
-    pids: set[int] = set()
-    if root.is_dir():
-        for procs in root.glob("**/cgroup.procs"):
-            with contextlib.suppress(OSError, ValueError):
-                pids.update(int(pid) for pid in procs.read_text().split())
-    return pids
-
-
-# --- the apiserver forwarder ----------------------------------------------------------------
-
-
-class TcpForwarder:
-    """Accepts on ``listen`` and relays each connection to ``target`` (bytes unchanged).
-
-    Pods reach the apiserver through the ``kubernetes`` Service, but the apiserver listens
-    only on loopback, which a DNAT from a pod cannot reach; TLS passes through untouched.
-    """
-
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
-        self.target = target
-        self._server = socket.create_server(listen, reuse_port=False)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)
-        self._server.close()
-        self._thread.join(timeout=5)
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
-
-    def _relay(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target, timeout=10)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
-        with client, upstream, selectors.DefaultSelector() as selector:
-            selector.register(client, selectors.EVENT_READ, upstream)
-            selector.register(upstream, selectors.EVENT_READ, client)
-            while not self._stopping.is_set():
-                for key, _ in selector.select(timeout=1):
-                    source = key.fileobj
-                    assert isinstance(source, socket.socket)
-                    try:
-                        data = source.recv(65536)
-                        if not data:
-                            return
-                        key.data.sendall(data)
-                    except OSError:
-                        return
 
 
 # --- the node -------------------------------------------------------------------------------
@@ -433,48 +237,64 @@ class Node:
             raise
 
     def stop(self) -> None:
-        """Stop everything and undo every change to the machine (idempotent)."""
+        """Stop everything and undo every change to the machine (idempotent).
+
+        Every step runs even when one before it failed (a half-cleaned machine is worse than
+        a failed test); the first failure is raised at the end.
+        """
         if self._stopped or not self._started:
             return
         self._stopped = True
+        errors: list[BaseException] = []
+
+        def step(action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as error:  # collected, raised below
+                errors.append(error)
+
         # The kubelet first, so that it restarts nothing; then every container (by cgroup),
         # the runtime, and whatever is left in the mount namespace (the shims).
-        for name in ("kubelet",):
-            self._terminate_named(name)
-        self._kill_pods()
-        self._terminate_named("containerd")
-        self._kill_mount_namespace()
+        step(lambda: self._terminate_named("kubelet"))
+        step(self._kill_pods)
+        step(lambda: self._terminate_named("containerd"))
+        step(self._kill_mount_namespace)
         for process in reversed(self._processes):
-            ControlPlane._terminate(process)
+            step(lambda process=process: ControlPlane._terminate(process))  # type: ignore[misc]
         self._processes.clear()
         if self._forwarder is not None:
-            self._forwarder.stop()
-        remove_chains(
-            {
-                chain
-                for chain in iptables_chains() - self._chains_before
-                if chain[2].startswith(CHAIN_PREFIXES)
-            }
+            step(self._forwarder.stop)
+        step(
+            lambda: remove_chains(
+                {
+                    chain
+                    for chain in iptables_chains() - self._chains_before
+                    if chain[2].startswith(CHAIN_PREFIXES)
+                }
+            )
         )
-        remove_tables(nft_tables() - self._tables_before)
-        self._remove_interfaces()
+        step(lambda: remove_tables(nft_tables() - self._tables_before))
+        step(self._remove_interfaces)
         for hierarchy in cgroup_hierarchies():
-            _remove_cgroup_tree(hierarchy / CGROUP_ROOT)
+            step(lambda hierarchy=hierarchy: remove_cgroup_tree(hierarchy / CGROUP_ROOT))  # type: ignore[misc]
         if self._ip_forward_before is not None:
-            write_sysctl(IP_FORWARD, self._ip_forward_before)
-        # Nothing is mounted on them outside the (now gone) mount namespace, but clients
-        # such as `ctr run` leave files under /run/containerd on the host's side.
+            before = self._ip_forward_before
+            step(lambda: write_sysctl(IP_FORWARD, before))
+        # Nothing is mounted on them outside the (now gone) mount namespace; whatever a
+        # client wrote there on the host's side goes with them.
         for mount_point in reversed(self._created_mount_points):
             shutil.rmtree(mount_point, ignore_errors=True)
         atexit.unregister(self.stop)
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+        if errors:
+            raise NodeError(f"stopping the node: {errors[0]!r}") from errors[0]
 
     def _remove_leftovers(self) -> None:
         """Clean up after a session that was SIGKILLed (its processes died with it)."""
         for hierarchy in cgroup_hierarchies():
-            for pid in _cgroup_pids(hierarchy / CGROUP_ROOT):
+            for pid in cgroup_pids(hierarchy / CGROUP_ROOT):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
         for pid in self._pids_running(self.binaries.containerd_shim_runc_v2):
@@ -483,7 +303,7 @@ class Node:
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             self._remove_interfaces()
         for hierarchy in cgroup_hierarchies():
-            _remove_cgroup_tree(hierarchy / CGROUP_ROOT)
+            remove_cgroup_tree(hierarchy / CGROUP_ROOT)
         for network in self._networks_in_use():
             if network.overlaps(POD_SUBNET):
                 raise NodeError(f"{POD_SUBNET} overlaps {network}, which the machine uses")
@@ -501,7 +321,7 @@ class Node:
     @staticmethod
     def _networks_in_use() -> list[ipaddress.IPv4Network]:
         networks = []
-        for entry in json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"])):
+        for entry in json.loads(run(["ip", "-j", "-4", "route", "show", "table", "all"])):
             destination = entry.get("dst", "")
             if destination and destination != "default" and entry.get("type") != "broadcast":
                 with contextlib.suppress(ValueError):
@@ -513,17 +333,17 @@ class Node:
     def _create_bridge(self) -> None:
         # Created here rather than by the bridge plugin at the first pod, so that CoreDNS,
         # the forwarder and an external backend can listen on HOST_ADDRESS from the start.
-        _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-        _run(["ip", "addr", "add", f"{HOST_ADDRESS}/{POD_SUBNET.prefixlen}", "dev", BRIDGE])
-        _run(["ip", "link", "set", BRIDGE, "up"])
+        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        run(["ip", "addr", "add", f"{HOST_ADDRESS}/{POD_SUBNET.prefixlen}", "dev", BRIDGE])
+        run(["ip", "link", "set", BRIDGE, "up"])
 
     def _remove_interfaces(self) -> None:
         # Pod veths vanish with their network namespaces; any still attached go first.
-        links = json.loads(_run(["ip", "-j", "link", "show"], check=False) or "[]")
+        links = json.loads(run(["ip", "-j", "link", "show"], check=False) or "[]")
         for link in links:
             if link.get("master") == BRIDGE:
-                _run(["ip", "link", "del", link["ifname"]], check=False)
-        _run(["ip", "link", "del", BRIDGE], check=False)
+                run(["ip", "link", "del", link["ifname"]], check=False)
+        run(["ip", "link", "del", BRIDGE], check=False)
 
     def _write_cni_config(self) -> Path:
         conf_dir = self.base_dir / "cni"
@@ -558,7 +378,7 @@ class Node:
         """A process holding a private mount namespace; containerd and kubelet join it."""
         self._holder = subprocess.Popen(
             [
-                *_die_with_parent_prefix(),
+                *die_with_parent_prefix(),
                 "unshare",
                 "--mount",
                 "--propagation",
@@ -600,7 +420,7 @@ class Node:
         return ["nsenter", f"--target={self._holder.pid}", "--mount", "--"]
 
     def _in_namespace(self, argv: Sequence[str | os.PathLike[str]]) -> str:
-        return _run([*self._namespace_prefix(), *argv])
+        return run([*self._namespace_prefix(), *argv])
 
     def _kill_mount_namespace(self) -> None:
         if self._holder is None:
@@ -626,7 +446,7 @@ class Node:
         env: dict[str, str] | None = None,
     ) -> None:
         log_path = self.log_dir / f"{name}.log"
-        prefix = [*_die_with_parent_prefix()]
+        prefix = [*die_with_parent_prefix()]
         if in_namespace:
             prefix += self._namespace_prefix()
         with log_path.open("ab") as log:
@@ -650,7 +470,7 @@ class Node:
     def _kill_pods(self) -> None:
         hierarchies = cgroup_hierarchies()
         for _ in range(50):
-            pids = set().union(*(_cgroup_pids(h / CGROUP_ROOT) for h in hierarchies))
+            pids = set().union(*(cgroup_pids(h / CGROUP_ROOT) for h in hierarchies))
             if not pids:
                 return
             for pid in pids:
@@ -753,9 +573,14 @@ state = "{self.containerd_dir / "state"}"
         )
 
     def ctr(self, *args: str | os.PathLike[str], check: bool = True) -> str:
-        """Run ctr against this node's containerd, in the Kubernetes namespace."""
-        return _run(
+        """Run ctr against this node's containerd, in the Kubernetes namespace.
+
+        It runs in the node's mount namespace, where containerd's host paths (its fifo and
+        shim directories under /run/containerd) are the node's own.
+        """
+        return run(
             [
+                *self._namespace_prefix(),
                 self.binaries.ctr,
                 f"--address={self.containerd_socket}",
                 f"--namespace={K8S_NAMESPACE}",
@@ -933,7 +758,7 @@ state = "{self.containerd_dir / "state"}"
     @staticmethod
     def _routed() -> bool:
         # Its health endpoint answers before the first sync; the rules are what pods need.
-        rules = _run(["iptables", "-w", "-t", "nat", "-S", "KUBE-SERVICES"], check=False)
+        rules = run(["iptables", "-w", "-t", "nat", "-S", "KUBE-SERVICES"], check=False)
         return "default/kubernetes:https cluster IP" in rules
 
     def _start_kubelet(self) -> None:

@@ -35,9 +35,8 @@ from .node import (
     POD_SUBNET,
     Node,
     NodeBinaries,
-    cgroup_hierarchies,
-    nft_tables,
 )
+from .node_host import cgroup_hierarchies, nft_tables
 from .webhook_host import _lock_host
 
 SMOKE_IMAGE = "localhost/bi-e2e/smoke:1"
