@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,7 +195,7 @@ def wait_for_webhook(plane: ControlPlane, node: Node, job: str | None) -> None:
             plane, "get", "deployment", "backend-injector", "-n", WEBHOOK_NAMESPACE
         )
         status = deployment.get("status", {})
-        return status.get("readyReplicas") == 2 and status.get("availableReplicas") == 2
+        return bool(status.get("readyReplicas") == 2 and status.get("availableReplicas") == 2)
 
     wait_for(
         "the webhook Deployment 2/2 Ready",
@@ -259,9 +258,14 @@ def test_b_the_unmodified_chart_runs_in_a_labelled_namespace(
     listed = pods(cluster, LABELLED)
     states = {pod["metadata"]["name"]: pod_state(pod) for pod in listed}
     assert not [name for name, state in states.items() if state.startswith("Init")], states
-    jobs = kubectl_json(cluster, "get", "jobs", "-n", LABELLED)["items"]
-    (preprocess,) = [job for job in jobs if job["metadata"]["name"].startswith("preprocess-")]
-    assert preprocess["status"].get("succeeded") == 1
+
+    def preprocess_succeeded() -> bool:
+        # The Job's status follows its pod's by a moment.
+        jobs = kubectl_json(cluster, "get", "jobs", "-n", LABELLED)["items"]
+        (preprocess,) = [job for job in jobs if job["metadata"]["name"].startswith("preprocess-")]
+        return bool(preprocess["status"].get("succeeded") == 1)
+
+    wait_for("the preprocess Job to succeed", preprocess_succeeded, timeout=60)
     # Every pod that waited was admitted mutated: waiters for external services gone,
     # wait-for-kafka kept and completed against the in-cluster Kafka stand-in.
     for pod in listed:
@@ -410,16 +414,19 @@ def faults(cluster: ControlPlane, node: Node, tmp_path_factory: pytest.TempPathF
 
 
 def scale_under_fault(plane: ControlPlane, node: Node, name: str, fault: Any) -> dict[str, float]:
-    """Scale ``name`` from 0 to 20 while ``fault`` runs; check every pod; return delays."""
+    """Scale ``name`` from 0 to 20 the moment ``fault`` has struck; check every pod.
+
+    The ReplicaSet creates its 20 pods within a second, so the fault is set off first and
+    the scale-up lands on it; returns the delays seen.
+    """
     kubectl_ok(plane, "apply", "-f", "-", input=json.dumps(fault_deployment(name)))
+    fault()
     started = time.time()
     kubectl_ok(plane, "scale", f"deployment/{name}", "--replicas=20", "-n", FAULTS)
-    thread = threading.Thread(target=fault)
-    thread.start()
 
     def all_ready() -> bool:
         status = kubectl_json(plane, "get", "deployment", name, "-n", FAULTS).get("status", {})
-        return status.get("readyReplicas") == 20
+        return bool(status.get("readyReplicas") == 20)
 
     wait_for(
         f"{name}: 20 pods Ready",
@@ -429,7 +436,6 @@ def scale_under_fault(plane: ControlPlane, node: Node, name: str, fault: Any) ->
         describe=lambda: describe(plane, node, FAULTS),
     )
     all_running = time.time() - started
-    thread.join(timeout=ROLLOUT_TIMEOUT)
     listed = pods(plane, FAULTS, f"app={name}")
     assert len(listed) == 20, [p["metadata"]["name"] for p in listed]
     for pod in listed:
@@ -454,8 +460,10 @@ def scale_under_fault(plane: ControlPlane, node: Node, name: str, fault: Any) ->
     }
 
 
-def webhook_pods(plane: ControlPlane) -> list[Any]:
-    return pods(plane, WEBHOOK_NAMESPACE, "app.kubernetes.io/component=webhook")
+def webhook_pods(plane: ControlPlane, *, terminating: bool = False) -> list[Any]:
+    """The webhook's pods; those being deleted only when ``terminating``."""
+    listed = pods(plane, WEBHOOK_NAMESPACE, "app.kubernetes.io/component=webhook")
+    return [p for p in listed if terminating or not p["metadata"].get("deletionTimestamp")]
 
 
 def test_f_a_webhook_pod_deleted_while_a_deployment_scales_up(
@@ -464,8 +472,19 @@ def test_f_a_webhook_pod_deleted_while_a_deployment_scales_up(
     victim = webhook_pods(cluster)[0]["metadata"]["name"]
 
     def delete_one() -> None:
-        time.sleep(0.5)
-        cluster.kubectl("delete", "pod", victim, "-n", WEBHOOK_NAMESPACE, "--wait=false")
+        # At once and without grace, as a crash or an evicted node would: its address stays
+        # among the Service's endpoints until the EndpointSlice controller notices.
+        kubectl_ok(
+            cluster,
+            "delete",
+            "pod",
+            victim,
+            "-n",
+            WEBHOOK_NAMESPACE,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        )
 
     delays = scale_under_fault(cluster, node, "fault-delete", delete_one)
     record("fault, webhook pod deleted", delays)
@@ -480,6 +499,17 @@ def test_f_the_webhook_rolled_while_another_deployment_scales_up(
     def roll() -> None:
         kubectl_ok(
             cluster, "rollout", "restart", "deployment/backend-injector", "-n", WEBHOOK_NAMESPACE
+        )
+        # Scale the moment the first old replica starts terminating (a new one is Ready by
+        # then: maxUnavailable 0), in the middle of the roll.
+        wait_for(
+            "an old webhook pod terminating",
+            lambda: any(
+                p["metadata"].get("deletionTimestamp") and p["metadata"]["name"] in before
+                for p in webhook_pods(cluster, terminating=True)
+            ),
+            timeout=ROLLOUT_TIMEOUT,
+            interval=0.2,
         )
 
     delays = scale_under_fault(cluster, node, "fault-roll", roll)
