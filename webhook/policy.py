@@ -68,6 +68,7 @@ from webhook.grammar import (
     REDIRECTION,
     REDIS_CLI,
     REDIS_LIVENESS,
+    SAFE_VALUE,
     SHELL_KEYWORDS,
     SHELL_VARIABLE,
     SHELLS,
@@ -214,7 +215,8 @@ def all_regexes(settings: Settings) -> list[str]:
         regexes.append(external_search_re(external_hosts))
     regexes += [host_search_re(service) for service in services]
     regexes += [ADDRESS_RE, ADDRESS_PREFIX_RE, ADDRESS_HOST_RE, "^[/?#]", ":[0-9]{1,5}$",
-                f"[{SPACE_CLASS}]", "^-*", "^(?s:.*[^;])", WHOLE_VARIABLE_RE,
+                f"[{SPACE_CLASS}]", "^-*", "^(?s:.*[^;])", VARIABLE_WHOLE_RE,
+                QUOTED_VARIABLE_WHOLE_RE, READ_TOKENS_RE, TEXT_TOKENS_RE, SAFE_VALUE_RE,
                 "[A-Za-z_][A-Za-z0-9_]*", "-[^}]*", COMPUTED_RE]
     regexes += [f"^(?:{host_form(service.hosts)})$" for service in services]
     retargetable = [s for s in services if s.external is not None]
@@ -494,43 +496,71 @@ def word_tag(word: str, services: Sequence[Service]) -> str:
 
 # A host part computed at run time, as probes.py's script scan sets it apart.
 COMPUTED_RE = f"\\.(?:{COMPUTED_PART})"
-# A word that is one variable reference and nothing else, quoted or not: `"$DB_HOST"`,
-# `${DB_HOST}`, `${DB_HOST:-postgres}`. The policy resolves these; a reference inside a longer
-# word (`$HOST:$PORT`) it leaves unresolved (docs/policy.md).
-WHOLE_VARIABLE_RE = (
-    '^"?\\$(?:[A-Za-z_][A-Za-z0-9_]*|\\{[A-Za-z_][A-Za-z0-9_]*(?::?-[^}]*)?\\})"?$'
-)
+# Variable references, resolved against the init container's literal env and the default as
+# probes.py does: in a probe's words when reading (probes._expand_word), and, quotes and all,
+# in a probe's text when retargeting (probes._expand_in_probe). A text is cut into tokens:
+# references (quoted ones first, for the text), runs without `$` (or `"`), single characters.
+VARIABLE_WHOLE_RE = f"^(?:{SHELL_VARIABLE_RE})$"
+QUOTED_VARIABLE_WHOLE_RE = f'^"(?:{SHELL_VARIABLE_RE})"$'
+READ_TOKENS_RE = f"{SHELL_VARIABLE_RE}|[^$]+|(?s:.)"
+TEXT_TOKENS_RE = f'"(?:{SHELL_VARIABLE_RE})"|{SHELL_VARIABLE_RE}|[^$"]+|(?s:.)'
+SAFE_VALUE_RE = SAFE_VALUE
 _ENV_OF_INIT = "variables.inits[i_].?env.orValue([])"
 
 
-def _resolved_word(word: str, in_script: str) -> str:
-    """probes._expand_word for a whole-word reference, against the init container's literal
-    env, then the default; any other word as it is."""
-    name = f'{word}.find("[A-Za-z_][A-Za-z0-9_]*")'
+def _resolution(token: str) -> str:
+    """What a reference token stands for: the last literal value of its variable when that is
+    not empty, else its default; "" for neither (probes._resolved, where None and "" both
+    leave the reference as written)."""
+    name = f'{token}.find("[A-Za-z_][A-Za-z0-9_]*")'
     values = f"{_ENV_OF_INIT}.filter(e_, e_.name == nm_ && has(e_.value)).map(e_, e_.value)"
-    default = (
-        f'{word}.contains("-") ? {word}.find("-[^}}]*").substring(1) : ""'
-    )
+    # Only a braced reference can hold a `-`, and then it starts the default.
+    default = f'{token}.contains("-") ? {token}.find("-[^}}]*").substring(1) : ""'
     chosen = _let(
         values,
         "vs_",
         _let('vs_.size() > 0 ? vs_[vs_.size() - 1] : ""', "vl_",
-             _let(default, "df_", f'vl_ != "" ? vl_ : (df_ != "" ? df_ : {word})')),
+             f'vl_ != "" ? vl_ : ({default})'),
+    )
+    return _let(name, "nm_", chosen)
+
+
+def _expanded_word(word: str, in_script: str) -> str:
+    """probes._expand_word in a script: each reference resolved, unresolved ones as written."""
+    value = _let(_resolution("tk_"), "rv_", 'rv_ != "" ? rv_ : tk_')
+    tokens = (
+        f"{word}.findAll({cel_string(READ_TOKENS_RE)}).map(tk_,"
+        f' tk_.matches({cel_string(VARIABLE_WHOLE_RE)}) ? {value} : tk_).join("")'
+    )
+    return f'({in_script} && {word}.contains("$") ? {tokens} : {word})'
+
+
+def _expanded_text(text: str) -> str:
+    """probes._expand_in_probe: each reference (with the quotes around it) replaced by its
+    value where that is one plain word."""
+    value = _let(
+        _resolution("tk_"),
+        "rv_",
+        f'rv_ != "" && rv_.matches({cel_string(SAFE_VALUE_RE)}) ? rv_ : tk_',
+    )
+    reference = (
+        f"tk_.matches({cel_string(VARIABLE_WHOLE_RE)})"
+        f" || tk_.matches({cel_string(QUOTED_VARIABLE_WHOLE_RE)})"
     )
     return (
-        f"({in_script} && {word}.matches({cel_string(WHOLE_VARIABLE_RE)})"
-        f" ? {_let(name, 'nm_', chosen)} : {word})"
+        f'({text}.contains("$") ? {text}.findAll({cel_string(TEXT_TOKENS_RE)})'
+        f'.map(tk_, {reference} ? {value} : tk_).join("") : {text})'
     )
 
 
 def _segment_facts(record: str, services: Sequence[Service], in_script: str) -> str:
     """What one simple command contributes, as tags: "s<i>", "@", "!o" (another host),
-    "!w" (work), "!p" and "!v" (a probe the policy cannot retarget: its port is apart, or its
-    host came through a variable). The twin of probes.ProgramReader._read_segment.
+    "!w" (work), "!p" (a probe whose port is apart from its host, which the policy cannot
+    retarget). The twin of probes.ProgramReader._read_segment.
 
-    A variable in a script's probe may stand for any host: probes.py resolves it against the
-    container's literal env, and so does the policy for a word that is one reference; what
-    stays unresolved counts as another host, so the container is kept.
+    A variable in a script's probe may stand for any host: it is resolved against the init
+    container's literal env and the default, as probes.py does; one that stays unresolved
+    counts as another host, so the container is kept.
     """
     other_candidates = f"({record}.args.size() > 0 ? {record}.args : {record}.words)"
     unresolved = (
@@ -545,10 +575,9 @@ def _segment_facts(record: str, services: Sequence[Service], in_script: str) -> 
     # apart); a port given apart from the host is tagged "!p": the policy cannot retarget it.
     apart = (
         f'({_runs_command(record)} ? ["!w"] : []) + ({_port_apart(record)} ? ["!p"] : [])'
-        f' + ({_resolves(record, in_script)} ? ["!v"] : [])'
     )
     probe = _let(
-        f"{_probed_words(record)}.map(wr_, {_resolved_word('wr_', in_script)})",
+        f"{_probed_words(record)}.map(wr_, {_expanded_word('wr_', in_script)})",
         "xw_",
         _let(
             f"xw_.map(wt_, {word_tag('wt_', services)})",
@@ -561,13 +590,6 @@ def _segment_facts(record: str, services: Sequence[Service], in_script: str) -> 
         f' && !({record}.cmd in {_strings(IDLE_COMMANDS)}) ? ["!w"] : []'
     )
     return f"({_is_probe(record)} ? {probe} : ({work}))"
-
-
-def _resolves(record: str, in_script: str) -> str:
-    """A probed word of the command is a variable the policy resolves (see _resolved_word)."""
-    return (
-        f"{_probed_words(record)}.exists(wr_, {_resolved_word('wr_', in_script)} != wr_)"
-    )
 
 
 def _stripped_option(word: str) -> str:
@@ -928,7 +950,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         remove = (
             f"(({named}) || ({waits}))"
             f' && (!({managed}) ? !("@" in variables.facts[i_])'
-            f' : ({orphaned} || "!p" in variables.facts[i_] || "!v" in variables.facts[i_]))'
+            f' : ({orphaned} || "!p" in variables.facts[i_]))'
         )
     retargets = any(s.external is not None for s in services)
     # What to retarget, per init container, as [text, "1" if it is a probe]: the segments of
@@ -952,9 +974,16 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         )
         + ")))"
     )
+    # A script's probe is retargeted with its variables resolved (probes._expand_in_probe),
+    # and written so only when the retarget changed something.
+    retargeted = _let(
+        f"variables.scriptIndex[i_] >= 0 ? {_expanded_text('pc_[0]')} : pc_[0]",
+        "ex_",
+        _let(_retarget_text("ex_", services), "rt_", "rt_ == ex_ ? pc_[0] : rt_"),
+    )
     retarget_output = (
-        "variables.retargetInput.map(pcs_, pcs_.map(pc_, pc_[1] == \"1\""
-        f" ? {_retarget_text('pc_[0]', services)} : pc_[0]).join(\"\"))"
+        "variables.retargetInput.transformList(i_, pcs_, pcs_.map(pc_, pc_[1] == \"1\""
+        f' ? {retargeted} : pc_[0]).join(""))'
     )
     new_argvs = (
         "variables.argvs.transformList(i_, a_, variables.retargetInput[i_].size() == 0 ? a_"
@@ -980,8 +1009,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         # Probes to retarget: not those whose port or command the policy cannot follow.
         ("probeFlags", (
             f"variables.records.transformList(i_, g_, g_.map(r_, {_is_probe('r_')}"
-            f" && !{_runs_command('r_')} && !{_port_apart('r_')}"
-            f" && !{_resolves('r_', 'variables.scriptIndex[i_] >= 0')}))"
+            f" && !{_runs_command('r_')} && !{_port_apart('r_')}))"
         )),
         ("facts", (
             "variables.records.transformList(i_, g_, g_.map(r_,"

@@ -245,6 +245,17 @@ def edge_pods() -> list[dict[str, Any]]:
                                      " redis-cli -h minio FLUSHALL")],
         "variable-namespace": [_sh("probe", "until nc -z minio.${POD_NAMESPACE}.svc 9000; do"
                                             " sleep 2; done", env=[POD_NAMESPACE])],
+        "resolved-variable": [_sh("probe", 'until nc -z "$TRACKING_HOST" 5000; do sleep 1; done',
+                                  env=[_env("TRACKING_HOST", "mlflow")])],
+        "variables-in-a-word": [_sh("probe", "until nc -z $API_HOST:$API_PORT; do sleep 1; done",
+                                    env=[_env("API_HOST", "fastapi-app"), _env("API_PORT", "80")])],
+        "variable-host-and-port": [_sh("probe", 'until nc -z "${API_HOST}" "$API_PORT" -w $T;'
+                                                " do sleep 1; done",
+                                       env=[_env("API_HOST", "fastapi-app"),
+                                            _env("API_PORT", "80"), _env("T", "a b")])],
+        "variable-then-work": [_sh("migrate", 'until nc -z "$TRACKING_HOST" 5000; do sleep 1;'
+                                              " done; alembic upgrade head",
+                                   env=[_env("TRACKING_HOST", "mlflow")])],
         "default-variable": [_sh("probe", "until pg_isready -h ${DB_HOST:-postgres}; do sleep 1;"
                                           " done")],
         "unresolved-variable": [_sh("probe", "until nc -z mlflow 5000 && nc -z $BROKER 9092;"
@@ -785,14 +796,6 @@ def test_variable_ports_and_quoted_hosts_are_idempotent(
 # (kept, its probe pointed at the external address) or "same" (the webhook's pod), for remove
 # and rewrite mode.
 DEGRADED: dict[str, tuple[dict[str, Any], dict[Action, str]]] = {
-    "resolved-variable": (_sh("probe", 'until nc -z "$TRACKING_HOST" 5000; do sleep 1; done',
-                              env=[_env("TRACKING_HOST", "mlflow")]),
-                          {Action.REMOVE: "same", Action.REWRITE: "removed"}),
-    "variable-inside-a-word": (_sh("probe", "until nc -z $TRACKING_HOST:$TRACKING_PORT; do sleep"
-                                            " 1; done",
-                                   env=[_env("TRACKING_HOST", "mlflow"),
-                                        _env("TRACKING_PORT", "5000")]),
-                               {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
     "kubelet-variable": (_init("probe", ["nc", "-z", "$(TRACKING_HOST)", "5000"],
                                env=[_env("TRACKING_HOST", "mlflow")]),
                          {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
