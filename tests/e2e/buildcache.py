@@ -14,11 +14,16 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 STAMP = ".complete"
+# Entries of one kind not used for this long are removed when another of that kind is built:
+# every edit of the webhook's sources, in every clone, makes a new one.
+UNUSED_DAYS = 7
 
 
 def cache_root() -> Path:
@@ -62,6 +67,30 @@ def is_complete(entry: Path) -> bool:
 def mark_complete(entry: Path, note: str = "") -> None:
     """Declare ``entry`` finished; call this last, after every file is in place."""
     (entry / STAMP).write_text(note)
+
+
+def mark_used(entry: Path) -> None:
+    """Record that ``entry`` was just used (its stamp's time), so that prune() keeps it."""
+    os.utime(entry / STAMP)
+
+
+def prune(kept: Path, kind: str, unused_days: float = UNUSED_DAYS) -> list[Path]:
+    """Remove the other ``<kind>-<hash>`` entries beside ``kept`` unused for ``unused_days``.
+
+    An entry without a stamp (a build that was interrupted) counts from its directory's time.
+    Returns what was removed.
+    """
+    pattern = re.compile(rf"{re.escape(kind)}-[0-9a-f]{{16}}")
+    deadline = time.time() - unused_days * 86400
+    removed = []
+    for entry in kept.parent.iterdir():
+        if entry == kept or not entry.is_dir() or not pattern.fullmatch(entry.name):
+            continue
+        used = (entry / STAMP) if is_complete(entry) else entry
+        if used.stat().st_mtime < deadline:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager

@@ -179,6 +179,7 @@ def _images_cache() -> Path:
 def _cached(entry: Path) -> list[Image] | None:
     if not buildcache.is_complete(entry):
         return None
+    buildcache.mark_used(entry)
     listing = json.loads((entry / "images.json").read_text())
     return [Image(item["name"], entry / "images.tar", item["config"]) for item in listing]
 
@@ -223,6 +224,9 @@ def _build_group(kind: str, sources: dict[str, Path], keys: Sequence[str], build
             elapsed = time.monotonic() - started
             buildcache.mark_complete(entry, f"built in {elapsed:.0f} s\n")
             print(f"images: built {kind} in {elapsed:.0f} s", file=output, flush=True)
+            for removed in buildcache.prune(entry, kind):
+                print(f"images: removed {removed}, unused for {buildcache.UNUSED_DAYS} days",
+                      file=output, flush=True)
             return images
 
 
@@ -266,6 +270,7 @@ def base_rootfs(stream: IO[str] | None = None) -> Path:
     entry = _images_cache() / f"python-base-{key}"
     rootfs_tar = entry / "rootfs.tar"
     if buildcache.is_complete(entry):
+        buildcache.mark_used(entry)
         return rootfs_tar
     output = stream if stream is not None else sys.stderr
     with buildcache.locked("images"):
