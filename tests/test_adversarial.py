@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import ssl
 import sys
@@ -324,6 +325,34 @@ def test_a_100_mb_header_is_refused_without_being_read(default_server: attacks.R
     assert found.status == 431
     assert read < 8 * MIB
     assert found.small_failed == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_100_mb_body_is_refused_without_being_read(
+    default_server: attacks.Running, chunked: bool
+) -> None:
+    received_before = bytes_read(default_server.pid)
+    head = (b"POST /mutate HTTP/1.1\r\nHost: localhost\r\n"
+            + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked
+               else b"Content-Length: %d\r\n\r\n" % (100 * MIB)))
+    chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536) if chunked else b" " * 65536
+    sent = 0
+    status = 0
+    with attacks.tls_connect(default_server.port, 10) as connection:
+        try:
+            connection.sendall(head)
+            while sent < 100 * MIB:
+                connection.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # cut off by the server, as it should be
+        with contextlib.suppress(OSError, ConnectionError):
+            status, _ = attacks.read_response(connection)
+    read = bytes_read(default_server.pid) - received_before
+    figure(f"a 100 MB body ({'chunked' if chunked else 'Content-Length'})",
+           f"status {status}; the server read {read / MIB:.1f} MiB")
+    assert status == 413
+    assert read < 12 * MIB  # the 7 MiB limit, and what was in flight when it was reached
 
 
 @pytest.mark.parametrize(
