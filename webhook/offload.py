@@ -35,8 +35,6 @@ OFFLOAD_THRESHOLD = 256 * 1024
 # Bytes of big reviews waiting for a process, beyond the ones being reviewed: about twenty
 # reviews of the apiserver's largest objects.
 QUEUED_LIMIT = 64 * 1024 * 1024
-# How long the server waits for its review processes before it says it is ready.
-STARTUP_SECONDS = 30.0
 # Added to the review processes' nice value: they get the CPU the event loop leaves.
 REVIEW_PROCESS_NICENESS = 10
 
@@ -56,14 +54,13 @@ class ReviewProcesses:
         self._queued = 0
         self._executor: ProcessPoolExecutor | None = None
 
-    async def start(self, timeout: float = STARTUP_SECONDS) -> None:
-        """Start the processes now rather than at the first big review, and wait for them."""
-        # Spawning is quick; each process then starts an interpreter and imports the rules.
-        started = self._pool().submit(_ready)
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(started), timeout)
-        except (TimeoutError, BrokenProcessPool):
-            logger.warning("review process not started yet; big reviews will wait for it")
+    def start(self) -> None:
+        """Start the processes now rather than at the first big review.
+
+        Not waited for: a process takes a moment to start an interpreter and import the rules,
+        and small reviews need none of it. A big review that comes sooner waits for it.
+        """
+        self._pool().submit(_ready)
 
     def stop(self) -> None:
         if self._executor is not None:

@@ -168,8 +168,7 @@ class WebhookServer(uvicorn.Server):
             loop.create_server = create_server  # type: ignore[method-assign]
         self._watch_task = asyncio.create_task(self._watcher.watch())
         if self._big_reviews is not None:
-            # Ready means ready for any review, the big ones included.
-            await self._big_reviews.start()
+            self._big_reviews.start()
         self._readiness.set(True, "serving")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
