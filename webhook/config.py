@@ -23,18 +23,25 @@ from typing import Any, TypeVar
 
 import yaml
 
-from webhook.config_schema import config_schema
+from webhook.config_schema import (
+    CREDENTIAL_VARIABLES,
+    DNS_LABEL,
+    ENV_NAME,
+    HOSTNAME,
+    config_schema,
+)
 
 ENV_PREFIX = "BACKEND_INJECTOR_"
 DEFAULT_EXTERNAL_HOST = "host.docker.internal"
 # MinIO's documented development default; a deployment that keeps it is warned at start.
 DEVELOPMENT_CREDENTIAL = "minioadmin"
-ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
-SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
+ACCESS_KEY_ENV, SECRET_KEY_ENV = CREDENTIAL_VARIABLES
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# The grammars the configuration schema declares, so that a file the schema accepts and the
+# values checked here can never disagree.
+_DNS_LABEL = re.compile(DNS_LABEL)
+_HOSTNAME = re.compile(HOSTNAME)
+_ENV_NAME = re.compile(ENV_NAME)
 _TEMPLATE_FIELD = re.compile(r"\{([a-z0-9-]+)\}")
 _E = TypeVar("_E", bound=StrEnum)
 
@@ -301,11 +308,6 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _settings_from_document(document: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
-    known = {"action", "waiter_names", "services", "env", "credentials", "excluded_namespaces",
-             "add_env_to"}
-    unknown = sorted(set(document) - known)
-    if unknown:
-        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
     services = tuple(_service(name, spec) for name, spec in _mapping(document, "services").items())
     endpoints = {service.name: service.external for service in services}
     env = tuple(
