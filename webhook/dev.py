@@ -38,13 +38,13 @@ from typing import Any
 from webhook import certs
 from webhook.cluster import Cluster, ClusterError, JsonObject, webhook_configuration_path
 from webhook.config import Settings
+from webhook.mutate import INJECT_KEY
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "https://host.docker.internal:8443/mutate"
 DEV_CONFIGURATION = "backend-injector-dev"
 DEV_WEBHOOK = "dev.backend-injector.local"
-INJECT_LABEL = "backend-injector/inject"
 # Who made the registration; `doctor` reads them to tell a live one from a stale one.
 URL_ANNOTATION = "backend-injector/dev-url"
 HOST_ANNOTATION = "backend-injector/dev-host"
@@ -59,13 +59,13 @@ LISTEN_TIMEOUT_SECONDS = 30.0
 # out by label are not even sent.
 NAMESPACE_SELECTOR: JsonObject = {
     "matchExpressions": [
-        {"key": INJECT_LABEL, "operator": "In", "values": ["enabled"]},
+        {"key": INJECT_KEY, "operator": "In", "values": ["enabled"]},
         {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
          "values": ["backend-injector", "kube-system"]},
     ]
 }
 OBJECT_SELECTOR: JsonObject = {
-    "matchExpressions": [{"key": INJECT_LABEL, "operator": "NotIn", "values": ["false"]}]
+    "matchExpressions": [{"key": INJECT_KEY, "operator": "NotIn", "values": ["false"]}]
 }
 
 
@@ -255,7 +255,7 @@ def run_dev(
                                               "configuration": DEV_CONFIGURATION,
                                               "replaced_stale": replaced,
                                               "opt_in": f"kubectl label namespace NAME "
-                                                        f"{INJECT_LABEL}=enabled"}})
+                                                        f"{INJECT_KEY}=enabled"}})
             except (ClusterError, DevError) as error:
                 failure.append(error)
                 # The server owns the main thread; a signal is how it is asked to stop.

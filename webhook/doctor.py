@@ -40,7 +40,7 @@ from webhook.cluster import (
     service_proxy_path,
     webhook_configuration_path,
 )
-from webhook.mutate import STATUS_KEY
+from webhook.mutate import INJECT_KEY, STATUS_KEY
 
 DEFAULT_WEBHOOK_CONFIGURATION = "backend-injector"
 DEFAULT_TLS_SECRET = "backend-injector-tls"
@@ -302,14 +302,14 @@ class Doctor:
         labels.setdefault("kubernetes.io/metadata.name", self.namespace)
         selector = webhook.get("namespaceSelector") or {}
         if selector_matches(selector, labels):
-            return passed(name, f"labelled {dev.INJECT_LABEL}={labels.get(dev.INJECT_LABEL)}")
-        if labels.get(dev.INJECT_LABEL) == "enabled":
+            return passed(name, f"labelled {INJECT_KEY}={labels.get(INJECT_KEY)}")
+        if labels.get(INJECT_KEY) == "enabled":
             return failed(name, f"{self.namespace} is excluded by the webhook's "
                                 "namespaceSelector (its own or kube-system)",
                           "run the workloads in another namespace")
-        return failed(name, f"{self.namespace} lacks the label {dev.INJECT_LABEL}=enabled, so "
+        return failed(name, f"{self.namespace} lacks the label {INJECT_KEY}=enabled, so "
                             "the apiserver never sends its pods",
-                      f"kubectl label namespace {self.namespace} {dev.INJECT_LABEL}=enabled")
+                      f"kubectl label namespace {self.namespace} {INJECT_KEY}=enabled")
 
     def _dev_leftover(self, registration: JsonObject | None, *, active: bool) -> Check:
         name = "no stale dev registration"
