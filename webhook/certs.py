@@ -16,6 +16,8 @@ kube-apiserver) and OpenSSL (Python clients, curl) accept them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import ipaddress
 import logging
@@ -309,6 +311,17 @@ def verification_problem(
         reason = str(error).split(" (encountered processing", 1)[0]
         return f"the caBundle does not verify the certificate served as {hostname}: {reason}"
     return None
+
+
+def pem_from_base64(field: str | None) -> bytes:
+    """PEM bytes from a base64 API field (a caBundle, a Secret's ``tls.crt``); empty when the
+    field is absent or not base64, which trusts or proves nothing."""
+    if not field:
+        return b""
+    try:
+        return base64.b64decode(field, validate=True)
+    except binascii.Error:
+        return b""
 
 
 def der_to_pem(der: bytes) -> bytes:

@@ -15,8 +15,6 @@ Only `webhook.cluster` talks to the cluster, and certificates are judged by `web
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import os
 import socket
@@ -226,10 +224,7 @@ class Doctor:
         # the next best witness of what they serve.
         secret = self.cluster.get(secret_path(str(service.get("namespace")), self.tls_secret))
         data = (secret or {}).get("data") or {}
-        try:
-            cert_pem = base64.b64decode(data.get("tls.crt", ""), validate=True) or None
-        except binascii.Error:
-            cert_pem = None
+        cert_pem = certs.pem_from_base64(data.get("tls.crt")) or None
         where = f"Secret {service.get('namespace')}/{self.tls_secret}"
         reason = f"; no endpoint answered ({errors[0]})" if errors else ""
         return Served(cert_pem=cert_pem, hostname=hostname, where=where + reason,
@@ -639,10 +634,7 @@ def _host_port(address: str, port: int) -> str:
 
 
 def _bundle(client_config: Mapping[str, Any]) -> bytes:
-    try:
-        return base64.b64decode(client_config.get("caBundle") or "", validate=True)
-    except binascii.Error:
-        return b""
+    return certs.pem_from_base64(client_config.get("caBundle"))
 
 
 def _client_url(configuration: Mapping[str, Any]) -> str:

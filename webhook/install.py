@@ -343,14 +343,13 @@ def ca_bundle_operations(
     wanted = certs.fingerprint(ca_pem)
     operations: list[PatchOperation] = []
     for index, webhook in enumerate(webhook_configuration.get("webhooks") or []):
-        client_config = webhook.get("clientConfig") or {}
-        if wanted in certs.bundle_fingerprints(_bundle_pem(client_config.get("caBundle"))):
+        current = certs.pem_from_base64((webhook.get("clientConfig") or {}).get("caBundle"))
+        if wanted in certs.bundle_fingerprints(current):
             continue
         kept = previous_ca_pem
         if kept is None and keep_current_ca:
             moment = now if now is not None else dt.datetime.now(dt.UTC)
-            kept = certs.first_valid_certificate(
-                _bundle_pem(client_config.get("caBundle")), other_than=wanted, now=moment)
+            kept = certs.first_valid_certificate(current, other_than=wanted, now=moment)
         bundle = _encoded(ca_pem + (kept or b""))
         operations.append(
             {"op": "test", "path": f"/webhooks/{index}/name", "value": webhook["name"]}
@@ -394,16 +393,6 @@ def _still_valid_ca(secret_data: Mapping[str, str] | None, *, now: dt.datetime) 
     except ValueError:
         return None
     return ca_pem if expires > now else None
-
-
-def _bundle_pem(ca_bundle: str | None) -> bytes:
-    """A caBundle field as PEM bytes; empty when absent or not base64 (it trusts nothing)."""
-    if not ca_bundle:
-        return b""
-    try:
-        return base64.b64decode(ca_bundle, validate=True)
-    except binascii.Error:
-        return b""
 
 
 def _decoded(secret_data: Mapping[str, str] | None, key: str) -> bytes:
