@@ -185,3 +185,13 @@ def test_a_webhook_scaled_to_zero_is_told_how_to_scale_up() -> None:
     endpoints = run_checks(cluster)["webhook endpoints ready"]
     assert "no pods: scaled to zero" in endpoints.detail
     assert "scale deployment/backend-injector --replicas=2" in endpoints.fix
+
+
+def test_the_endpoints_are_read_once_for_the_checks_that_look_at_them() -> None:
+    cluster = service_webhook_cluster()
+    cluster.objects[PODS] = {"items": []}
+    checks = run_checks(cluster)
+    assert checks["webhook endpoints ready"].status is doctor.Status.FAIL
+    slices = [call for call in cluster.calls if "/endpointslices" in call]
+    assert slices == ["GET /apis/discovery.k8s.io/v1/namespaces/backend-injector/endpointslices"
+                      "?labelSelector=kubernetes.io%2Fservice-name%3Dbackend-injector"]

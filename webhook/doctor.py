@@ -114,10 +114,14 @@ class Doctor:
         self.webhook_configuration = webhook_configuration
         self.tls_secret = tls_secret
         self.now = now if now is not None else dt.datetime.now(dt.UTC)
+        # Three checks look at the Service's ready endpoints; they are read once a run, so that
+        # the checks agree with each other and the cluster is asked two requests, not six.
+        self._ready: dict[tuple[str, str, int], tuple[list[str], int]] = {}
 
     def run(self) -> Iterator[Check]:
         """The checks in order, each as soon as it is made. A request the cluster refuses
         (RBAC, typically) fails that check only, with the apiserver's reason."""
+        self._ready.clear()
         reachable = self._reachable()
         yield reachable
         if reachable.status is Status.FAIL:
@@ -409,11 +413,17 @@ class Doctor:
     def _ready_addresses(self, service: Mapping[str, Any]) -> tuple[list[str], int]:
         """Ready endpoint addresses of the Service and the target port the slices name."""
         namespace, name = str(service.get("namespace")), str(service.get("name"))
+        port = int(service.get("port") or 443)
+        if (namespace, name, port) not in self._ready:
+            self._ready[namespace, name, port] = self._read_ready_addresses(namespace, name, port)
+        return self._ready[namespace, name, port]
+
+    def _read_ready_addresses(self, namespace: str, name: str, port: int
+                              ) -> tuple[list[str], int]:
         selector = urllib.parse.quote(f"kubernetes.io/service-name={name}", safe="")
         listed = self.cluster.get(namespaced_path("discovery.k8s.io/v1", namespace,
                                                   "endpointslices")
                                   + f"?labelSelector={selector}")
-        port = int(service.get("port") or 443)
         wanted_name = self._service_port_name(namespace, name, port)
         addresses: list[str] = []
         target = port
