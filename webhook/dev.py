@@ -231,9 +231,10 @@ def run_dev(
     listener answers. SIGINT and SIGTERM stop the server, and the registration is deleted on
     the way out. Between the two the apiserver finds nothing listening, which
     ``failurePolicy: Ignore`` turns into pods admitted unchanged, as after the command ended.
+
+    The caller has asked the cluster for its version first (the CLI does, before it prints
+    anything), so a stopped cluster fails before anything listens and nothing is left to undo.
     """
-    # Fail before listening if the cluster cannot be reached: nothing to undo then.
-    cluster.version()
     failure: list[BaseException] = []
     registered = threading.Event()
     finished = threading.Event()
