@@ -371,8 +371,9 @@ def connect(*, kubeconfig: str | None = None, context: str | None = None) -> Kub
             config_file=where, context=context, client_configuration=configuration,
             persist_config=False,
         )
-        chosen = context or _current_context(existing)
-        namespace = _context_namespace(existing, chosen)
+        loaded = list(_kubeconfigs(existing))
+        chosen = context or _current_context(loaded)
+        namespace = _context_namespace(loaded, chosen)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -386,6 +387,7 @@ def connect(*, kubeconfig: str | None = None, context: str | None = None) -> Kub
 
 
 def _kubeconfigs(paths: list[Path]) -> Iterator[dict[str, Any]]:
+    """Each kubeconfig file as a mapping, in kubectl's order (the first to set a field wins)."""
     import yaml
 
     for path in paths:
@@ -397,15 +399,15 @@ def _kubeconfigs(paths: list[Path]) -> Iterator[dict[str, Any]]:
             yield loaded
 
 
-def _current_context(paths: list[Path]) -> str | None:
-    for loaded in _kubeconfigs(paths):
+def _current_context(kubeconfigs: list[dict[str, Any]]) -> str | None:
+    for loaded in kubeconfigs:
         if loaded.get("current-context"):
             return str(loaded["current-context"])
     return None
 
 
-def _context_namespace(paths: list[Path], context: str | None) -> str:
-    for loaded in _kubeconfigs(paths):
+def _context_namespace(kubeconfigs: list[dict[str, Any]], context: str | None) -> str:
+    for loaded in kubeconfigs:
         for entry in loaded.get("contexts") or []:
             if isinstance(entry, dict) and entry.get("name") == context:
                 namespace = (entry.get("context") or {}).get("namespace")
