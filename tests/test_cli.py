@@ -299,3 +299,25 @@ def test_configure_logging_replaces_the_handler(capsys: pytest.CaptureFixture[st
     logging.getLogger("webhook.test").info("hello", extra={"fields": {"n": 1}})
     assert capsys.readouterr().err.rstrip().endswith("info    hello n=1")
     configure_logging("INFO", "json")
+
+
+COMMANDS = ("serve", "review", "inject", "policy", "certs", "install", "dev", "doctor")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_help_opens_with_what_it_does(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from webhook.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    paragraphs = capsys.readouterr().out.split("\n\n")
+    opening = " ".join(paragraphs[1].split())  # the paragraph after the usage lines
+    assert opening.endswith(".") and opening[0].isupper(), opening
+    # The same words as the command's line in `backend-injector --help`.
+    assert f"{command} {opening[0].lower()}{opening[1:-1]}" in listing

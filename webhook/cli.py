@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
 
-    serve = commands.add_parser("serve", help="serve the webhook over HTTPS")
+    serve = _command(commands, "serve", "serve the webhook over HTTPS")
     _add_config_arguments(serve)
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=_port, help="port to listen on (default 8443)")
@@ -142,14 +142,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds to keep serving, not ready, after SIGTERM (default 0)")
     serve.set_defaults(run=_serve)
 
-    review = commands.add_parser(
-        "review", help="answer one AdmissionReview from stdin on stdout (as the server would)"
+    review = _command(
+        commands, "review", "answer one AdmissionReview from stdin on stdout (as the server would)"
     )
     _add_config_arguments(review)
     review.set_defaults(run=_review)
 
-    inject = commands.add_parser(
-        "inject", help="mutate every pod and pod template in rendered manifests"
+    inject = _command(
+        commands, "inject", "mutate every pod and pod template in rendered manifests"
     )
     _add_config_arguments(inject)
     inject.add_argument("-f", "--filename", required=True, help="YAML file, or - for stdin")
@@ -157,9 +157,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="print only what the webhook changed, as a unified diff")
     inject.set_defaults(run=_inject)
 
-    policy = commands.add_parser(
-        "policy",
-        help="print the same rules as a native MutatingAdmissionPolicy and its binding",
+    policy = _command(
+        commands, "policy",
+        "print the same rules as a native MutatingAdmissionPolicy and its binding",
     )
     _add_config_arguments(policy)
     policy.add_argument(
@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     policy.set_defaults(run=_policy)
 
-    certs = commands.add_parser("certs", help="write a CA and a serving certificate")
+    certs = _command(commands, "certs", "write a CA and a serving certificate")
     _add_service_arguments(certs)
     certs.add_argument("--out", type=Path, default=Path("certs"), help="directory (certs/)")
     certs.add_argument("--days", type=_positive_days, default=365,
@@ -179,9 +179,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="an extra DNS name or IP address (repeatable)")
     certs.set_defaults(run=_certs)
 
-    install = commands.add_parser(
-        "install",
-        help="create or renew the TLS Secret and put its CA into the webhook configuration",
+    install = _command(
+        commands, "install",
+        "create or renew the TLS Secret and put its CA into the webhook configuration",
     )
     _add_service_arguments(install)
     install.add_argument("--secret", default="backend-injector-tls", help="TLS Secret name")
@@ -194,9 +194,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_cluster_arguments(install)
     install.set_defaults(run=_install)
 
-    dev = commands.add_parser(
-        "dev",
-        help="serve the webhook here and register it with the current cluster until stopped",
+    dev = _command(
+        commands, "dev",
+        "serve the webhook here and register it with the current cluster until stopped",
     )
     _add_config_arguments(dev)
     dev.add_argument("--url", default="https://host.docker.internal:8443/mutate",
@@ -211,8 +211,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_cluster_arguments(dev)
     dev.set_defaults(run=_dev)
 
-    doctor = commands.add_parser(
-        "doctor", help="check, one line each, why pods in a namespace are or are not changed",
+    doctor = _command(
+        commands, "doctor", "check, one line each, why pods in a namespace are or are not changed"
     )
     doctor.add_argument("-n", "--namespace",
                         help="the namespace of the workloads (default: the context's)")
@@ -238,6 +238,14 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_service_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service", default="backend-injector", help="Service name")
     parser.add_argument("--namespace", default="backend-injector", help="its namespace")
+
+
+def _command(commands: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose summary is both its line in ``--help`` and the opening of its own
+    ``COMMAND --help``, so each command says what it does where its options are listed."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.")
+    return parser
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
