@@ -263,7 +263,8 @@ class Doctor:
         remaining = (f"{left.days} days" if left >= dt.timedelta(days=2)
                      else f"{int(left.total_seconds() // 3600)} hours")
         detail = f"{what} expires {soonest.isoformat(timespec='seconds')} ({remaining})"
-        fix = "run backend-injector install (the renewal CronJob runs it daily)"
+        fix = ("run backend-injector install (the renewal CronJob runs it weekly, on Mondays by "
+               "default)")
         if client_config.get("url"):
             # Dev certificates live two days by design; each start makes new ones.
             fix = "restart backend-injector dev: it makes a new certificate at each start"
