@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -278,8 +278,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _announce(settings)
-    result: int = _listening_or_error(serve)(settings)
-    return result
+    return _listening_or_error(serve)(settings)
 
 
 def _review(args: argparse.Namespace) -> int:
@@ -371,13 +370,12 @@ def _dev(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from error
 
 
-def _listening_or_error(serve: Any) -> Any:
+def _listening_or_error(serve: Callable[[Settings], int]) -> Callable[[Settings], int]:
     """`serve`, with a port that cannot be listened on reported as one line."""
 
     def serve_or_explain(settings: Settings) -> int:
         try:
-            result: int = serve(settings)
-            return result
+            return serve(settings)
         except OSError as error:
             raise CommandError(
                 f"cannot listen on {settings.host}:{settings.port}: "
