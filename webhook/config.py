@@ -287,10 +287,17 @@ def _unknown(where: str, key: str, properties: Mapping[str, Any],
     return f"unknown key {where} (valid here: {', '.join(sorted(properties))})"
 
 
-def _yaml_error_line(path: Path, error: yaml.MarkedYAMLError) -> str:
-    """``FILE:LINE:COLUMN: not valid YAML: problem``: where the parser gave up, 1-based."""
+def yaml_problem(error: yaml.MarkedYAMLError) -> tuple[yaml.Mark | None, str]:
+    """Where a YAML parser gave up (else where the construct it was in began; lines and
+    columns 0-based) and what it met there, its context first: ``while parsing a flow
+    mapping: expected ',' or '}'``. The configuration file and ``inject`` both report it."""
     mark = error.problem_mark or error.context_mark
-    problem = " ".join(part for part in (error.context, error.problem) if part)
+    return mark, ": ".join(part for part in (error.context, error.problem) if part)
+
+
+def _yaml_error_line(path: Path, error: yaml.MarkedYAMLError) -> str:
+    """``FILE:LINE:COLUMN: not valid YAML: problem``, 1-based."""
+    mark, problem = yaml_problem(error)
     if mark is None:
         return f"{path}: not valid YAML: {problem}"
     return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"

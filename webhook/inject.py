@@ -17,6 +17,7 @@ from typing import Any
 import jsonpatch
 import yaml
 
+from webhook.config import yaml_problem
 from webhook.mutate import PodShapeError, Rules
 
 # Where each workload kind keeps its pod template.
@@ -106,9 +107,8 @@ def _load(document: str, *, number: int, first_line: int) -> Any:
     try:
         return yaml.load(document, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
+        mark, problem = yaml_problem(error)
         line = first_line + mark.line if mark is not None else None
-        problem = " ".join(part for part in (error.context, error.problem) if part)
         raise ManifestError(f"document {number} is not valid YAML: {problem}",
                             line=line) from error
     except yaml.YAMLError as error:
