@@ -475,7 +475,7 @@ def test_without_external_addresses_nothing_is_retargeted(tmp_path: Any) -> None
                   "fastapi": {"external": None}},
         env={"MLFLOW_TRACKING_URI": None, "MLFLOW_S3_ENDPOINT_URL": None, "GATEWAY_URL": None},
     )
-    assert variables(settings)["newArgvs"] == "variables.argvs"
+    assert variables(settings)["newArgvs"] == "variables.written"
 
 
 # --- output ---------------------------------------------------------------------------------

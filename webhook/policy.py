@@ -53,6 +53,7 @@ from webhook.grammar import (
     DOCKERIZE_VALUE_OPTIONS,
     DOCKERIZE_WORK_OPTIONS,
     IDLE_COMMANDS,
+    KUBELET_VARIABLE,
     LABEL_CHARS,
     LIVENESS_QUERIES,
     LOOP_HEADERS,
@@ -217,7 +218,8 @@ def all_regexes(settings: Settings) -> list[str]:
     regexes += [ADDRESS_RE, ADDRESS_PREFIX_RE, ADDRESS_HOST_RE, "^[/?#]", ":[0-9]{1,5}$",
                 f"[{SPACE_CLASS}]", "^-*", "^(?s:.*[^;])", VARIABLE_WHOLE_RE,
                 QUOTED_VARIABLE_WHOLE_RE, READ_TOKENS_RE, TEXT_TOKENS_RE, SAFE_VALUE_RE,
-                "[A-Za-z_][A-Za-z0-9_]*", "-[^}]*", COMPUTED_RE]
+                "[A-Za-z_][A-Za-z0-9_]*", "-[^}]*", COMPUTED_RE, KUBELET_TOKENS_RE,
+                KUBELET_WHOLE_RE]
     regexes += [f"^(?:{host_form(service.hosts)})$" for service in services]
     retargetable = [s for s in services if s.external is not None]
     if retargetable:
@@ -523,6 +525,26 @@ def _resolution(token: str) -> str:
              f'vl_ != "" ? vl_ : ({default})'),
     )
     return _let(name, "nm_", chosen)
+
+
+KUBELET_TOKENS_RE = "\\$\\$\\(|\\$\\([A-Za-z_][A-Za-z0-9_]*\\)|[^$]+|(?s:.)"
+KUBELET_WHOLE_RE = f"^(?:{KUBELET_VARIABLE})$"
+
+
+def _kubelet_expanded(element: str) -> str:
+    """probes._expand_kubelet for one element of command + args: `$(NAME)` replaced by the
+    last literal value of NAME (`$$(` escapes it), any other reference left as written."""
+    value = _let(
+        f'{_ENV_OF_INIT}.filter(e_, e_.name == tk_.substring(2, tk_.size() - 1)'
+        " && has(e_.value)).map(e_, e_.value)",
+        "kv_",
+        "kv_.size() > 0 ? kv_[kv_.size() - 1] : tk_",
+    )
+    tokens = (
+        f"{element}.findAll({cel_string(KUBELET_TOKENS_RE)}).map(tk_,"
+        f' tk_.matches({cel_string(KUBELET_WHOLE_RE)}) ? {value} : tk_).join("")'
+    )
+    return f'({element}.contains("$(") ? {tokens} : {element})'
 
 
 def _expanded_word(word: str, in_script: str) -> str:
@@ -985,15 +1007,21 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         "variables.retargetInput.transformList(i_, pcs_, pcs_.map(pc_, pc_[1] == \"1\""
         f' ? {retargeted} : pc_[0]).join(""))'
     )
-    new_argvs = (
-        "variables.argvs.transformList(i_, a_, variables.retargetInput[i_].size() == 0 ? a_"
-        " : (variables.scriptIndex[i_] < 0"
+    retargeted_argvs = (
+        "(variables.scriptIndex[i_] < 0"
         f" ? variables.retargetOutput[i_].split({cel_string(_EXEC_JOINER)})"
         " : a_.transformList(j_, x_, j_ == variables.scriptIndex[i_]"
         " ? " + _uncommented(
             f"variables.retargetOutput[i_].replace({cel_string(_MARK)}, \"$(\")"
             f".replace({cel_string(_AND)}, \"&&\")"
-        ) + " : x_)))"
+        ) + " : x_))"
+    )
+    # Only a retargeted probe writes the program out (with the kubelet's expansion in it);
+    # otherwise the program stays as written.
+    new_argvs = (
+        "variables.argvs.transformList(i_, a_, variables.retargetInput[i_].size() == 0"
+        " ? variables.written[i_]"
+        f" : {_let(retargeted_argvs, 'na_', 'na_ == a_ ? variables.written[i_] : na_')})"
     )
     variables: list[tuple[str, str]] = [
         ("managedEnv", "{" + ", ".join(
@@ -1002,7 +1030,12 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         ("managedOrder", "[" + ", ".join(cel_string(name) for name in entries) + "]"),
         ("inits", "object.spec.?initContainers.orValue([])"),
         ("containers", "object.spec.?containers.orValue([])"),
-        ("argvs", "variables.inits.map(c_, c_.?command.orValue([]) + c_.?args.orValue([]))"),
+        ("written", "variables.inits.map(c_, c_.?command.orValue([]) + c_.?args.orValue([]))"),
+        # The program as the kubelet runs it: `$(NAME)` expanded from the literal env.
+        ("argvs", (
+            "variables.inits.transformList(i_, c_, variables.written[i_].map(x_,"
+            f" {_kubelet_expanded('x_')}))"
+        )),
         ("scriptIndex", f"variables.argvs.map(a_, {script_index})"),
         ("segments", segments),
         ("records", f"variables.segments.map(g_, g_.map(ws_, {_segment_record('ws_')}))"),
@@ -1046,7 +1079,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
             ("newArgvs", new_argvs),
         ]
     else:
-        variables.append(("newArgvs", "variables.argvs"))
+        variables.append(("newArgvs", "variables.written"))
     # Only containers that use the backend get the absent variables (add_env_to), the native
     # sidecars among init containers.
     uses = _uses_backend(settings)
@@ -1099,7 +1132,7 @@ def _variables(settings: Settings) -> list[dict[str, str]]:
         ("removed", "variables.inits.transformList(i_, c_, variables.removeInit[i_], c_.name)"),
         ("rewritten", (
             "variables.inits.transformList(i_, c_, !variables.removeInit[i_]"
-            " && variables.newArgvs[i_] != variables.argvs[i_], c_.name)"
+            " && variables.newArgvs[i_] != variables.written[i_], c_.name)"
         )),
         ("envChanged", (
             "[variables.inits.transformList(i_, c_, !variables.removeInit[i_], "

@@ -256,6 +256,13 @@ def edge_pods() -> list[dict[str, Any]]:
         "variable-then-work": [_sh("migrate", 'until nc -z "$TRACKING_HOST" 5000; do sleep 1;'
                                               " done; alembic upgrade head",
                                    env=[_env("TRACKING_HOST", "mlflow")])],
+        "kubelet-variable": [_init("probe", ["nc", "-z", "$(TRACKING_HOST)", "5000"],
+                                   env=[_env("TRACKING_HOST", "mlflow")])],
+        "kubelet-variable-script": [_sh("probe", "until nc -z $(TRACKING_HOST) 5000; do sleep 1;"
+                                                 " done", env=[_env("TRACKING_HOST", "minio")])],
+        "kubelet-escape": [_sh("probe", "until nc -z $$(TRACKING_HOST) 5000; do sleep 1; done",
+                               env=[_env("TRACKING_HOST", "mlflow")])],
+        "kubelet-undefined": [_init("probe", ["nc", "-z", "$(NOT_SET)", "5000"])],
         "default-variable": [_sh("probe", "until pg_isready -h ${DB_HOST:-postgres}; do sleep 1;"
                                           " done")],
         "unresolved-variable": [_sh("probe", "until nc -z mlflow 5000 && nc -z $BROKER 9092;"
@@ -796,9 +803,6 @@ def test_variable_ports_and_quoted_hosts_are_idempotent(
 # (kept, its probe pointed at the external address) or "same" (the webhook's pod), for remove
 # and rewrite mode.
 DEGRADED: dict[str, tuple[dict[str, Any], dict[Action, str]]] = {
-    "kubelet-variable": (_init("probe", ["nc", "-z", "$(TRACKING_HOST)", "5000"],
-                               env=[_env("TRACKING_HOST", "mlflow")]),
-                         {Action.REMOVE: "kept", Action.REWRITE: "kept"}),
     "computed-namespace": (_sh("probe", "until nslookup mlflow.$(cat /var/run/secrets/"
                                         "kubernetes.io/serviceaccount/namespace).svc.cluster.local;"
                                         " do sleep 2; done"),
