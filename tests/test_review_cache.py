@@ -144,3 +144,22 @@ def test_the_cache_knows_nothing_of_the_review_envelope() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout
     assert loaded.strip() == "['webhook.review_cache']"
+
+
+@pytest.mark.parametrize(("escape", "asked"), [(rb"\u0026", False), (rb"\u0061", True)])
+def test_the_uid_is_proven_by_a_second_reading_only_where_escapes_could_spell_it(
+    escape: bytes, asked: bool
+) -> None:
+    cache: ReviewCache[object] = ReviewCache()
+    body = b'{"request": {"uid": "1111-2222", "note": "' + escape + b'"}}'
+    key = cache.key(body)
+    assert key is not None
+    readings: list[bytes] = []
+
+    def request_uid(probe: bytes) -> str:
+        readings.append(probe)
+        return str(json.loads(probe)["request"]["uid"])
+
+    cache.put(key, body, b'{"response":{"uid":"1111-2222"}}', object(), 0, request_uid)
+    assert bool(readings) is asked
+    assert len(cache) == 1

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 _FIRST_UID = re.compile(rb'"uid"\s*:\s*"([A-Za-z0-9-]{1,64})"')
+# A JSON escape that spells one of the characters of ``uid`` or of a plain uid (- 0-9 A-Z a-z).
+_PLAIN_ESCAPE = re.compile(rb"\\u00(?:2[dD]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA])")
 DEFAULT_ENTRIES = 4096
 # All entries together; see SECURITY.md for the memory budget this is part of.
 DEFAULT_BUDGET = 8 * 1024 * 1024
@@ -116,17 +118,20 @@ class ReviewCache(Generic[Account]):
         """Remember ``answer`` (given for ``body``, whose request uid is ``key.uid``).
 
         ``request_uid`` reads the request uid of a body as the review itself does. It is asked
-        only when the body holds escapes: without any, ``key.uid`` occurring once means that the
-        value at the cut is the one the request's uid was read from. With escapes, a key or
-        value spelled ``\\u0075id`` could be the one read, so the cut is proven by reading a
-        body with another uid at the cut, which must come back as the request uid.
+        only when the body holds an escape that spells a letter, digit or hyphen (``\\u0075``):
+        without one, ``key.uid`` occurring once means that the value at the cut is the one the
+        request's uid was read from. With one, a key or value spelled ``\\u0075id`` could be the
+        one read, so the cut is proven by reading a body with another uid at the cut, which
+        must come back as the request uid. (Other escapes, such as the ``\\u0026`` Go writes
+        for ``&``, spell nothing a uid or its key is made of.)
         """
         marker = b'"uid":"' + key.uid.encode("ascii") + b'"'
         position = answer.find(marker)
         size = len(answer) + account_size + ENTRY_OVERHEAD
         if position < 0 or size > self._largest_entry or self._most_entries == 0:
             return
-        if b"\\" in body and not self._cut_is_the_request_uid(key, body, request_uid):
+        if _PLAIN_ESCAPE.search(body) and not self._cut_is_the_request_uid(key, body,
+                                                                          request_uid):
             return
         start = position + len(b'"uid":"')
         entry = _Entry(before_uid=answer[:start], after_uid=answer[start + len(key.uid):],
