@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from benchmarks import payloads
-from benchmarks.loadgen import LoadResult, build_request, run
+from benchmarks.loadgen import LoadResult, build_request, parse_head, run
 from webhook import certs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -242,13 +242,7 @@ def read_response(connection: ssl.SSLSocket) -> tuple[int, bytes]:
             raise ConnectionError("closed before a response")
         data += chunk
     head, _, rest = bytes(data).partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
+    status, length = parse_head(head)
     body = bytearray(rest)
     while len(body) < length:
         chunk = connection.recv(1024 * 1024)

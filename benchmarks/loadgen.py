@@ -59,8 +59,8 @@ def build_request(body: bytes, *, path: str = "/mutate", host: str = "localhost"
     return head.encode("ascii") + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
+def parse_head(head: bytes) -> tuple[int, int]:
+    """The status and Content-Length (0 if none) of a response head."""
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
     length = 0
@@ -68,6 +68,11 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
+    return status, length
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    status, length = parse_head(await reader.readuntil(b"\r\n\r\n"))
     if length:
         await reader.readexactly(length)
     return status
