@@ -127,19 +127,38 @@ def test_a_status_annotation_of_tens_of_thousands_of_names_is_answered_in_bounde
 def test_four_giant_reviews_in_flight_leave_small_reviews_fast(
     hostile_server: attacks.Running,
 ) -> None:
-    obj = attacks.repeated_probe_pod(attacks.OBJECT_LIMIT - 4096, tag=attacks.GIANT_MARKER)
+    """Small reviews keep a p99 under 50 ms beside four 3 MiB reviews in flight.
 
-    def small_p99() -> float:
+    Each round first measures small reviews alone. On a machine so busy that they alone take
+    half the bound at p99 (other work holds the cores), the round asks instead that the giants
+    add less than the bound to it: what is tested is what the webhook does, which on a quiet
+    machine is the absolute bound itself. A webhook that lets a giant hold its event loop adds
+    seconds either way (before these bounds: a p99 of 5 s).
+    """
+    obj = attacks.repeated_probe_pod(attacks.OBJECT_LIMIT - 4096, tag=attacks.GIANT_MARKER)
+    results: list[tuple[float, float]] = []
+
+    def excess_over_bound() -> float:
+        alone = attacks.SmallReviews(hostile_server.port).start(seconds=3.0).result().percentile(
+            0.99)
         found = attacks.concurrent_giants(hostile_server, obj, in_flight=4, seconds=5.0)
-        figure("giants beside", f"{found.big_answered} answered, slowest "
-               f"{found.big_max_seconds * 1000:.0f} ms; {found.small.answered} small answered")
+        figure("small reviews alone, then beside four 3 MiB ones",
+               f"p99 {alone * 1000:.1f} ms, then {found.small_p99 * 1000:.1f} ms; giants: "
+               f"{found.big_answered} answered, slowest {found.big_max_seconds * 1000:.0f} ms")
         assert found.small.failed == 0, (found.small.statuses, found.small.errors)
         assert found.small.answered >= 400
         assert found.big_answered >= 4
-        return found.small_p99
+        results.append((alone, found.small_p99))
+        busy = alone >= SMALL_P99_SECONDS / 2
+        return (found.small_p99 - alone) if busy else found.small_p99
 
-    p99 = best_of(small_p99, SMALL_P99_SECONDS, "p99 of small reviews beside four 3 MiB ones")
-    assert p99 < SMALL_P99_SECONDS
+    best_of(excess_over_bound, SMALL_P99_SECONDS,
+            "p99 beside the giants (less the p99 alone, on a busy machine)")
+    assert any(
+        beside < SMALL_P99_SECONDS
+        or (alone >= SMALL_P99_SECONDS / 2 and beside - alone < SMALL_P99_SECONDS)
+        for alone, beside in results
+    ), results
 
 
 # -- garbage -----------------------------------------------------------------------------------
