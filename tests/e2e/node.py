@@ -102,7 +102,13 @@ IP_FORWARD = "net/ipv4/ip_forward"
 # Host paths that containerd, its shims, libcni or the kubelet write to regardless of their
 # configured directories. Inside the mount namespace each gets a directory of the test's own
 # mounted over it; a mount point that did not exist is created and removed again.
-HIJACKED_PATHS = (Path("/run/containerd"), Path("/var/lib/cni"), Path("/var/log/containers"))
+# (The kubelet's device plugin socket stays under /var/lib/kubelet whatever its --root-dir.)
+HIJACKED_PATHS = (
+    Path("/run/containerd"),
+    Path("/var/lib/cni"),
+    Path("/var/lib/kubelet"),
+    Path("/var/log/containers"),
+)
 # CPUs the node advertises. The unmodified chart requests about 3.5 CPUs per release (and
 # the walk installs it twice and scales it up), more than the 2 CPUs of a CI machine, while
 # its stand-in pods use a fraction of that. So once the node is Ready its status says this
