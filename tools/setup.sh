@@ -30,15 +30,20 @@ if [[ ! -e $stamp ]]; then
 fi
 
 if [[ ${1:-} == --all ]]; then
-    # iproute2: `ip netns` runs the webhook as a host of its own for the e2e suite.
-    # The e2e node: iptables (kube-proxy) and nft (to delete the tables it leaves), the CNI
-    # bridge/host-local/loopback plugins, a C toolchain and libseccomp for runc (built with
-    # cgo), util-linux for unshare/nsenter.
+    # Debian packages, one install for all of them:
+    # - iproute2: `ip netns` runs the webhook as a host of its own for the e2e suite;
+    # - the e2e node: iptables (kube-proxy) and nftables (to delete the tables it leaves), the
+    #   CNI bridge/host-local/loopback plugins, a C toolchain and libseccomp for runc (built
+    #   with cgo), util-linux for unshare/nsenter;
+    # - images without a registry (tests/e2e/images.py): buildah builds the Dockerfile with no
+    #   Docker engine; debootstrap makes the local base image; Debian's busybox (its shell finds
+    #   /bin/nc on PATH, unlike busybox-static's, which always runs its own nc applet) goes into
+    #   the busybox:1.35 stand-in, whose nc gcc compiles.
     packages=(iproute2 iptables nftables containernetworking-plugins gcc libc6-dev
-        pkg-config libseccomp-dev util-linux)
+        pkg-config libseccomp-dev util-linux buildah debootstrap busybox)
     missing=()
     for package in "${packages[@]}"; do
-        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' ||
+        [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) == "install ok installed" ]] ||
             missing+=("$package")
     done
     if [[ ${#missing[@]} -gt 0 ]]; then
@@ -47,26 +52,8 @@ if [[ ${1:-} == --all ]]; then
         apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     bash tools/build-binaries.sh
-
-    # --- Images without a registry, and the external backend (tests/e2e/images.py, backend.py)
-    # buildah builds the Dockerfile with no Docker engine; debootstrap makes the local base
-    # image; Debian's busybox (its shell finds /bin/nc on PATH, unlike busybox-static's, which
-    # always runs its own nc applet) goes into the busybox:1.35 stand-in; gcc compiles that
-    # stand-in's nc. The backend's MLflow + moto venv is cached by version, the images by the
-    # hash of their inputs (a cold build takes minutes; warm, this is a few file reads).
-    image_packages=()
-    for package in buildah debootstrap busybox gcc libc6-dev; do
-        if [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) != "install ok installed" ]]
-        then
-            image_packages+=("$package")
-        fi
-    done
-    if (( ${#image_packages[@]} )); then
-        echo "setup: installing ${image_packages[*]}" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq && apt-get install -y -qq "${image_packages[@]}" >/dev/null
-    fi
+    # The external backend's MLflow + moto venv is cached by version, the images by the hash of
+    # their inputs (a cold build takes minutes; warm, these are a few file reads).
     .venv/bin/python -m tests.e2e.backend prepare >/dev/null
     .venv/bin/python -m tests.e2e.images build >/dev/null
-    # --- end of images and backend
 fi
