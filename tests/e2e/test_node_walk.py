@@ -282,11 +282,16 @@ def test_c_each_trainer_logged_its_run_and_artifact(
     cluster: ControlPlane, backend: Backend
 ) -> None:
     def trainer_runs() -> dict[str, Any] | None:
+        # A run is listed as RUNNING for a moment before its trainer ends it: wait for the
+        # end, so that the status below is the one the trainer left.
         runs = {run.experiment_name: run for run in backend.runs()}
         wanted = {f"flts-{trainer.removeprefix('train-')}" for trainer in TRAINERS}
-        return runs if wanted <= set(runs) else None
+        ended = all(name in runs and runs[name].status != "RUNNING" for name in wanted)
+        return runs if ended else None
 
-    runs = wait_for("a run of every trainer in MLflow", trainer_runs, timeout=120, interval=2)
+    runs = wait_for(
+        "an ended run of every trainer in MLflow", trainer_runs, timeout=120, interval=2
+    )
     objects = backend.s3_objects()
     for trainer in TRAINERS:
         run = runs[f"flts-{trainer.removeprefix('train-')}"]
