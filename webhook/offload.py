@@ -21,6 +21,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -37,6 +39,8 @@ OFFLOAD_THRESHOLD = 256 * 1024
 QUEUED_LIMIT = 64 * 1024 * 1024
 # Added to the review processes' nice value: they get the CPU the event loop leaves.
 REVIEW_PROCESS_NICENESS = 10
+# How often a review process looks whether its server is still there (seconds).
+SERVER_WATCH_INTERVAL = 0.5
 
 
 class Busy(Exception):
@@ -88,7 +92,7 @@ class ReviewProcesses:
                 max_workers=self._processes,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_adopt,
-                initargs=(self._handler.without_cache(),),
+                initargs=(self._handler.without_cache(), os.getpid()),
             )
         return self._executor
 
@@ -98,13 +102,25 @@ class ReviewProcesses:
 _handler: AdmissionHandler | None = None
 
 
-def _adopt(handler: AdmissionHandler) -> None:
+def _adopt(handler: AdmissionHandler, server_pid: int) -> None:
     global _handler
     _handler = handler
+    # A server stopped with SIGKILL (or by the OOM killer) never shuts its pool down; its review
+    # process would live on, holding its memory, with nobody to answer.
+    threading.Thread(
+        target=_exit_with, args=(server_pid,), name="server-watch", daemon=True
+    ).start()
     # Ctrl-C reaches the whole process group; stopping is the server's to decide.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # When the machine is busy, the event loop (every small review) gets the CPU first.
     os.nice(REVIEW_PROCESS_NICENESS)
+
+
+def _exit_with(server_pid: int) -> None:
+    """Exit the moment the server that started this process is gone (re-parenting says so)."""
+    while os.getppid() == server_pid:
+        time.sleep(SERVER_WATCH_INTERVAL)
+    os._exit(0)
 
 
 def _ready() -> bool:
