@@ -313,6 +313,31 @@ class _Process:
     log_path: Path
 
 
+def wait_while_running(
+    processes: Sequence[_Process],
+    deadline: float,
+    what: str,
+    ready: Callable[[], bool],
+    *,
+    error: type[Exception],
+    logs: Callable[[], str],
+) -> None:
+    """Poll ``ready`` until it holds; raise ``error`` (with the logs' tail) when a process exits
+    first or ``deadline`` (time.monotonic) passes."""
+    while True:
+        for process in processes:
+            if process.popen.poll() is not None:
+                raise error(
+                    f"{process.name} exited with code {process.popen.returncode} while "
+                    f"waiting for {what}\n{logs()}"
+                )
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            raise error(f"timed out waiting for {what}\n{logs()}")
+        time.sleep(0.5)
+
+
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1.
 
@@ -439,18 +464,8 @@ class ControlPlane:
         self._processes.append(_Process(name, popen, log_path))
 
     def _wait(self, deadline: float, what: str, ready: Callable[[], bool]) -> None:
-        while True:
-            for process in self._processes:
-                if process.popen.poll() is not None:
-                    raise ControlPlaneError(
-                        f"{process.name} exited with code {process.popen.returncode} while "
-                        f"waiting for {what}\n{self.tail_logs()}"
-                    )
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"timed out waiting for {what}\n{self.tail_logs()}")
-            time.sleep(0.5)
+        wait_while_running(self._processes, deadline, what, ready,
+                           error=ControlPlaneError, logs=self.tail_logs)
 
     # --- configuration --------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from .controlplane import (
     KeyPair,
     _Process,
     free_port,
+    wait_while_running,
     write_kubeconfig,
 )
 from .node_host import (
@@ -485,18 +486,8 @@ class Node:
             time.sleep(0.1)
 
     def _wait(self, deadline: float, what: str, ready: Callable[[], bool]) -> None:
-        while True:
-            for process in self._processes:
-                if process.popen.poll() is not None:
-                    raise NodeError(
-                        f"{process.name} exited with code {process.popen.returncode} while "
-                        f"waiting for {what}\n{self.plane.tail_logs()}"
-                    )
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                raise NodeError(f"timed out waiting for {what}\n{self.plane.tail_logs()}")
-            time.sleep(0.5)
+        wait_while_running(self._processes, deadline, what, ready,
+                           error=NodeError, logs=self.plane.tail_logs)
 
     # --- containerd -----------------------------------------------------------------------
 
