@@ -214,9 +214,8 @@ class Node:
         self._started = True
         atexit.register(self.stop)
         try:
-            self._lock = lock_machine()
+            self.reserve()
             deadline = time.monotonic() + timeout
-            self._remove_leftovers()
             self._chains_before = iptables_chains()
             self._tables_before = nft_tables()
             self._create_bridge()
@@ -243,6 +242,16 @@ class Node:
             self.stop()
             raise
 
+    def reserve(self) -> None:
+        """Take the machine-wide node lock and clear what a killed session left (idempotent).
+
+        ``start`` does this itself; calling it first lets a caller see the machine as this
+        node will find it: no other session's node running, none half-removed.
+        """
+        if self._lock is None:
+            self._lock = lock_machine()
+            self._remove_leftovers()
+
     def stop(self) -> None:
         """Stop everything and undo every change to the machine (idempotent).
 
@@ -250,6 +259,7 @@ class Node:
         a failed test); the first failure is raised at the end.
         """
         if self._stopped or not self._started:
+            self._release()
             return
         self._stopped = True
         errors: list[BaseException] = []
@@ -292,11 +302,14 @@ class Node:
         for mount_point in reversed(self._created_mount_points):
             shutil.rmtree(mount_point, ignore_errors=True)
         atexit.unregister(self.stop)
+        self._release()
+        if errors:
+            raise NodeError(f"stopping the node: {errors[0]!r}") from errors[0]
+
+    def _release(self) -> None:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
-        if errors:
-            raise NodeError(f"stopping the node: {errors[0]!r}") from errors[0]
 
     def _remove_leftovers(self) -> None:
         """Clean up after a session that was SIGKILLed (its processes died with it)."""

@@ -262,10 +262,13 @@ def test_a_node_that_ran_a_pod_leaves_the_machine_as_found(
     control_plane: ControlPlane, tmp_path: Path, quiet_host: None
 ) -> None:
     binaries = NodeBinaries.from_cache()
-    before = machine_state(binaries)
     namespace = "node-as-found"
     own = Node(control_plane, binaries)
     try:
+        # Under the node lock, with a killed session's node cleared away: another session's
+        # node running meanwhile would otherwise be part of "as found".
+        own.reserve()
+        before = machine_state(binaries)
         own.start()
         during = machine_state(binaries)
         own.import_image(write_smoke_image(tmp_path / "smoke.tar", binaries))
