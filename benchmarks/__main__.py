@@ -44,6 +44,10 @@ from webhook.review_cache import DEFAULT_ENTRIES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("limit", "floor", "naive", "backend-injector", "backend-injector-2w")
+# With --baseline TREE, backend-injector as another tree has it (an earlier commit, checked
+# out beside this one) runs in the same alternating rounds, one and two workers.
+BASELINE = "baseline"
+BASELINE_VARIANTS = (BASELINE, f"{BASELINE}-2w")
 CONNECTIONS = 16
 PACED_RATE = 1000
 # "All different" pods: twice what the review cache can hold, so that none is answered from it.
@@ -77,6 +81,10 @@ class Measurements:
     start_to_ready: list[float] = field(default_factory=list)
 
 
+def variants_of(baseline: Path | None) -> tuple[str, ...]:
+    return VARIANTS + BASELINE_VARIANTS if baseline is not None else VARIANTS
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -97,20 +105,33 @@ def wait_until_up(port: int, timeout: float = 30.0) -> float:
 
 def command_for(variant: str, port: int, tls: Path) -> list[str]:
     tls_args = ["--tls-cert", str(tls / "tls.crt"), "--tls-key", str(tls / "tls.key")]
-    if variant.startswith("backend-injector"):
+    if variant.startswith(("backend-injector", BASELINE)):
         workers = ["--workers", "2"] if variant.endswith("-2w") else []
         return [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port",
                 str(port), *tls_args, *workers]
     return [sys.executable, "-m", "benchmarks.variants", variant, "--port", str(port), *tls_args]
 
 
+def environment_for(variant: str, baseline: Path | None) -> tuple[Path | None, dict[str, str]]:
+    """Where a variant runs and its environment: a baseline variant imports ``webhook`` from
+    the baseline tree (``python -m`` puts its working directory first on the path, ahead of
+    this tree's editable install), with this tree's interpreter and packages."""
+    environment = dict(os.environ)
+    if not variant.startswith(BASELINE) or baseline is None:
+        return None, environment
+    environment["PYTHONPATH"] = str(baseline)
+    return baseline, environment
+
+
 @contextmanager
 def serving(
-    variant: str, tls: Path, log_dir: Path
+    variant: str, tls: Path, log_dir: Path, baseline: Path | None = None
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
+    directory, environment = environment_for(variant, baseline)
     with (log_dir / f"{variant}.log").open("ab") as log:
-        process = subprocess.Popen(command_for(variant, port, tls), stdout=log, stderr=log)
+        process = subprocess.Popen(command_for(variant, port, tls), stdout=log, stderr=log,
+                                   cwd=directory, env=environment)
     try:
         wait_until_up(port)
         yield port, process
@@ -167,7 +188,7 @@ def worker_pids(process: subprocess.Popen[bytes]) -> list[int]:
     return [int(pid) for pid in listed] or [process.pid]
 
 
-def run_benchmarks(mode: Mode, work: Path) -> Measurements:
+def run_benchmarks(mode: Mode, work: Path, baseline: Path | None = None) -> Measurements:
     tls = work / "tls"
     ca = certs.build_ca(common_name="benchmark CA", days=1)
     serving_pair = certs.build_serving_certificate(ca=ca, hostnames=["localhost", "127.0.0.1"],
@@ -182,11 +203,11 @@ def run_benchmarks(mode: Mode, work: Path) -> Measurements:
         "large": [build_request(payloads.encoded(payloads.large_review()))],
     }
     found = Measurements()
-    order = list(VARIANTS)
+    order = list(variants_of(baseline))
     for round_number in range(mode.rounds):
         print(f"round {round_number + 1}/{mode.rounds}", file=sys.stderr)
         for variant in order:
-            with serving(variant, tls, work) as (port, _):
+            with serving(variant, tls, work, baseline) as (port, _):
                 run("127.0.0.1", port, requests["small"], connections=CONNECTIONS,
                     duration=0.5)  # warm up: imports, first handshakes
                 for size, request in requests.items():
@@ -255,11 +276,48 @@ def machine() -> dict[str, str]:
     }
 
 
+def describe(tree: Path) -> str:
+    """The baseline's commit, as `git log` would name it."""
+    described = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %s"],
+                               capture_output=True, text=True, check=False).stdout.strip()
+    return described or str(tree)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report(found: Measurements, mode: Mode) -> str:
+def measured_variants(found: Measurements) -> list[str]:
+    return [v for v in VARIANTS + BASELINE_VARIANTS if (v, "small") in found.throughput]
+
+
+def baseline_comparison(found: Measurements, baseline_label: str) -> list[str]:
+    """This tree's backend-injector beside the baseline's, column by column, same rounds."""
+    lines = [
+        "",
+        f"This tree beside the baseline ({baseline_label}), measured in the same rounds:",
+        "",
+        "| measure | this tree | baseline | this / baseline |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for suffix in ("", "-2w"):
+        ours, theirs = f"backend-injector{suffix}", f"{BASELINE}{suffix}"
+        for size, label in (("small", "small pod"), ("unique", "small, all different"),
+                            ("large", "large pod")):
+            mine = median(found.throughput.get((ours, size), []))
+            other = median(found.throughput.get((theirs, size), []))
+            lines.append(f"| {label}{suffix or ''}, reviews/s | {mine:,.0f} | {other:,.0f} | "
+                         f"{mine / other:.2f} |")
+        if ours in found.paced and theirs in found.paced:
+            for quantile in (0.5, 0.99):
+                mine = found.paced[ours].percentile(quantile) * 1000
+                other = found.paced[theirs].percentile(quantile) * 1000
+                lines.append(f"| p{quantile * 100:.0f}{suffix} at {PACED_RATE}/s, ms | "
+                             f"{mine:.2f} | {other:.2f} | {mine / other:.2f} |")
+    return lines
+
+
+def report(found: Measurements, mode: Mode, baseline_label: str | None = None) -> str:
     def throughput(variant: str, size: str = "small") -> float:
         return median(found.throughput.get((variant, size), []))
 
@@ -282,7 +340,7 @@ def report(found: Measurements, mode: Mode) -> str:
         "| max ms | generator busy | failed |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for variant in VARIANTS:
+    for variant in measured_variants(found):
         paced = found.paced.get(variant)
         latency = (
             [f"{paced.percentile(q) * 1000:.2f}" for q in (0.5, 0.99)]
@@ -326,6 +384,8 @@ def report(found: Measurements, mode: Mode) -> str:
         "The generator is not the bottleneck where it drives the `limit` variant faster than "
         "backend-injector with no more than its own core: see the generator column.",
     ]
+    if baseline_label is not None:
+        lines += baseline_comparison(found, baseline_label)
     if found.wrk:
         lines += [
             "",
@@ -335,7 +395,7 @@ def report(found: Measurements, mode: Mode) -> str:
             "| --- | ---: | ---: | ---: |",
         ]
         ours_wrk = median(found.wrk.get("backend-injector", []))
-        for variant in VARIANTS:
+        for variant in measured_variants(found):
             seen = median(found.wrk.get(variant, []))
             lines.append(f"| {variant} | {seen:,.0f} | {throughput(variant):,.0f} | "
                          f"{ours_wrk / seen:.2f} |")
@@ -348,22 +408,23 @@ def plot(found: Measurements, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    variants = measured_variants(found)
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    positions = range(len(VARIANTS))
+    positions = range(len(variants))
     for offset, size, label in ((-0.27, "small", "small pod, replicas"),
                                 (0.0, "unique", "small pods, all different"),
                                 (0.27, "large", "large pod")):
         left.bar([p + offset for p in positions],
-                 [median(found.throughput.get((v, size), [])) for v in VARIANTS],
+                 [median(found.throughput.get((v, size), [])) for v in variants],
                  width=0.27, label=label)
-    left.set_xticks(list(positions), VARIANTS, rotation=20)
+    left.set_xticks(list(positions), variants, rotation=20)
     left.set_ylabel("reviews per second")
     left.set_title(f"Throughput, {CONNECTIONS} connections")
     left.legend()
-    data = [[latency * 1000 for latency in found.paced[v].latencies] for v in VARIANTS
+    data = [[latency * 1000 for latency in found.paced[v].latencies] for v in variants
             if v in found.paced]
     right.boxplot(data, whis=(1, 99), showfliers=False)
-    right.set_xticks(range(1, len(data) + 1), [v for v in VARIANTS if v in found.paced],
+    right.set_xticks(range(1, len(data) + 1), [v for v in variants if v in found.paced],
                      rotation=20)
     right.set_yscale("log")
     right.set_ylabel("latency, ms (whiskers p1-p99)")
@@ -376,15 +437,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the short run CI does")
+    parser.add_argument("--baseline", type=Path, metavar="TREE",
+                        help="also run backend-injector from TREE (e.g. a `git worktree` of an "
+                             "earlier commit) in the same rounds, and compare")
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
+    baseline: Path | None = args.baseline.resolve() if args.baseline else None
+    if baseline is not None and not (baseline / "webhook" / "__main__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no webhook/__main__.py there")
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     with tempfile.TemporaryDirectory(prefix="backend-injector-bench-") as work:
-        found = run_benchmarks(mode, Path(work))
+        found = run_benchmarks(mode, Path(work), baseline)
     RESULTS.mkdir(exist_ok=True)
-    text = report(found, mode)
-    (RESULTS / f"{mode.name}.md").write_text(text)
-    plot(found, RESULTS / f"{mode.name}.png")
+    text = report(found, mode, describe(baseline) if baseline is not None else None)
+    name = mode.name if baseline is None else f"{mode.name}-vs-baseline"
+    (RESULTS / f"{name}.md").write_text(text)
+    plot(found, RESULTS / f"{name}.png")
     print(text)
 
 
