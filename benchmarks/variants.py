@@ -24,7 +24,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from benchmarks import naive
-from webhook.server import ServingOptions, uvicorn_config
+from webhook.config import Serving
+from webhook.server import uvicorn_config
+from webhook.tls import CertificatePair
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -89,8 +91,9 @@ def main() -> None:
     parser.add_argument("--tls-cert", type=Path, required=True)
     parser.add_argument("--tls-key", type=Path, required=True)
     args = parser.parse_args()
-    options = ServingOptions(tls_cert=args.tls_cert, tls_key=args.tls_key)
-    config, _ = uvicorn_config(APPS[args.variant](), options)
+    # The webhook's own serving values, so that only the app differs between variants.
+    config, _ = uvicorn_config(APPS[args.variant](), Serving(),
+                               CertificatePair(args.tls_cert, args.tls_key))
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", args.port))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from typing import Any
 
 import jsonpatch
@@ -13,7 +14,7 @@ from tests.conftest import make_settings, pod
 from webhook.admission import WARNING_LENGTH, AdmissionHandler, EnvelopeError
 from webhook.mutate import Rules
 
-HANDLER = AdmissionHandler(Rules(make_settings()), excluded_namespaces=frozenset({"kube-system"}))
+HANDLER = AdmissionHandler(Rules(make_settings()))  # the default excludes kube-system
 
 
 def review(
@@ -65,6 +66,17 @@ def test_other_kinds_are_allowed_untouched() -> None:
 
 def test_excluded_namespace_is_never_patched() -> None:
     assert "patch" not in answer(review(namespace="kube-system"))["response"]
+
+
+def test_the_excluded_namespaces_are_those_of_the_settings_the_rules_were_built_with() -> None:
+    settings = replace(make_settings(), excluded_namespaces=frozenset({"flts"}))
+    handler = AdmissionHandler(Rules(settings))
+    body = json.dumps(review(namespace="flts")).encode()
+    assert HANDLER.review(body).result == "mutated"
+    for each in (handler, handler.without_cache()):  # the review processes' copy too
+        outcome = each.review(body)
+        assert outcome.result == "excluded"
+        assert "patch" not in json.loads(outcome.body)["response"]
 
 
 def test_warnings_name_what_changed_briefly() -> None:

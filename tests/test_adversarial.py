@@ -20,6 +20,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -238,18 +239,18 @@ def serve_with_short_timeouts() -> None:
     """``backend-injector serve`` with short timeouts and a small cap, for the tests below."""
     from webhook.config import load_settings
     from webhook.logs import configure_logging
-    from webhook.server import ServingOptions, serve
+    from webhook.server import serve
 
     parser = argparse.ArgumentParser()
     for flag in ("--host", "--port", "--tls-cert", "--tls-key"):
         parser.add_argument(flag)
     args = parser.parse_args()
     configure_logging()
-    settings = load_settings(overrides={"host": args.host, "port": args.port})
-    serve(settings, ServingOptions(
-        tls_cert=Path(args.tls_cert), tls_key=Path(args.tls_key), keep_alive_seconds=2,
-        max_connections=8, request_seconds=2.0,
-    ))
+    settings = load_settings(overrides={"host": args.host, "port": args.port,
+                                        "tls_cert": args.tls_cert, "tls_key": args.tls_key})
+    serve(replace(settings, serving=replace(
+        settings.serving, keep_alive_seconds=2, max_connections=8, request_seconds=2.0,
+    )))
 
 
 SHORT_TIMEOUTS = [sys.executable, "-c",

@@ -24,7 +24,8 @@ def test_embedded_default_is_the_docker_desktop_backend() -> None:
         "GATEWAY_URL": "http://host.docker.internal:8000",
     }
     assert settings.credentials.is_development_default
-    assert (settings.host, settings.port, settings.workers) == ("0.0.0.0", 8443, 1)
+    serving = settings.serving
+    assert (serving.host, serving.port, serving.workers) == ("0.0.0.0", 8443, 1)
     assert "kube-system" in settings.excluded_namespaces
 
 
@@ -52,12 +53,12 @@ def test_precedence_flag_over_environment_over_file(tmp_path: Path) -> None:
     environ = {"BACKEND_INJECTOR_ACTION": "remove", "BACKEND_INJECTOR_PORT": "9443"}
     from_env = load_settings(config_file=config, environ=environ)
     assert from_env.action is Action.REMOVE
-    assert from_env.port == 9443
+    assert from_env.serving.port == 9443
     from_flag = load_settings(
         config_file=config, environ=environ, overrides={"action": "rewrite", "port": None}
     )
     assert from_flag.action is Action.REWRITE
-    assert from_flag.port == 9443  # a flag not given does not override
+    assert from_flag.serving.port == 9443  # a flag not given does not override
 
 
 def test_external_host_moves_every_service_and_env(tmp_path: Path) -> None:

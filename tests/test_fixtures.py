@@ -120,8 +120,7 @@ def _settings(settings_json: str) -> Settings:
 
 
 def handler_for(case: Case) -> AdmissionHandler:
-    settings = _settings(json.dumps(case.settings, sort_keys=True))
-    return AdmissionHandler(Rules(settings), excluded_namespaces=settings.excluded_namespaces)
+    return AdmissionHandler(Rules(_settings(json.dumps(case.settings, sort_keys=True))))
 
 
 def _pretty(value: Any) -> list[str]:

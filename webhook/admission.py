@@ -59,21 +59,15 @@ class ReviewOutcome:
 class AdmissionHandler:
     """Answers AdmissionReviews with one set of rules."""
 
-    def __init__(
-        self,
-        rules: Rules,
-        *,
-        excluded_namespaces: frozenset[str] = frozenset(),
-        cache: ReviewCache[ReviewOutcome] | None = None,
-    ) -> None:
+    def __init__(self, rules: Rules, *, cache: ReviewCache[ReviewOutcome] | None = None) -> None:
         self._rules = rules
-        self._excluded_namespaces = excluded_namespaces
+        # From the settings the rules were built with, so the two can never disagree.
+        self._excluded_namespaces = rules.settings.excluded_namespaces
         self._cache: ReviewCache[ReviewOutcome] = cache if cache is not None else ReviewCache()
 
     def without_cache(self) -> AdmissionHandler:
-        """The same rules and exclusions, remembering no answers (for another process)."""
-        return AdmissionHandler(self._rules, excluded_namespaces=self._excluded_namespaces,
-                                cache=ReviewCache(entries=0))
+        """The same rules (and so exclusions), remembering no answers (for another process)."""
+        return AdmissionHandler(self._rules, cache=ReviewCache(entries=0))
 
     def review(self, body: bytes | str) -> ReviewOutcome:
         """Answer one review. Raises EnvelopeError when ``body`` is not a review."""

@@ -286,7 +286,7 @@ def _review(args: argparse.Namespace) -> int:
     from webhook.mutate import Rules
 
     settings = _settings(args)
-    handler = AdmissionHandler(Rules(settings), excluded_namespaces=settings.excluded_namespaces)
+    handler = AdmissionHandler(Rules(settings))
     try:
         outcome = handler.review(sys.stdin.buffer.read())
     except EnvelopeError as error:
@@ -378,7 +378,7 @@ def _listening_or_error(serve: Callable[[Settings], int]) -> Callable[[Settings]
             return serve(settings)
         except OSError as error:
             raise CommandError(
-                f"cannot listen on {settings.host}:{settings.port}: "
+                f"cannot listen on {settings.serving.host}:{settings.serving.port}: "
                 f"{error.strerror or error}; stop what uses it or choose another port"
             ) from error
 

@@ -120,8 +120,52 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True)
+class Serving:
+    """How the webhook is served: where it listens, its certificate, its bounds and draining.
+
+    The first seven come from flags and ``BACKEND_INJECTOR_*`` variables; the rest are fixed
+    here, each with the reason for its value, and tests or benchmarks change them with
+    ``dataclasses.replace``.
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 8443
+    workers: int = 1
+    # Both or neither. Neither: ``serve`` makes a throw-away self-signed pair for localhost.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Given: only clients holding a certificate this CA signed may connect (the apiserver's).
+    client_ca: Path | None = None
+    # After SIGTERM: how long to keep serving with /readyz false before closing the listener.
+    shutdown_delay_seconds: float = 0.0
+    # Longer than the apiserver's idle-connection timeout (Go's default is 90 s), so that it
+    # is always the client that closes an idle connection: a server closing first can race a
+    # request being sent on it, and the apiserver does not retry a failed POST.
+    keep_alive_seconds: int = 120
+    # A client that opens a connection and never finishes the TLS handshake is dropped after
+    # this long. The apiserver completes a handshake in milliseconds; asyncio's 60 s default
+    # lets idle sockets pile up.
+    handshake_timeout_seconds: float = 10.0
+    # Open connections (plus requests in flight). A new connection over it closes the one idle
+    # longest; a request that finds none idle gets 503. The apiserver keeps a few dozen
+    # connections per replica; this leaves room for many. See webhook/connections.py.
+    max_connections: int = 1000
+    # The request line and headers together: over it, 431 without reading the rest.
+    head_limit_bytes: int = 64 * 1024
+    # From a request's first byte to its last: over it, 408.
+    request_seconds: float = 10.0
+    # Processes answering reviews too big for the event loop (webhook/offload.py). One keeps
+    # a core for the event loop on a small machine; big reviews are rare and wait their turn.
+    review_processes: int = 1
+    # After the listener closes: how long requests in flight may take before they are cut.
+    # Inside the 30 s termination grace period the manifests and the chart give the pod, so
+    # that the server, not a SIGKILL, ends what is still running.
+    graceful_timeout_seconds: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the rules need, plus the server's own knobs."""
+    """Everything the rules need, and how the webhook serving them is served."""
 
     action: Action
     waiter_names: frozenset[str]
@@ -132,13 +176,7 @@ class Settings:
     # Never mutated even if the namespaceSelector is wrong: a broken webhook here could keep
     # the control plane or the webhook itself from starting.
     excluded_namespaces: frozenset[str] = frozenset()
-    host: str = "0.0.0.0"
-    port: int = 8443
-    workers: int = 1
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    client_ca: Path | None = None
-    shutdown_delay_seconds: float = 0.0
+    serving: Serving = field(default_factory=Serving)
 
     @property
     def managed_env_names(self) -> tuple[str, ...]:
@@ -460,16 +498,19 @@ def _apply_overrides(settings: Settings, given: Mapping[str, Any]) -> Settings:
     changes: dict[str, Any] = {}
     if "action" in given:
         changes["action"] = _enum(Action, given["action"], "action")
+    serving: dict[str, Any] = {}
     if "host" in given:
-        changes["host"] = str(given["host"])
+        serving["host"] = str(given["host"])
     for number in ("port", "workers"):
         if number in given:
-            changes[number] = _integer(given[number], number)
+            serving[number] = _integer(given[number], number)
     for path in ("tls_cert", "tls_key", "client_ca"):
         if path in given:
-            changes[path] = Path(given[path])
+            serving[path] = Path(given[path])
     if "shutdown_delay_seconds" in given:
-        changes["shutdown_delay_seconds"] = _seconds(given["shutdown_delay_seconds"])
+        serving["shutdown_delay_seconds"] = _seconds(given["shutdown_delay_seconds"])
+    if serving:
+        changes["serving"] = replace(settings.serving, **serving)
     updated = replace(settings, **changes)
     if "external_host" in given:
         updated = with_external_host(updated, str(given["external_host"]))
@@ -528,7 +569,7 @@ def _validate(settings: Settings) -> None:
         if name in (ACCESS_KEY_ENV, SECRET_KEY_ENV):
             raise ConfigError(f"env: {name} is a credential; it comes from the credentials section")
     _validate_numbers(settings)
-    if (settings.tls_cert is None) != (settings.tls_key is None):
+    if (settings.serving.tls_cert is None) != (settings.serving.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     credentials = settings.credentials
     if credentials.mode is not CredentialMode.NONE and (
@@ -538,10 +579,11 @@ def _validate(settings: Settings) -> None:
 
 
 def _validate_numbers(settings: Settings) -> None:
-    if not 0 < settings.port < 65536:
-        raise ConfigError(f"port must be from 1 to 65535, not {settings.port}")
-    if settings.workers < 1:
-        raise ConfigError(f"workers must be at least 1, not {settings.workers}")
+    serving = settings.serving
+    if not 0 < serving.port < 65536:
+        raise ConfigError(f"port must be from 1 to 65535, not {serving.port}")
+    if serving.workers < 1:
+        raise ConfigError(f"workers must be at least 1, not {serving.workers}")
 
 
 def _validate_endpoints(settings: Settings) -> None:

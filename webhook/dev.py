@@ -263,14 +263,16 @@ def run_dev(
                 signal.raise_signal(signal.SIGTERM)
 
         # One worker: its server owns the signals, which is how the registration goes.
-        serving = replace(settings, host=target.listen_host, port=target.port, workers=1,
-                          tls_cert=paths.cert, tls_key=paths.key)
+        on_this_machine = replace(settings, serving=replace(
+            settings.serving, host=target.listen_host, port=target.port, workers=1,
+            tls_cert=paths.cert, tls_key=paths.key,
+        ))
         helper = threading.Thread(target=register_when_listening, name="dev-register",
                                   daemon=True)
         previous = _stop_on_signals()
         try:
             helper.start()
-            serve(serving)
+            serve(on_this_machine)
         except _Stopped:
             pass
         finally:

@@ -1,31 +1,23 @@
-"""Serving over TLS with uvicorn: TLS settings, certificate reload, workers and draining.
+"""Serving: the settings' rules behind uvicorn, over TLS, on one socket, until drained.
 
-The listening socket is bound once, here, and shared by every worker; with ``--workers N``
-the process forks N children that each run uvicorn on it and restarts any that dies. Forking
-(rather than uvicorn's own spawn-based supervisor) keeps the settings object as the CLI built
-it, flags included, with nothing to re-read in the workers.
-
-Certificates are watched by each worker: when the files behind the paths change (a Secret
-volume update or cert-manager swaps a symlink), the new pair is checked in a scratch context
-and then loaded into the live one, so new connections get the new certificate while those in
-flight keep theirs.
+``serve`` is the whole story. It builds the admission handler from the settings, settles the
+certificate pair (``webhook/tls.py``), binds the listening socket once, and runs one worker
+on it, or ``--workers N`` forked ones that a supervisor replaces when they die
+(``webhook/workers.py``). Each worker is uvicorn with this project's protocol, limits and TLS
+context, a certificate watcher that reloads a rotated pair (``webhook/certificate_reload.py``)
+and a SIGTERM that drains: readiness goes false and the server keeps answering for the
+shutdown delay before the listener closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
-import os
 import signal
 import socket
 import ssl
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import uvicorn
@@ -33,103 +25,38 @@ import uvicorn
 from webhook import health
 from webhook.admission import AdmissionHandler
 from webhook.app import Readiness, create_app
-from webhook.certs import build_self_signed
-from webhook.config import Settings
+from webhook.certificate_reload import CertificateWatcher
+from webhook.config import Serving, Settings
 from webhook.connections import ConnectionLimits, protocol_factory
 from webhook.metrics import Metrics
 from webhook.mutate import Rules
 from webhook.offload import ReviewProcesses
+from webhook.tls import CertificatePair, build_tls_context, handshake_timeout, served_pair
+from webhook.workers import supervise
 
 logger = logging.getLogger(__name__)
 
-# TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 suites are all of that already.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-CERTIFICATE_POLL_SECONDS = 1.0
 
+def serve(settings: Settings) -> int:
+    """Serve until stopped; returns the exit code."""
+    health.configure(settings)  # each worker's metrics then probe the external backend
+    serving = settings.serving
+    handler = AdmissionHandler(Rules(settings))
+    with served_pair(serving) as pair:
+        listener = _bind(serving.host, serving.port)
+        logger.info(
+            "listening",
+            extra={"fields": {"host": serving.host, "port": listener.getsockname()[1],
+                              "workers": serving.workers}},
+        )
 
-@dataclass(frozen=True, slots=True)
-class ServingOptions:
-    """How to serve, beyond the rules: TLS material, timeouts and draining."""
+        def run_worker() -> None:
+            _run_worker(listener, handler, serving, pair)
 
-    tls_cert: Path
-    tls_key: Path
-    client_ca: Path | None = None
-    # Longer than the apiserver's idle-connection timeout (Go's default is 90 s), so that it
-    # is always the client that closes an idle connection: a server closing first can race a
-    # request being sent on it, and the apiserver does not retry a failed POST.
-    keep_alive_seconds: int = 120
-    # A client that opens a connection and never finishes the TLS handshake is dropped after
-    # this long. The apiserver completes a handshake in milliseconds; asyncio's 60 s default
-    # lets idle sockets pile up.
-    handshake_timeout_seconds: float = 10.0
-    # Open connections (plus requests in flight). A new connection over it closes the one idle
-    # longest; a request that finds none idle gets 503. The apiserver keeps a few dozen
-    # connections per replica; this leaves room for many. See webhook/connections.py.
-    max_connections: int = 1000
-    # The request line and headers together: over it, 431 without reading the rest.
-    head_limit_bytes: int = 64 * 1024
-    # From a request's first byte to its last: over it, 408.
-    request_seconds: float = 10.0
-    # Processes answering reviews too big for the event loop (webhook/offload.py). One keeps
-    # a core for the event loop on a small machine; big reviews are rare and wait their turn.
-    review_processes: int = 1
-    # After SIGTERM: how long to keep serving with /readyz false before closing the listener.
-    shutdown_delay_seconds: float = 0.0
-    graceful_timeout_seconds: int = 20
-
-
-def build_tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
-    """A server context: TLS 1.2+ with modern suites, optional client-certificate checks."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(TLS12_CIPHERS)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    context.set_alpn_protocols(["http/1.1"])
-    context.load_cert_chain(cert, key)
-    if client_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(client_ca)
-    return context
-
-
-class CertificateWatcher:
-    """Reloads the certificate pair into a live context when the files change."""
-
-    def __init__(self, context: ssl.SSLContext, cert: Path, key: Path) -> None:
-        self._context = context
-        self._cert = cert
-        self._key = key
-        self._seen = self._signature()
-
-    def _signature(self) -> tuple[tuple[int, int, int], ...] | None:
-        try:
-            # os.stat follows symlinks, so a swapped `..data` link shows as a new inode.
-            stats = [os.stat(self._cert), os.stat(self._key)]
-        except OSError:
-            return None
-        return tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in stats)
-
-    def check(self) -> bool:
-        """Reload if the files changed and form a valid pair. True when a reload happened."""
-        signature = self._signature()
-        if signature is None or signature == self._seen:
-            return False
-        try:
-            # A half-written rotation (new certificate, old key) must not reach the live
-            # context: a failed load there would leave it with a mismatched pair.
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self._cert, self._key)
-            self._context.load_cert_chain(self._cert, self._key)
-        except (OSError, ssl.SSLError) as error:
-            logger.warning("certificate change not loaded yet: %s", error.__class__.__name__)
-            return False
-        self._seen = signature
-        logger.info("certificate reloaded", extra={"fields": {"cert": str(self._cert)}})
-        return True
-
-    async def watch(self) -> None:
-        while True:
-            await asyncio.sleep(CERTIFICATE_POLL_SECONDS)
-            self.check()
+        if serving.workers == 1:
+            run_worker()
+            return 0
+        return supervise(serving.workers, run_worker)
 
 
 class WebhookServer(uvicorn.Server):
@@ -139,33 +66,23 @@ class WebhookServer(uvicorn.Server):
         self,
         config: uvicorn.Config,
         *,
+        serving: Serving,
         readiness: Readiness,
         watcher: CertificateWatcher,
-        shutdown_delay_seconds: float,
-        handshake_timeout_seconds: float,
         big_reviews: ReviewProcesses | None = None,
     ) -> None:
         super().__init__(config)
+        self._serving = serving
         self._big_reviews = big_reviews
-        self._handshake_timeout = handshake_timeout_seconds
         self._readiness = readiness
         self._watcher = watcher
-        self._shutdown_delay = shutdown_delay_seconds
         self._drain_deadline: float | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        create_server = loop.create_server
-        # uvicorn offers no setting for the TLS handshake timeout; its one call to
-        # create_server is given it here.
-        loop.create_server = functools.partial(  # type: ignore[method-assign]
-            create_server, ssl_handshake_timeout=self._handshake_timeout
-        )
-        try:
+        with handshake_timeout(loop, self._serving.handshake_timeout_seconds):
             await super().startup(sockets)
-        finally:
-            loop.create_server = create_server  # type: ignore[method-assign]
         self._watch_task = asyncio.create_task(self._watcher.watch())
         if self._big_reviews is not None:
             self._big_reviews.start()
@@ -178,12 +95,13 @@ class WebhookServer(uvicorn.Server):
         await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGTERM and self._shutdown_delay > 0 and self._drain_deadline is None:
+        delay = self._serving.shutdown_delay_seconds
+        if sig == signal.SIGTERM and delay > 0 and self._drain_deadline is None:
             # Readiness goes false first and the server keeps answering for a while, so that
             # the endpoint is gone from the Service before the listener closes.
             self._readiness.set(False, "draining")
-            self._drain_deadline = time.monotonic() + self._shutdown_delay
-            logger.info("draining", extra={"fields": {"seconds": self._shutdown_delay}})
+            self._drain_deadline = time.monotonic() + delay
+            logger.info("draining", extra={"fields": {"seconds": delay}})
             return
         super().handle_exit(sig, frame)
 
@@ -193,49 +111,8 @@ class WebhookServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(settings: Settings, options: ServingOptions | None = None) -> int:
-    """Serve until stopped; returns the exit code."""
-    health.configure(settings)  # each worker's metrics then probe the external backend
-    with contextlib.ExitStack() as cleanup:
-        if options is None:
-            options = _serving_options(settings, cleanup)
-        handler = AdmissionHandler(
-            Rules(settings), excluded_namespaces=settings.excluded_namespaces
-        )
-        listener = _bind(settings.host, settings.port)
-        logger.info(
-            "listening",
-            extra={"fields": {"host": settings.host, "port": listener.getsockname()[1],
-                              "workers": settings.workers}},
-        )
-        if settings.workers == 1:
-            _run_worker(listener, handler, options)
-            return 0
-        return _supervise(settings.workers, listener, handler, options)
-    return 0
-
-
-def _serving_options(settings: Settings, cleanup: contextlib.ExitStack) -> ServingOptions:
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        return ServingOptions(tls_cert=settings.tls_cert, tls_key=settings.tls_key,
-                              client_ca=settings.client_ca,
-                              shutdown_delay_seconds=settings.shutdown_delay_seconds)
-    directory = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="backend-injector-")))
-    pair = build_self_signed(("localhost", "127.0.0.1"))
-    cert, key = directory / "tls.crt", directory / "tls.key"
-    cert.write_bytes(pair.cert_pem)
-    key.touch(mode=0o600)
-    key.write_bytes(pair.key_pem)
-    logger.warning(
-        "no --tls-cert/--tls-key given: serving a throw-away self-signed certificate for "
-        "localhost and 127.0.0.1; the apiserver will not trust it",
-        extra={"fields": {"cert": str(cert)}},
-    )
-    return ServingOptions(tls_cert=cert, tls_key=key, client_ca=settings.client_ca,
-                          shutdown_delay_seconds=settings.shutdown_delay_seconds)
-
-
 def _bind(host: str, port: int) -> socket.socket:
+    """The one listening socket, bound before any fork so that every worker accepts on it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -246,18 +123,17 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _run_worker(
-    listener: socket.socket, handler: AdmissionHandler, options: ServingOptions
+    listener: socket.socket, handler: AdmissionHandler, serving: Serving, pair: CertificatePair
 ) -> None:
     readiness = Readiness()
-    big_reviews = ReviewProcesses(handler, processes=options.review_processes)
+    big_reviews = ReviewProcesses(handler, processes=serving.review_processes)
     app = create_app(handler, metrics=Metrics(), readiness=readiness, big_reviews=big_reviews)
-    config, context = uvicorn_config(app, options)
+    config, context = uvicorn_config(app, serving, pair)
     server = WebhookServer(
         config,
+        serving=serving,
         readiness=readiness,
-        watcher=CertificateWatcher(context, options.tls_cert, options.tls_key),
-        shutdown_delay_seconds=options.shutdown_delay_seconds,
-        handshake_timeout_seconds=options.handshake_timeout_seconds,
+        watcher=CertificateWatcher(context, pair),
         big_reviews=big_reviews,
     )
     try:
@@ -267,10 +143,10 @@ def _run_worker(
 
 
 def uvicorn_config(
-    app: Callable[..., Awaitable[None]], options: ServingOptions
+    app: Callable[..., Awaitable[None]], serving: Serving, pair: CertificatePair
 ) -> tuple[uvicorn.Config, ssl.SSLContext]:
     """uvicorn's configuration as this project serves: uvloop, httptools with our connection
-    limits, our TLS context.
+    limits, our TLS context (returned too, for the certificate watcher to reload into).
 
     Public so that the benchmarks serve their comparison apps on exactly the same stack.
     """
@@ -278,69 +154,24 @@ def uvicorn_config(
         app,
         loop="uvloop",
         http=protocol_factory(ConnectionLimits(
-            max_connections=options.max_connections,
-            head_limit=options.head_limit_bytes,
-            request_seconds=options.request_seconds,
+            max_connections=serving.max_connections,
+            head_limit=serving.head_limit_bytes,
+            request_seconds=serving.request_seconds,
         )),
         lifespan="off",
         log_config=None,
         access_log=False,
         server_header=False,
         # Also the idle timeout of a connection that has not sent its first request yet.
-        timeout_keep_alive=options.keep_alive_seconds,
+        timeout_keep_alive=serving.keep_alive_seconds,
         # The cap is the protocol's (it closes idle connections first), not uvicorn's.
         limit_concurrency=None,
-        timeout_graceful_shutdown=options.graceful_timeout_seconds,
-        ssl_certfile=str(options.tls_cert),
-        ssl_keyfile=str(options.tls_key),
+        timeout_graceful_shutdown=serving.graceful_timeout_seconds,
+        # uvicorn only serves TLS when given files; its own context is replaced just below.
+        ssl_certfile=str(pair.cert),
+        ssl_keyfile=str(pair.key),
     )
     config.load()
-    context = build_tls_context(options.tls_cert, options.tls_key, options.client_ca)
+    context = build_tls_context(pair, serving.client_ca)
     config.ssl = context
     return config, context
-
-
-def _supervise(
-    workers: int, listener: socket.socket, handler: AdmissionHandler, options: ServingOptions
-) -> int:
-    """Fork the workers, pass stop signals on to them, and replace any that dies."""
-    children: set[int] = set()
-    stopping = False
-
-    def spawn() -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            try:
-                _run_worker(listener, handler, options)
-            finally:
-                os._exit(0)
-        children.add(pid)
-
-    def stop(sig: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        _signal_all(children, sig)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for _ in range(workers):
-        spawn()
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        children.discard(pid)
-        if not stopping:
-            logger.error("worker exited; starting another",
-                         extra={"fields": {"pid": pid, "status": status}})
-            spawn()
-    return 0
-
-
-def _signal_all(pids: Sequence[int] | set[int], sig: int) -> None:
-    for pid in list(pids):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
