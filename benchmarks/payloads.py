@@ -46,11 +46,6 @@ def encoded(review: dict[str, Any]) -> bytes:
     return json.dumps(review, separators=(",", ":")).encode()
 
 
-if __name__ == "__main__":
-    for name, review in (("small", small_review()), ("large", large_review())):
-        print(name, len(encoded(review)), "bytes")
-
-
 def unique_reviews(count: int) -> list[dict[str, Any]]:
     """Small reviews that all differ (each its own generateName), so none repeats."""
     reviews = []
@@ -59,3 +54,16 @@ def unique_reviews(count: int) -> list[dict[str, Any]]:
         review["request"]["object"]["metadata"]["generateName"] = f"train-gru-{number:06d}-"
         reviews.append(review)
     return reviews
+
+
+def fixed_answer(length: int) -> bytes:
+    """An AdmissionReview answer of ``length`` bytes (a warning pads it), always the same."""
+    head = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":' \
+        b'{"uid":"fixed","allowed":true,"warnings":["'
+    tail = b'"]}}'
+    return head + b"x" * max(0, length - len(head) - len(tail)) + tail
+
+
+if __name__ == "__main__":
+    for name, review in (("small", small_review()), ("large", large_review())):
+        print(name, len(encoded(review)), "bytes")

@@ -97,9 +97,9 @@ class MutateEndpoint:
                              extra=[(b"retry-after", b"1")])
             return
         seconds = time.perf_counter() - started
-        await _send(send, 200, outcome.body)
+        await send_answer(send, 200, outcome.body)
         self._metrics.observe_review(outcome, seconds)
-        _log_review(outcome, seconds)
+        log_review(outcome, seconds)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for name, value in scope["headers"]:
@@ -166,7 +166,7 @@ def create_app(
     return WebhookApp(api, MutateEndpoint(handler, metrics, body_limit, big_reviews))
 
 
-def _log_review(outcome: ReviewOutcome, seconds: float) -> None:
+def log_review(outcome: ReviewOutcome, seconds: float) -> None:
     mutation = outcome.mutation
     fields: dict[str, Any] = {
         "uid": outcome.uid,
@@ -190,10 +190,10 @@ def _log_review(outcome: ReviewOutcome, seconds: float) -> None:
 async def _send_json(
     send: Send, status: int, content: dict[str, Any], *, extra: Headers | None = None
 ) -> None:
-    await _send(send, status, orjson.dumps(content), extra=extra)
+    await send_answer(send, status, orjson.dumps(content), extra=extra)
 
 
-async def _send(
+async def send_answer(
     send: Send, status: int, body: bytes, *, extra: Headers | None = None
 ) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
