@@ -125,11 +125,13 @@ def serve_stage(stage: str, port: int, cert: Path, key: Path) -> None:
     """Serve one stage on the stack ``serve`` uses, logging as ``serve`` does (JSON lines)."""
     import uvicorn
 
+    from webhook.config import Serving
     from webhook.logs import configure_logging
-    from webhook.server import ServingOptions, uvicorn_config
+    from webhook.server import uvicorn_config
+    from webhook.tls import CertificatePair
 
     configure_logging("INFO", "json")
-    config, _ = uvicorn_config(stage_app(stage), ServingOptions(tls_cert=cert, tls_key=key))
+    config, _ = uvicorn_config(stage_app(stage), Serving(), CertificatePair(cert, key))
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
