@@ -123,9 +123,9 @@ class Credentials:
 class Serving:
     """How the webhook is served: where it listens, its certificate, its bounds and draining.
 
-    The first seven come from flags and ``BACKEND_INJECTOR_*`` variables; the rest are fixed
-    here, each with the reason for its value, and tests or benchmarks change them with
-    ``dataclasses.replace``.
+    The first seven come from the ``serve`` flags and their ``BACKEND_INJECTOR_*`` variables;
+    the rest are fixed here, each with the reason for its value (tests that need shorter
+    bounds change them with ``dataclasses.replace``).
     """
 
     host: str = "0.0.0.0"
