@@ -37,6 +37,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from webhook.coalescing import CoalescingTransport
+
 logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
@@ -89,7 +91,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # -- the connection -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # A response's head and body leave together, as one TLS record (webhook/coalescing.py).
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self._become_idle()
         if len(self.connections) > self.limits.max_connections:
             self._close_longest_idle()
@@ -209,6 +212,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         logger.warning("request refused", extra={"fields": {"status": status, "reason": message}})
 
     def _abort_when_written(self, waited: float = 0.0) -> None:
+        if isinstance(self.transport, CoalescingTransport):
+            self.transport.flush()  # now: every turn of the loop until the abort reads more
         if self.transport.get_write_buffer_size() == 0 or waited >= ABORT_AFTER_SECONDS:
             self.transport.abort()
             return
