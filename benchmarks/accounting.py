@@ -147,10 +147,19 @@ def cpu_seconds(pid: int) -> float:
 
 def measure_stage(stage: str, requests: list[bytes], seconds: float, work: Path) -> tuple[
         float, float]:
+    return measure_server(lambda port: command_for(stage, port, work / "tls"), requests,
+                          seconds, work)
+
+
+def measure_server(
+    command: Callable[[int], list[str]], requests: list[bytes], seconds: float, work: Path,
+    directory: Path | None = None, environment: dict[str, str] | None = None,
+) -> tuple[float, float]:
+    """The server's CPU seconds per answered review under ``requests``, and reviews/s."""
     port = free_port()
     with (work / "server.log").open("ab") as log:
-        process = subprocess.Popen(command_for(stage, port, work / "tls"), stdout=log,
-                                   stderr=log)
+        process = subprocess.Popen(command(port), stdout=log, stderr=log, cwd=directory,
+                                   env=environment)
     try:
         wait_until_up(port)
         run("127.0.0.1", port, requests, connections=CONNECTIONS, duration=1.0)  # warm up
@@ -158,19 +167,24 @@ def measure_stage(stage: str, requests: list[bytes], seconds: float, work: Path)
         result = run("127.0.0.1", port, requests, connections=CONNECTIONS, duration=seconds)
         used = cpu_seconds(process.pid) - before
         if result.failed:
-            raise RuntimeError(f"{stage}: {result.failed} requests failed")
+            raise RuntimeError(f"{' '.join(command(port))}: {result.failed} requests failed")
         return used / result.answered, result.throughput
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def run_accounting(rounds: int, seconds: float, work: Path) -> dict[str, StageFigures]:
+def prepare(work: Path) -> list[bytes]:
+    """A serving certificate under ``work/tls``, and the all-different requests."""
     ca = certs.build_ca(common_name="accounting CA", days=1)
     pair = certs.build_serving_certificate(ca=ca, hostnames=["localhost", "127.0.0.1"], days=1)
     certs.write_bundle(work / "tls", ca=ca, serving=pair)
-    requests = [build_request(payloads.encoded(review))
-                for review in payloads.unique_reviews(UNIQUE_PODS)]
+    return [build_request(payloads.encoded(review))
+            for review in payloads.unique_reviews(UNIQUE_PODS)]
+
+
+def run_accounting(rounds: int, seconds: float, work: Path) -> dict[str, StageFigures]:
+    requests = prepare(work)
     found = {stage: StageFigures([], []) for stage in STAGES}
     order = list(STAGES)
     for number in range(rounds):
