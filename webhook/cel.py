@@ -49,6 +49,8 @@ class Expr:
     text: str
     atomic: bool = True
     free: frozenset[tuple[str, int]] = field(default=frozenset())
+    # The regular expressions it matches with, for the checks of their dialect.
+    regexes: frozenset[str] = field(default=frozenset())
     # For a string literal, its value; for a sum, its terms: ``add`` flattens sums and joins
     # adjacent literals, so a concatenation costs one step per piece that is computed.
     string_value: str | None = None
@@ -60,26 +62,26 @@ class Expr:
         return self.text if self.atomic else f"({self.text})"
 
     def field(self, name: str) -> Expr:
-        return Expr(f"{self._receiver()}.{name}", free=self.free)
+        return Expr(f"{self._receiver()}.{name}", **_meta(self))
 
     def optional_field(self, name: str) -> Expr:
         """``x.?name``: an optional, empty when the field is absent."""
-        return Expr(f"{self._receiver()}.?{name}", free=self.free)
+        return Expr(f"{self._receiver()}.?{name}", **_meta(self))
 
     def optional_index(self, key: Operand) -> Expr:
         """``x[?key]``: an optional, empty when the key is absent."""
         key_expr = value_of(key)
-        return Expr(f"{self._receiver()}[?{key_expr.text}]", free=self.free | key_expr.free)
+        return Expr(f"{self._receiver()}[?{key_expr.text}]", **_meta(self, key_expr))
 
     def __getitem__(self, key: Operand) -> Expr:
         key_expr = value_of(key)
-        return Expr(f"{self._receiver()}[{key_expr.text}]", free=self.free | key_expr.free)
+        return Expr(f"{self._receiver()}[{key_expr.text}]", **_meta(self, key_expr))
 
     def call(self, method: str, *arguments: Operand) -> Expr:
         """``x.method(arguments...)``."""
         values = [value_of(argument) for argument in arguments]
         text = f"{self._receiver()}.{method}({', '.join(v.text for v in values)})"
-        return Expr(text, free=_free(self, *values))
+        return Expr(text, **_meta(self, *values))
 
     # --- the methods the policy uses -------------------------------------------------
 
@@ -100,14 +102,14 @@ class Expr:
 
     def matches(self, regex: str) -> Expr:
         """Whether the RE2 ``regex`` matches anywhere in the string (anchors say otherwise)."""
-        return self.call("matches", string(regex))
+        return _with_regex(self.call("matches", string(regex)), regex)
 
     def find(self, regex: str) -> Expr:
         """The leftmost match of ``regex``, "" for none (Kubernetes' regex library)."""
-        return self.call("find", string(regex))
+        return _with_regex(self.call("find", string(regex)), regex)
 
     def find_all(self, regex: str) -> Expr:
-        return self.call("findAll", string(regex))
+        return _with_regex(self.call("findAll", string(regex)), regex)
 
     def split(self, separator: Operand) -> Expr:
         return self.call("split", separator)
@@ -161,13 +163,14 @@ class Expr:
         free = _bound(frozenset().union(*(p.free for p in parts)), index_var, value_var)
         text = f"{self._receiver()}.transformList({index}, {value}, " + ", ".join(
             p.text for p in parts) + ")"
-        return Expr(text, free=self.free | free)
+        return Expr(text, free=self.free | free, regexes=_meta(self, *parts)["regexes"])
 
     def _macro(self, macro: str, name: str, body: Body) -> Expr:
         variable_expr = _variable(name)
         built = value_of(body(variable_expr))
         free = _bound(built.free, variable_expr)
-        return Expr(f"{self._receiver()}.{macro}({name}, {built.text})", free=self.free | free)
+        return Expr(f"{self._receiver()}.{macro}({name}, {built.text})", free=self.free | free,
+                    regexes=self.regexes | built.regexes)
 
     # --- operators -------------------------------------------------------------------
 
@@ -214,14 +217,20 @@ def _operand(expr: Expr) -> str:
     return expr.text if expr.atomic else f"({expr.text})"
 
 
-def _free(*exprs: Expr) -> frozenset[tuple[str, int]]:
-    return frozenset().union(*(e.free for e in exprs))
+def _meta(*exprs: Expr) -> dict[str, Any]:
+    """What a compound expression inherits from its parts: free variables and regexes."""
+    return {"free": frozenset().union(*(e.free for e in exprs)),
+            "regexes": frozenset().union(*(e.regexes for e in exprs))}
+
+
+def _with_regex(expr: Expr, regex: str) -> Expr:
+    return Expr(expr.text, free=expr.free, regexes=expr.regexes | {regex})
 
 
 def _binary(left: Operand, operator: str, right: Operand) -> Expr:
     lhs, rhs = value_of(left), value_of(right)
     return Expr(f"{_operand(lhs)} {operator} {_operand(rhs)}", atomic=False,
-                free=_free(lhs, rhs))
+                **_meta(lhs, rhs))
 
 
 def _variable(name: str) -> Expr:
@@ -278,7 +287,7 @@ def integer(number: int) -> Expr:
 
 def list_of(*items: Operand) -> Expr:
     values = [value_of(item) for item in items]
-    return Expr("[" + ", ".join(v.text for v in values) + "]", free=_free(*values))
+    return Expr("[" + ", ".join(v.text for v in values) + "]", **_meta(*values))
 
 
 def strings(values: Iterable[str]) -> Expr:
@@ -293,7 +302,7 @@ def map_of(entries: Mapping[str, Operand], *, dynamic: bool = True) -> Expr:
     wrap = "dyn({})" if dynamic else "{}"
     text = "{" + ", ".join(
         f"{string(k).text}: {wrap.format(v.text)}" for k, v in values.items()) + "}"
-    return Expr(text, free=_free(*values.values()))
+    return Expr(text, **_meta(*values.values()))
 
 
 def literal(value: Any) -> Expr:
@@ -310,7 +319,7 @@ def literal(value: Any) -> Expr:
 def function(name: str, *arguments: Operand) -> Expr:
     """A global function call: ``string(i)``, ``int(x)``, ``has(x.f)``, ``dyn(x)``."""
     values = [value_of(argument) for argument in arguments]
-    return Expr(f"{name}({', '.join(v.text for v in values)})", free=_free(*values))
+    return Expr(f"{name}({', '.join(v.text for v in values)})", **_meta(*values))
 
 
 def json_patch(op: str, path: Operand, value: Operand | None = None) -> Expr:
@@ -319,7 +328,7 @@ def json_patch(op: str, path: Operand, value: Operand | None = None) -> Expr:
     if value is not None:
         fields.append(("value", value_of(value)))
     text = "JSONPatch{" + ", ".join(f"{name}: {v.text}" for name, v in fields) + "}"
-    return Expr(text, free=_free(*(v for _, v in fields)))
+    return Expr(text, **_meta(*(v for _, v in fields)))
 
 
 # --- composition ------------------------------------------------------------------------------
@@ -335,7 +344,7 @@ def cond(test: Operand, then: Operand, otherwise: Operand) -> Expr:
     """``test ? then : otherwise``."""
     parts = [value_of(test), value_of(then), value_of(otherwise)]
     text = f"{_operand(parts[0])} ? {_operand(parts[1])} : {_operand(parts[2])}"
-    return Expr(text, atomic=False, free=_free(*parts))
+    return Expr(text, atomic=False, **_meta(*parts))
 
 
 def _chain(operator: str, operands: Iterable[Operand], empty: Expr) -> Expr:
@@ -345,7 +354,7 @@ def _chain(operator: str, operands: Iterable[Operand], empty: Expr) -> Expr:
     if len(values) == 1:
         return values[0]
     return Expr(f" {operator} ".join(_operand(v) for v in values), atomic=False,
-                free=_free(*values))
+                **_meta(*values))
 
 
 def any_of(*operands: Operand) -> Expr:
@@ -373,7 +382,7 @@ def add(*operands: Operand) -> Expr:
                 terms.append(term)
     total = _chain("+", terms, integer(0))
     return total if len(terms) < 2 else Expr(total.text, atomic=False, free=total.free,
-                                             terms=tuple(terms))
+                                             regexes=total.regexes, terms=tuple(terms))
 
 
 def sub(left: Operand, right: Operand) -> Expr:
@@ -381,7 +390,8 @@ def sub(left: Operand, right: Operand) -> Expr:
 
 
 def not_(operand: Operand) -> Expr:
-    return Expr(f"!{_operand(value_of(operand))}", atomic=False, free=value_of(operand).free)
+    value = value_of(operand)
+    return Expr(f"!{_operand(value)}", atomic=False, **_meta(value))
 
 
 def replaced_all(text: Expr, replacements: Iterable[tuple[str, str]]) -> Expr:

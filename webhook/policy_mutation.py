@@ -608,4 +608,11 @@ def opted_in() -> Expr:
     ))))
 
 
-__all__ = ["opted_in", "patch_expression", "policy_variables"]
+def policy_regexes(settings: Settings) -> frozenset[str]:
+    """Every regular expression the policy's expressions match with."""
+    expressions = [expression for _, expression in policy_variables(settings)]
+    expressions += [patch_expression(), opted_in()]
+    return frozenset().union(*(expression.regexes for expression in expressions))
+
+
+__all__ = ["opted_in", "patch_expression", "policy_regexes", "policy_variables"]

@@ -4,14 +4,14 @@ Each is the twin of something ``probes.py`` does with Python's ``re``: the look-
 its host patterns become consumed boundary characters, its shell splitting a tokenizer over
 marked separators, its ``re.sub`` a tokenizer whose host tokens are rewritten. Everything is
 built from ``webhook.grammar``, so a rule changes there, once. tests/test_policy.py runs these
-with Python's ``re`` against probes.py; ``all_regexes`` lists them for the syntax checks.
+with Python's ``re`` against probes.py; the e2e tests have the apiserver compile them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from webhook.config import Service, Settings
+from webhook.config import Service
 from webhook.grammar import (
     ASSIGNMENT,
     COMPUTED_PART,
@@ -150,36 +150,6 @@ def retarget_token_re(hosts: Iterable[str]) -> str:
     token's end must not pass for the end of the text.
     """
     return f"{host_token_re(hosts)}|[{_LABEL_CHARS}]*\\.[$`]|[{_LABEL_CHARS}]+|(?s:.)"
-
-
-def all_regexes(settings: Settings) -> list[str]:
-    """Every regular expression the policy uses, for tests that check their syntax."""
-    services = settings.services
-    external_hosts = external_hosts_of(services)
-    regexes = [
-        WORD_RE, SEGMENT_RE, SEGMENT_WORD_RE, UNQUOTE_RE, BASENAME_RE,
-        ASSIGNMENT_RE, REDIRECTION_RE, WRAPPER_OPTION_RE, COMMAND_PREFIX_RE, DEV_TCP_RE,
-        RSTRIP_RE, URL_HOST_RE, STATUS_SHAPE_RE, SHELL_VARIABLE_RE, COMMENT_PREFIX_RE,
-        ATTACHED_PORT_START_RE, ATTACHED_PORT_RE, NEXT_WORD_PORT_START_RE, LEADING_SPACE_RE,
-        LEADING_PORT_RE, QUOTED_NAME_RE, VARIABLE_PORT_START_RE,
-    ]
-    if external_hosts:
-        regexes.append(external_search_re(external_hosts))
-    regexes += [host_search_re(service) for service in services]
-    regexes += [ADDRESS_RE, ADDRESS_PREFIX_RE, ADDRESS_HOST_RE, ADDRESS_END_RE, TRAILING_PORT_RE,
-                ANY_SPACE_RE, OPTION_DASHES_RE, WITHOUT_TRAILING_SEMICOLON_RE, VARIABLE_WHOLE_RE,
-                QUOTED_VARIABLE_WHOLE_RE, READ_TOKENS_RE, TEXT_TOKENS_RE, SAFE_VALUE_RE,
-                VARIABLE_NAME_RE, VARIABLE_DEFAULT_RE, COMPUTED_RE, KUBELET_TOKENS_RE,
-                KUBELET_WHOLE_RE]
-    regexes += [whole_host_re(service) for service in services]
-    retargetable = [s for s in services if s.external is not None]
-    if retargetable:
-        hosts = [host for s in retargetable for host in s.hosts]
-        regexes += [retarget_token_re(hosts), whole_host_token_re(hosts)]
-        for service in retargetable:
-            regexes += [service_start_re(service), host_prefix_re(service)]
-    regexes += [status_list_re(key) for key in STATUS_KEYS]
-    return regexes
 
 
 def external_hosts_of(services: Sequence[Service]) -> list[str]:

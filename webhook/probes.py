@@ -449,13 +449,13 @@ class ProgramReader:
                     )
                 # Every service a word names counts, not just the first: after a retarget the
                 # others would be found on a second pass and change the verdict then.
-                services = self._managed_services_in(word)
+                services = self.managed_services_in(word)
                 for service in services:
                     if service.name not in reading.managed:
                         reading.managed.append(service.name)
                 if services:
                     probed_anything = True
-                elif self._names_external_host(word):
+                elif self.names_external_host(word):
                     probed_anything = True
                     reading.probes_external = True
             if not probed_anything and (
@@ -465,14 +465,20 @@ class ProgramReader:
         elif command.kind == "work":
             reading.does_work = True
 
-    def _managed_services_in(self, word: str) -> list[Service]:
+    def managed_services_in(self, word: str) -> list[Service]:
+        """Every managed service a probe's argument ``word`` names, in the order of the
+        services (a word may name several: `http://mlflow:5000/ready?db=postgres`)."""
         unquoted = unquote(word)
         return [pattern.service for pattern in self._patterns if pattern.regex.search(unquoted)]
 
-    def _names_external_host(self, word: str) -> bool:
+    def names_external_host(self, word: str) -> bool:
+        """Whether ``word`` names an external address, quoted or not: a probe of it is one
+        that a pass before retargeted."""
         return self._external_host is not None and bool(self._external_host.search(word))
 
-    def _retarget_text(self, text: str) -> str:
+    def retarget_text(self, text: str) -> str:
+        """``text`` with every host of a service that has an external address pointed at it
+        (with its port: attached, as the next word, or written out after `scheme://`)."""
         for pattern in self._patterns:
             external = pattern.service.external
             if external is not None:
