@@ -42,7 +42,13 @@ from webhook.cel import (
 )
 from webhook.config import Action, EnvScope, Service, Settings
 from webhook.grammar import URL_SCHEME_END
-from webhook.mutate import INJECT_KEY, OPT_OUT_VALUES, STATUS_KEY, managed_env_entries
+from webhook.mutate import (
+    INJECT_KEY,
+    OPT_OUT_VALUES,
+    STATUS_KEY,
+    STATUS_LISTS,
+    managed_env_entries,
+)
 from webhook.policy_program import (
     EXTERNAL_TAG,
     FACT_SEPARATOR,
@@ -76,7 +82,6 @@ from webhook.policy_regex import (
     QUOTED_NAME_RE,
     SEGMENT_RE,
     SEGMENT_WORD_RE,
-    STATUS_KEYS,
     STATUS_SHAPE_RE,
     SUBSTITUTION_MARK,
     TRAILING_PORT_RE,
@@ -153,6 +158,11 @@ def command_of(container: Expr) -> Expr:
 
 def args_of(container: Expr) -> Expr:
     return container.optional_field("args").or_value(EMPTY_LIST)
+
+
+def as_strings(items: Expr) -> Expr:
+    """The pod's typed list as a plain list of strings, comparable with the policy's own."""
+    return items.map("element", lambda element: element)
 
 
 def init_env(index: Expr) -> Expr:
@@ -443,8 +453,8 @@ def policy_variables(settings: Settings) -> list[tuple[str, Expr]]:
         ("currentStatus", OBJECT.field("metadata").optional_field("annotations")
          .optional_index(STATUS_KEY).or_value("")),
         ("earlier", cond(v("currentStatus").matches(STATUS_SHAPE_RE),
-                         list_of(*(earlier_status(key) for key in STATUS_KEYS)),
-                         list_of(*(EMPTY_LIST for _ in STATUS_KEYS)))),
+                         list_of(*(earlier_status(key) for key in STATUS_LISTS)),
+                         list_of(*(EMPTY_LIST for _ in STATUS_LISTS)))),
         # The pod waited for a managed service, now or by an earlier pass's account.
         ("podWaited", any_of(
             v("earlier")[0].size().gt(0), v("earlier")[1].size().gt(0),
@@ -470,13 +480,10 @@ def policy_variables(settings: Settings) -> list[tuple[str, Expr]]:
         return all_of(is_native_sidecar(container), uses_backend(settings, container))
 
     def init_operations(index: Expr, container: Expr) -> Expr:
-        # `.map(x, x)` makes the pod's typed list a list of strings, comparable with ours.
-        command = cond(v("newCommands")[index].ne(command_of(container).map("element", lambda
-                                                                             element: element)),
+        command = cond(v("newCommands")[index].ne(as_strings(command_of(container))),
                        list_of(operation(REPLACE_COMMAND, add(init_path(index), "/command"),
                                          index_text(index))), EMPTY_LIST)
-        args = cond(v("newArgs")[index].ne(args_of(container).map("element", lambda
-                                                                   element: element)),
+        args = cond(v("newArgs")[index].ne(as_strings(args_of(container))),
                     list_of(operation(REPLACE_ARGS, add(init_path(index), "/args"),
                                       index_text(index))), EMPTY_LIST)
         env = env_operations(container, index, init_path(index), v("initValues")[index],
@@ -509,7 +516,7 @@ def policy_variables(settings: Settings) -> list[tuple[str, Expr]]:
                         add_absent=uses_backend(settings, container)))).join(","),
     ).join(",").split(",").filter("name", lambda name: name.ne(""))
     status_parts: list[Expr | str] = []
-    for position, key in enumerate(STATUS_KEYS):
+    for position, key in enumerate(STATUS_LISTS):
         status_parts += [("{" if position == 0 else ",") + f'"{key}":',
                          json_list(merged(v("earlier")[position], v(key + "Names")))]
     variables += [

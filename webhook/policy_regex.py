@@ -196,6 +196,7 @@ def service_start_re(service: Service) -> str:
 def status_list_re(key: str) -> str:
     return f'"{key}"\\s*:\\s*\\[[^\\]]*\\]'
 
+
 # A host part computed at run time, as probes.py's script scan sets it apart.
 COMPUTED_RE = f"\\.(?:{COMPUTED_PART})"
 # Variable references, resolved against the init container's literal env and the default as
@@ -207,18 +208,17 @@ QUOTED_VARIABLE_WHOLE_RE = f'^"(?:{SHELL_VARIABLE_RE})"$'
 READ_TOKENS_RE = f"{SHELL_VARIABLE_RE}|[^$]+|(?s:.)"
 TEXT_TOKENS_RE = f'"(?:{SHELL_VARIABLE_RE})"|{SHELL_VARIABLE_RE}|[^$"]+|(?s:.)'
 SAFE_VALUE_RE = SAFE_VALUE
-
+# `$(NAME)` references as the kubelet expands them (`$$(` escapes one), and the rest.
 KUBELET_TOKENS_RE = "\\$\\$\\(|\\$\\([A-Za-z_][A-Za-z0-9_]*\\)|[^$]+|(?s:.)"
 KUBELET_WHOLE_RE = f"^(?:{KUBELET_VARIABLE})$"
 
+# An env value's address as probes._ADDRESS reads it: scheme, user, host, port; then its
+# prefix (scheme and user) and its host apart.
 ADDRESS_RE = (
     "^(?:[A-Za-z][A-Za-z0-9+.-]*://)?(?:[^@/?#]*@)?[A-Za-z0-9][-A-Za-z0-9.]*(?::[0-9]{1,5})?"
 )
 ADDRESS_PREFIX_RE = "^(?:[A-Za-z][A-Za-z0-9+.-]*://)?(?:[^@/?#]*@)?"
 ADDRESS_HOST_RE = "^[A-Za-z0-9][-A-Za-z0-9.]*"
-
-# The keys of the status annotation, in the order the webhook writes them.
-STATUS_KEYS = ("removed", "rewritten", "env")
 
 # Small pieces of the retargeting and reading steps (see webhook.policy_program).
 ATTACHED_PORT_START_RE = "^[:/][0-9]"  # `:5000` or `/5000` right after a host

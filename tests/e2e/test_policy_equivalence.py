@@ -15,7 +15,11 @@ service-account token volume). Both sides went through the same defaulting, so a
 is a difference between the CEL and the Python rules.
 
 Instances: the embedded default (remove, credentials as values, v1), rewrite mode (v1), and
-secretKeyRef credentials through the v1beta1 API.
+secretKeyRef credentials with ``add_env_to: all`` through the v1beta1 API.
+
+Besides the chart and the edge pods, the cases hold a pod for each word of the grammar in a
+waiter, for each host form of each managed service, and for each spelling of the opt-out;
+tests below check what these must show beyond equality (not vacuous).
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ import jsonpatch
 import pytest
 import yaml
 
-from webhook.config import Action, CredentialMode, Settings, load_settings
+from webhook.config import Action, CredentialMode, EnvScope, Settings, load_settings
+from webhook.grammar import IDLE_COMMANDS, PROBE_COMMANDS, SHELL_KEYWORDS, SHELLS, WRAPPERS
 from webhook.inject import TEMPLATE_PATHS
-from webhook.mutate import INJECT_KEY, STATUS_KEY, Rules
+from webhook.mutate import INJECT_KEY, OPT_OUT_VALUES, STATUS_KEY, Rules
 from webhook.policy import build_policy
 
 pytestmark = pytest.mark.e2e
@@ -93,6 +98,7 @@ def _instances() -> list[Instance]:
     secret_ref = dataclasses.replace(
         default,
         credentials=dataclasses.replace(default.credentials, mode=CredentialMode.SECRET_KEY_REF),
+        add_env_to=EnvScope.ALL,
     )
     return [
         Instance("bi-remove", default, "admissionregistration.k8s.io/v1", "e2e-remove"),
@@ -342,6 +348,56 @@ def edge_pods() -> list[dict[str, Any]]:
     return pods
 
 
+# A marker of what a case pod tests, carried on both sides (so it is compared too).
+CASE_ANNOTATION = "e2e/case"
+
+
+def grammar_pods() -> list[dict[str, Any]]:
+    """A waiter for each word of the grammar: each probe command and wait tool probing a
+    managed host, each idle command in a readiness loop, each wrapper and shell in front of a
+    probe, each shell keyword before one."""
+    scripts = [f"until {word} mlflow 5000; do sleep 1; done" for word in sorted(PROBE_COMMANDS)]
+    scripts += [f"until nc -z minio 9000; do {word} 1; done" for word in sorted(IDLE_COMMANDS)]
+    scripts += [f"{word} 5 nc -z fastapi-app 8000" for word in sorted(WRAPPERS | SHELLS)]
+    scripts += [f"{word} nc -z fastapi 8000" for word in sorted(SHELL_KEYWORDS)]
+    return [_pod(f"word-{index}", init=[_sh("probe", script), KAFKA_WAIT],
+                 containers=[_app(env=list(IN_CLUSTER_ENV))],
+                 annotations={CASE_ANNOTATION: script})
+            for index, script in enumerate(scripts)]
+
+
+def service_pods(settings: Settings) -> list[dict[str, Any]]:
+    """A waiter for each host of each managed service, bare and fully qualified."""
+    pods = []
+    for service in settings.services:
+        for host in service.hosts:
+            for form in (host, f"{host}.flts.svc.cluster.local"):
+                pods.append(_pod(
+                    f"service-{service.name}-{len(pods)}",
+                    init=[_sh("probe", f"until nc -z {form} 1234; do sleep 1; done"), KAFKA_WAIT],
+                    containers=[_app(env=list(IN_CLUSTER_ENV))],
+                    annotations={CASE_ANNOTATION: service.name}))
+    return pods
+
+
+def opt_out_pods() -> list[dict[str, Any]]:
+    """The chart's waiter in a pod opted out by each spelling, as annotation and as label
+    (label values cannot hold white space)."""
+    chart_like = [_sh("wait-for-mlflow", "until nc -z mlflow 5000; do sleep 2; done"), KAFKA_WAIT]
+    pods = []
+    for value in sorted(OPT_OUT_VALUES):
+        for spelling in (value, value.upper(), f" {value.title()} "):
+            pods.append(_pod(f"opt-out-{len(pods)}", init=chart_like,
+                             containers=[_app(env=list(IN_CLUSTER_ENV))],
+                             annotations={INJECT_KEY: spelling, CASE_ANNOTATION: "opt-out"}))
+        for spelling in (value, value.upper()):
+            pods.append(_pod(f"opt-out-{len(pods)}", init=chart_like,
+                             containers=[_app(env=list(IN_CLUSTER_ENV))],
+                             annotations={CASE_ANNOTATION: "opt-out"},
+                             labels={INJECT_KEY: spelling}))
+    return pods
+
+
 # Random pods: a grammar of the shapes readiness loops take, with the awkward corners
 # (quotes, odd ports, redirections, `$(`, backticks, Unicode spaces) mixed in.
 _HOSTS = ("mlflow", "mlflow.flts", "mlflow.flts.svc", "mlflow.flts.svc.cluster.local", "minio",
@@ -580,7 +636,8 @@ def compare(cluster: Cluster, instance: Instance, pods: list[dict[str, Any]]) ->
 
 @pytest.fixture(scope="module")
 def cases(control_plane: Cluster) -> list[dict[str, Any]]:
-    return chart_pods(control_plane) + edge_pods()
+    return (chart_pods(control_plane) + edge_pods() + grammar_pods()
+            + service_pods(INSTANCES[0].settings) + opt_out_pods())
 
 
 @pytest.fixture(scope="module")
@@ -679,6 +736,68 @@ def test_a_second_pass_changes_nothing(
         if first != second:
             changed[name] = differences(first, second)
     assert not changed, "\n\n".join(f"== {name}\n{diff}" for name, diff in changed.items())
+
+
+def _status(pod: dict[str, Any]) -> dict[str, list[str]]:
+    status: dict[str, list[str]] = json.loads(pod["metadata"]["annotations"][STATUS_KEY])
+    return status
+
+
+@pytest.mark.parametrize("instance", INSTANCES, ids=lambda instance: instance.name)
+def test_every_opt_out_spelling_leaves_the_pod_alone(
+    comparisons: dict[str, Comparison], instance: Instance
+) -> None:
+    comparison = comparisons[instance.name]
+    opted_out = [name for name, pod in comparison.raw.items()
+                 if pod["metadata"].get("annotations", {}).get(CASE_ANNOTATION) == "opt-out"]
+    assert len(opted_out) == len(OPT_OUT_VALUES) * 5
+    for name in opted_out:
+        stored = comparison.policy[name]
+        assert STATUS_KEY not in stored["metadata"]["annotations"], name
+        assert [c["name"] for c in stored["spec"]["initContainers"]] == [
+            "wait-for-mlflow", "wait-for-kafka"], name
+        assert stored["spec"]["containers"][0]["env"] == IN_CLUSTER_ENV, name
+
+
+@pytest.mark.parametrize("instance", INSTANCES, ids=lambda instance: instance.name)
+def test_every_service_is_recognised_in_each_host_form(
+    comparisons: dict[str, Comparison], instance: Instance
+) -> None:
+    """Each managed service's waiter is removed, or in rewrite mode retargeted at the
+    external address (removed when the service has none), whichever host form names it."""
+    comparison = comparisons[instance.name]
+    services = {service.name: service for service in instance.settings.services}
+    checked = set()
+    for name, raw in comparison.raw.items():
+        service = services.get(raw["metadata"].get("annotations", {}).get(CASE_ANNOTATION, ""))
+        if service is None or not name.startswith("service-"):
+            continue
+        checked.add(service.name)
+        stored = comparison.policy[name]
+        status = _status(stored)
+        kept = {c["name"]: c for c in stored["spec"]["initContainers"]}
+        if instance.settings.action is Action.REMOVE or service.external is None:
+            assert "probe" in status["removed"] and "probe" not in kept, name
+        else:
+            assert "probe" in status["rewritten"], name
+            assert f"{service.external.host} {service.external.port}" in kept["probe"][
+                "command"][2], name
+    assert checked == set(services)
+
+
+@pytest.mark.parametrize("instance", INSTANCES, ids=lambda instance: instance.name)
+def test_an_earlier_status_is_merged_not_overwritten(
+    comparisons: dict[str, Comparison], instance: Instance
+) -> None:
+    """The names of an earlier status come first and stay; this pass's are added once."""
+    earlier = json.loads(comparisons[instance.name].raw["earlier-status"]["metadata"][
+        "annotations"][STATUS_KEY])
+    status = _status(comparisons[instance.name].policy["earlier-status"])
+    for key, names in status.items():
+        assert names[:len(earlier[key])] == earlier[key], key
+        assert len(names) == len(set(names)), key
+    assert len(status["removed"]) + len(status["rewritten"]) > 1
+    assert len(status["env"]) > len(earlier["env"])
 
 
 def test_excluded_namespaces_are_never_mutated(control_plane: Cluster,
