@@ -43,7 +43,14 @@ import pytest
 import yaml
 
 from webhook.config import Action, CredentialMode, EnvScope, Settings, load_settings
-from webhook.grammar import IDLE_COMMANDS, PROBE_COMMANDS, SHELL_KEYWORDS, SHELLS, WRAPPERS
+from webhook.grammar import (
+    IDLE_COMMANDS,
+    PORT_LAST_TOOLS,
+    PROBE_COMMANDS,
+    SHELL_KEYWORDS,
+    SHELLS,
+    WRAPPERS,
+)
 from webhook.inject import TEMPLATE_PATHS
 from webhook.mutate import INJECT_KEY, OPT_OUT_VALUES, STATUS_KEY, Rules
 from webhook.policy import build_policy
@@ -53,9 +60,6 @@ pytestmark = pytest.mark.e2e
 CHART = Path(__file__).resolve().parent / "chart"
 # The second chart, with the waiter shapes public charts write (its README lists them).
 SHAPES_CHART = Path(__file__).resolve().parent / "chart-shapes"
-# A waiter whose port is given apart from its host, which in rewrite mode the policy removes
-# instead of retargeting (docs/policy.md): pod name -> that init container.
-PORT_APART_IN_REWRITE = {"chart-deployment-tracker": "wait-for-store"}
 BUSYBOX = "busybox:1.35"
 # Fields the apiserver assigns per object; everything else must be equal.
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation",
@@ -364,6 +368,15 @@ def grammar_pods() -> list[dict[str, Any]]:
                  containers=[_app(env=list(IN_CLUSTER_ENV))],
                  annotations={CASE_ANNOTATION: script})
             for index, script in enumerate(scripts)]
+
+
+# Waiters whose port is given apart from their host, which in rewrite mode the policy removes
+# instead of retargeting (docs/policy.md): pod name -> that init container. The second chart
+# has one, and so has the grammar's pod for each tool that takes its port last.
+PORT_APART_IN_REWRITE = {"chart-deployment-tracker": "wait-for-store"} | {
+    pod["metadata"]["name"]: "probe" for pod in grammar_pods()
+    if pod["metadata"]["annotations"][CASE_ANNOTATION].split()[1] in PORT_LAST_TOOLS
+}
 
 
 def service_pods(settings: Settings) -> list[dict[str, Any]]:
