@@ -16,6 +16,8 @@ import signal
 from collections.abc import Callable, Iterable
 from types import FrameType
 
+from webhook.logs import flush_logs
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,7 +37,9 @@ def supervise(workers: int, run_worker: Callable[[], None]) -> int:
                 run_worker()
             finally:
                 # Never back into the supervisor's code (its loop, its cleanup of files the
-                # other workers still serve) from a child.
+                # other workers still serve) from a child; os._exit skips logging's own
+                # flush at exit, so the worker's last log lines are written here.
+                flush_logs()
                 os._exit(0)
         children.add(pid)
 
