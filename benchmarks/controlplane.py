@@ -6,6 +6,9 @@ webhook exactly as the e2e suite does (the project's manifests, its own network 
 and creates pods at a steady rate in three kinds of namespace:
 
 * ``none``: not opted in; the apiserver calls nobody (the baseline);
+* ``webhook, pod opted out``: opted in, each pod annotated ``backend-injector/inject:
+  disabled``: the apiserver calls the webhook, which answers at once without a patch (what
+  calling a webhook costs by itself);
 * ``webhook``: opted in; every pod goes through backend-injector;
 * ``policy``: opted in, with the MutatingWebhookConfiguration removed and the generated
   MutatingAdmissionPolicy bound instead, so the same mutation runs inside the apiserver.
@@ -13,8 +16,12 @@ and creates pods at a steady rate in three kinds of namespace:
 Each create is timed from its due time (no coordinated omission). Baseline and variant run in
 alternating rounds. Each pod carries a distinct label so that no review repeats: the webhook's
 review cache is not what is measured here. The apiserver's own histogram
-``apiserver_admission_webhook_admission_duration_seconds`` is read before and after.
-Writes ``results/controlplane-<mode>.md``.
+``apiserver_admission_webhook_admission_duration_seconds`` (from the start of the call to the
+patched object decoded again: encoding the review, the round trip, decoding the answer,
+applying the patch) and the webhook's own ``backend_injector_review_duration_seconds`` (the
+review alone) are read around each measurement, which splits the latency the webhook adds
+into what the apiserver spends and what the webhook does. Writes
+``results/controlplane-<mode>.md``.
 """
 
 from __future__ import annotations
@@ -36,16 +43,21 @@ from tests.e2e.controlplane import ControlPlane, build_binaries, running_control
 from tests.e2e.test_webhook import (
     WEBHOOK_CONFIG,
     WEBHOOK_NAME,
+    WEBHOOK_PORT,
+    Deployment,
     chart_like_pod,
     deployed_webhook,
     new_namespace,
     opted_in_labels,
 )
 from webhook.config import load_settings
+from webhook.mutate import INJECT_KEY
 from webhook.policy import build_policy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HISTOGRAM = "apiserver_admission_webhook_admission_duration_seconds"
+OWN_HISTOGRAM = "backend_injector_review_duration_seconds"
+OPTED_OUT = "webhook, pod opted out"
 
 
 @dataclass(frozen=True)
@@ -64,11 +76,13 @@ FULL = Mode("full", rate=50, seconds=60, rounds=2)
 class Found:
     latencies: dict[str, list[float]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
-    webhook_histogram: dict[str, float] = field(default_factory=dict)
+    # (sum of seconds, count) per variant: the apiserver's view of the call, the webhook's own.
+    apiserver_calls: dict[str, tuple[float, float]] = field(default_factory=dict)
+    reviews: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 async def create_pods(
-    plane: ControlPlane, namespace: str, mode: Mode, tag: str
+    plane: ControlPlane, namespace: str, mode: Mode, tag: str, *, opted_out: bool = False
 ) -> tuple[list[float], int]:
     """Create pods at ``mode.rate`` for ``mode.seconds``; latency of each from its due time."""
     template = chart_like_pod("bench")
@@ -86,8 +100,11 @@ async def create_pods(
             due = start + index / mode.rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             # generateName, as controllers create pods; a distinct label so no review repeats.
-            pod = {**template, "metadata": {"generateName": "bench-",
-                                            "labels": {"bench-seq": f"{tag}-{index}"}}}
+            metadata: dict[str, Any] = {"generateName": "bench-",
+                                        "labels": {"bench-seq": f"{tag}-{index}"}}
+            if opted_out:
+                metadata["annotations"] = {INJECT_KEY: "disabled"}
+            pod = {**template, "metadata": metadata}
             response = await client.post(f"/api/v1/namespaces/{namespace}/pods", json=pod)
             latencies.append(time.perf_counter() - due)
             if response.status_code != 201:
@@ -100,27 +117,53 @@ async def create_pods(
     return latencies, failures
 
 
-def histogram_sums(plane: ControlPlane) -> tuple[float, float]:
-    """(sum, count) of the apiserver's webhook admission histogram for our webhook."""
-    text = plane.kubectl("get", "--raw", "/metrics").stdout
+def histogram_sums(text: str, histogram: str, selector: str = "") -> tuple[float, float]:
+    """(sum, count) of ``histogram`` in a Prometheus exposition, over series with ``selector``."""
     total = count = 0.0
     for line in text.splitlines():
-        if not line.startswith(HISTOGRAM) or f'name="{WEBHOOK_NAME}"' not in line:
+        if not line.startswith(histogram) or selector not in line:
             continue
         value = float(line.rsplit(" ", 1)[1])
-        if line.startswith(HISTOGRAM + "_sum"):
+        if line.startswith(histogram + "_sum"):
             total += value
-        elif line.startswith(HISTOGRAM + "_count"):
+        elif line.startswith(histogram + "_count"):
             count += value
     return total, count
 
 
+def apiserver_calls(plane: ControlPlane) -> tuple[float, float]:
+    text = plane.kubectl("get", "--raw", "/metrics").stdout
+    return histogram_sums(text, HISTOGRAM, f'name="{WEBHOOK_NAME}"')
+
+
+def own_reviews(deployment: Deployment) -> tuple[float, float]:
+    url = f"https://{deployment.netns.address}:{WEBHOOK_PORT}/metrics"
+    return histogram_sums(httpx.get(url, verify=False, timeout=10).text, OWN_HISTOGRAM)
+
+
 def measure(plane: ControlPlane, found: Found, variant: str, namespace: str, mode: Mode,
-            tag: str) -> None:
-    latencies, failures = asyncio.run(create_pods(plane, namespace, mode, tag))
+            tag: str, deployment: Deployment | None = None) -> None:
+    calls_before = apiserver_calls(plane)
+    reviews_before = own_reviews(deployment) if deployment is not None else (0.0, 0.0)
+    latencies, failures = asyncio.run(
+        create_pods(plane, namespace, mode, tag, opted_out=variant == OPTED_OUT))
     found.latencies.setdefault(variant, []).extend(latencies)
     found.failures[variant] = found.failures.get(variant, 0) + failures
+    if deployment is not None:
+        _add(found.apiserver_calls, variant, calls_before, apiserver_calls(plane))
+        _add(found.reviews, variant, reviews_before, own_reviews(deployment))
     print(f"  {variant}: {len(latencies)} pods, {failures} failed", file=sys.stderr)
+
+
+def _add(sums: dict[str, tuple[float, float]], variant: str, before: tuple[float, float],
+         after: tuple[float, float]) -> None:
+    total, count = sums.get(variant, (0.0, 0.0))
+    sums[variant] = (total + after[0] - before[0], count + after[1] - before[1])
+
+
+def mean_ms(sums: dict[str, tuple[float, float]], variant: str) -> float:
+    total, count = sums.get(variant, (0.0, 0.0))
+    return total / count * 1e3 if count else float("nan")
 
 
 def apply(plane: ControlPlane, documents: list[dict[str, Any]]) -> None:
@@ -137,15 +180,10 @@ def run_benchmark(mode: Mode, work: Path) -> Found:
         baseline = new_namespace(plane, "bench-none")
         opted_in = deployment.opted_in
         print("webhook", file=sys.stderr)
-        before = histogram_sums(plane)
         for round_number in range(mode.rounds):
             measure(plane, found, "none (webhook phase)", baseline, mode, f"n{round_number}")
-            measure(plane, found, "webhook", opted_in, mode, f"w{round_number}")
-        after = histogram_sums(plane)
-        if after[1] > before[1]:
-            calls = after[1] - before[1]
-            found.webhook_histogram["mean_ms"] = (after[0] - before[0]) / calls * 1e3
-            found.webhook_histogram["count"] = after[1] - before[1]
+            measure(plane, found, OPTED_OUT, opted_in, mode, f"o{round_number}", deployment)
+            measure(plane, found, "webhook", opted_in, mode, f"w{round_number}", deployment)
         print("policy", file=sys.stderr)
         plane.kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIG)
         settings = load_settings(environ={})
@@ -194,14 +232,24 @@ def report(found: Found, mode: Mode) -> str:
         f"| MutatingAdmissionPolicy | {added('policy', 'none (policy phase)', 0.5):+.2f} | "
         f"{added('policy', 'none (policy phase)', 0.99):+.2f} | for comparison |",
     ]
-    if found.webhook_histogram:
+    if found.apiserver_calls:
         lines += [
             "",
-            f"The apiserver's `{HISTOGRAM}` for `{WEBHOOK_NAME}`: "
-            f"{found.webhook_histogram['count']:.0f} calls, mean "
-            f"{found.webhook_histogram['mean_ms']:.2f} ms (TLS, the network namespace hop, the "
-            "review).",
+            "Where the webhook's share goes, from the apiserver's `" + HISTOGRAM + "` (its call:"
+            " encoding the review, the round trip, decoding the answer, applying the patch) and"
+            " the webhook's `" + OWN_HISTOGRAM + "` (the review alone), means over the same pods:",
+            "",
+            "| variant | added p50 ms | added p99 ms | apiserver's call, mean ms | "
+            "the review, mean ms | the rest of the call, mean ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
+        for variant in (OPTED_OUT, "webhook"):
+            call, review = mean_ms(found.apiserver_calls, variant), mean_ms(found.reviews, variant)
+            lines.append(
+                f"| {variant} | {added(variant, 'none (webhook phase)', 0.5):+.2f} | "
+                f"{added(variant, 'none (webhook phase)', 0.99):+.2f} | {call:.2f} | "
+                f"{review:.3f} | {call - review:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
