@@ -8,6 +8,7 @@ through the policy ends up as the webhook would leave it. The parts, one job eac
 * ``webhook.policy_regex``: the RE2 twins of probes.py's regular expressions;
 * ``webhook.cel``: a typed builder for CEL expressions (literals, ``let``, macros...);
 * ``webhook.policy_program``: how an init container's program is read and retargeted;
+* ``webhook.policy_env``: the env rules; ``webhook.policy_operations``: the patch's lines;
 * ``webhook.policy_mutation``: the policy's variables, its JSON Patch, its match condition;
 * ``webhook.cel_layout``: the expressions laid out on lines, for a readable YAML;
 * this module: the two objects and their YAML.

@@ -130,8 +130,6 @@ class CommandRecord:
     there is none), ``arguments`` (the words after it, unquoted), ``written`` (the same as
     written, quotes and all) and ``words`` (all its words)."""
 
-    KEYS = ("command", "arguments", "written", "words")
-
     def __init__(self, record: Expr) -> None:
         self.record = record
 
