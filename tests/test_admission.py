@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import jsonpatch
 import pytest
 
 from tests.conftest import make_settings, pod
-from webhook.admission import WARNING_LENGTH, AdmissionHandler, EnvelopeError
-from webhook.mutate import Rules
+from webhook.admission import (
+    WARNING_LENGTH,
+    AdmissionHandler,
+    EnvelopeError,
+    ReviewOutcome,
+    without_operations,
+)
+from webhook.mutate import Mutation, Rules
 
 HANDLER = AdmissionHandler(Rules(make_settings()))  # the default excludes kube-system
 
@@ -123,3 +129,28 @@ def test_a_bug_in_the_rules_still_gets_an_answer(monkeypatch: pytest.MonkeyPatch
 def test_bodies_that_are_not_reviews_are_refused(body: bytes) -> None:
     with pytest.raises(EnvelopeError):
         HANDLER.review(body)
+
+
+def test_an_account_keeps_every_field_but_the_answer_and_the_operations() -> None:
+    handler = AdmissionHandler(Rules(make_settings()))
+    body = json.dumps(review(pod())).encode()
+    outcome = handler.review(body)
+    assert outcome.mutation is not None and outcome.mutation.operations
+    account = without_operations(outcome)
+    assert account.body == b""
+    for item in fields(ReviewOutcome):
+        if item.name not in ("body", "mutation"):
+            assert getattr(account, item.name) == getattr(outcome, item.name), item.name
+    assert account.mutation is not None
+    assert len(account.mutation.operations) == len(outcome.mutation.operations)
+    for item in fields(Mutation):
+        if item.name not in ("operations", "_env_set"):
+            assert getattr(account.mutation, item.name) == getattr(outcome.mutation,
+                                                                   item.name), item.name
+    # A repeat is answered from the cache with the account's fields and its own uid.
+    other_uid = "805ab4f5-6393-11e8-b7cc-42010a800002"
+    again = handler.review(body.replace(b"705ab4f5-6393-11e8-b7cc-42010a800002",
+                                        other_uid.encode()))
+    assert again.uid == other_uid and again.result == outcome.result
+    assert json.loads(again.body)["response"]["uid"] == other_uid
+    assert again.mutation is not None and again.mutation.changed

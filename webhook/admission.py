@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -74,7 +74,7 @@ class AdmissionHandler:
         key = self._cache.key(body) if isinstance(body, bytes) else None
         if key is not None and (remembered := self._cache.get(key)) is not None:
             answer, account = remembered
-            return replace(account, body=answer, uid=key.uid)
+            return _copy(account, body=answer, uid=key.uid, mutation=account.mutation)
         outcome = self._review(body)
         if (key is not None and isinstance(body, bytes) and outcome.uid == key.uid
                 and outcome.result != "internal-error"):
@@ -149,9 +149,26 @@ def without_operations(outcome: ReviewOutcome) -> ReviewOutcome:
     """
     mutation = outcome.mutation
     if mutation is not None:
+        # Field by field rather than dataclasses.replace, which costs several times more on
+        # the path of every review that misses the cache.
         placeholder: dict[str, Any] = {}
-        mutation = replace(mutation, operations=[placeholder] * len(mutation.operations))
-    return replace(outcome, body=b"", mutation=mutation)
+        mutation = Mutation(
+            operations=[placeholder] * len(mutation.operations), removed=mutation.removed,
+            rewritten=mutation.rewritten, env=mutation.env, containers=mutation.containers,
+            kept_waiting=mutation.kept_waiting, notices=mutation.notices,
+            skipped=mutation.skipped,
+        )
+    return _copy(outcome, body=b"", uid=outcome.uid, mutation=mutation)
+
+
+def _copy(outcome: ReviewOutcome, *, body: bytes, uid: str,
+          mutation: Mutation | None) -> ReviewOutcome:
+    """``outcome`` with another body, uid and mutation (dataclasses.replace, faster)."""
+    return ReviewOutcome(
+        body=body, uid=uid, operation=outcome.operation, namespace=outcome.namespace,
+        pod=outcome.pod, result=outcome.result, mutation=mutation, warnings=outcome.warnings,
+        dry_run=outcome.dry_run,
+    )
 
 
 def _account_size(outcome: ReviewOutcome) -> int:
@@ -161,13 +178,15 @@ def _account_size(outcome: ReviewOutcome) -> int:
     mutation = outcome.mutation
     if mutation is not None:
         names = (mutation.removed, mutation.rewritten, mutation.env, mutation.containers,
-                 mutation.kept_waiting)
+                 mutation.kept_waiting, mutation.notices)
         lists += len(names) + 1
-        texts.extend(name for listed in names for name in listed)
+        for listed in names:
+            texts += listed
         texts.append(mutation.skipped or "")
         # One pointer per operation placeholder and per name.
         lists += len(mutation.operations) // 8
-    return sum(len(text) + 56 for text in texts) + 8 * len(texts) + 64 * lists + 400
+    # Each text: its characters, a str object's 56 bytes and a pointer to it.
+    return sum(map(len, texts)) + 64 * len(texts) + 64 * lists + 400
 
 
 def _request_uid(body: bytes) -> str | None:
