@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import sys
 import time
 from typing import Any
@@ -125,11 +126,25 @@ class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._scheduled = False
             if not self._held:
                 return
-            data = b"".join(self._held)
-            self._held.clear()
+            held = self._held
+            self._held = []
             self._held_bytes = 0
-            self.stream.buffer.write(data)
-            self.stream.flush()
+            # Workers share one stderr, in a pod a pipe: a write of at most PIPE_BUF bytes
+            # reaches it whole, a longer one may be interleaved with another worker's. So
+            # whole lines, up to PIPE_BUF bytes a write (a longer line alone, as before).
+            chunk: list[bytes] = []
+            size = 0
+            for line in held:
+                if chunk and size + len(line) > select.PIPE_BUF:
+                    self._write(b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        self.stream.buffer.write(data)
+        self.stream.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
         self.flush_held()

@@ -66,9 +66,10 @@ class ReviewProcesses:
         """
         self._pool().submit(_ready)
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = False) -> None:
+        """Stop the processes; with ``wait``, once they are gone (at exit)."""
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
 
     async def review(self, body: bytes) -> ReviewOutcome:

@@ -139,7 +139,7 @@ def _run_worker(
     try:
         server.run(sockets=[listener])
     finally:
-        big_reviews.stop()
+        big_reviews.stop(wait=True)
 
 
 def uvicorn_config(
