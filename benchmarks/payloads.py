@@ -56,6 +56,20 @@ def unique_reviews(count: int) -> list[dict[str, Any]]:
     return reviews
 
 
+def env_value_reviews(count: int) -> list[dict[str, Any]]:
+    """Small reviews that differ only in one env value (``CONFIG_HASH`` of the trainer), as
+    the pods of successive releases of one chart do."""
+    reviews = []
+    for number in range(count):
+        review = small_review()
+        for container in review["request"]["object"]["spec"]["containers"]:
+            for entry in container.get("env", []):
+                if entry["name"] == "CONFIG_HASH":
+                    entry["value"] = f"{number:08x}"
+        reviews.append(review)
+    return reviews
+
+
 def fixed_answer(length: int) -> bytes:
     """An AdmissionReview answer of ``length`` bytes (a warning pads it), always the same."""
     head = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":' \
