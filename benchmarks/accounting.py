@@ -206,8 +206,8 @@ def report(found: dict[str, StageFigures], rounds: int, seconds: float) -> str:
         f"{rounds} alternating rounds of {seconds:g} s per stage; medians. CPU is the server "
         "process's own (user + system) per answered review.",
         "",
-        "| stage | adds | server CPU µs/review | this part, µs | reviews/s |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| stage | adds | server CPU µs/review | lowest–highest | this part, µs | reviews/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     described = {
         "stack": "uvicorn, httptools, TLS, connection limits; fixed answer",
@@ -223,7 +223,9 @@ def report(found: dict[str, StageFigures], rounds: int, seconds: float) -> str:
     for stage in STAGES:
         cpu = statistics.median(found[stage].cpu_per_review) * 1e6
         part = "" if previous is None else f"{cpu - previous:+.0f}"
-        lines.append(f"| {stage} | {described[stage]} | {cpu:.0f} | {part} | "
+        spread = (f"{min(found[stage].cpu_per_review) * 1e6:.0f}–"
+                  f"{max(found[stage].cpu_per_review) * 1e6:.0f}")
+        lines.append(f"| {stage} | {described[stage]} | {cpu:.0f} | {spread} | {part} | "
                      f"{statistics.median(found[stage].throughput):,.0f} |")
         previous = cpu
     return "\n".join(lines) + "\n"
