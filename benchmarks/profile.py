@@ -4,10 +4,10 @@
 8,192 distinct small pods over 16 keep-alive TLS connections, and samples its event-loop
 thread with py-spy, native frames included (so TLS, JSON, the garbage collector and system
 calls are seen for what they are; py-spy pauses the process for each such sample, which
-lowers its throughput but not its CPU time per review). Each sample is put in the first
-category that matches its stack, read from the innermost frame outwards, and the shares are
-turned into microseconds with the server's own CPU time per review, from the same run.
-Writes ``results/profile.md``.
+slows it down). Each sample is put in the first category that matches its stack, read from
+the innermost frame outwards, and the shares are turned into microseconds with the server's
+own CPU time per review, measured unsampled on the same server just before. Writes
+``results/profile.md``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,10 @@ def profile(seconds: float, work: Path) -> tuple[collections.Counter[str], float
     try:
         wait_until_up(port)
         run("127.0.0.1", port, requests, connections=CONNECTIONS, duration=2.0)
+        # CPU per review unsampled: py-spy's pauses inflate the sampled run's own.
+        before = cpu_seconds(server.pid)
+        unsampled = run("127.0.0.1", port, requests, connections=CONNECTIONS, duration=seconds)
+        used = cpu_seconds(server.pid) - before
         raw = work / "samples.txt"
         sampler = subprocess.Popen(
             [py_spy, "record", "--pid", str(server.pid), "--native",
@@ -73,9 +77,7 @@ def profile(seconds: float, work: Path) -> tuple[collections.Counter[str], float
              "--output", str(raw)],
             stdout=subprocess.DEVNULL, stderr=(work / "py-spy.log").open("wb"))
         time.sleep(0.5)  # py-spy attached
-        before = cpu_seconds(server.pid)
-        result = run("127.0.0.1", port, requests, connections=CONNECTIONS, duration=seconds)
-        used = cpu_seconds(server.pid) - before
+        run("127.0.0.1", port, requests, connections=CONNECTIONS, duration=seconds)
         if sampler.wait(timeout=seconds + 60) != 0 or not raw.exists():
             raise RuntimeError("py-spy: " + (work / "py-spy.log").read_text()[-500:])
     finally:
@@ -88,7 +90,7 @@ def profile(seconds: float, work: Path) -> tuple[collections.Counter[str], float
         if "_run_worker" not in stack:
             continue
         counts[classify(stack.split(";"))] += int(number)
-    return counts, used / result.answered * 1e6, result.throughput
+    return counts, used / unsampled.answered * 1e6, unsampled.throughput
 
 
 def report(counts: collections.Counter[str], cpu_us: float, throughput: float,
@@ -99,9 +101,10 @@ def report(counts: collections.Counter[str], cpu_us: float, throughput: float,
         "",
         "Machine: " + "; ".join(f"{key}: {value}" for key, value in machine().items()) + ".",
         f"py-spy at 250 Hz with native frames for {seconds:g} s on `serve` under "
-        f"{CONNECTIONS} keep-alive TLS connections of distinct small pods: {throughput:,.0f} "
-        f"reviews/s, {cpu_us:.0f} µs of server CPU per review. Each sample goes to the first "
-        "category its stack matches from the innermost frame out; µs = share × CPU per review.",
+        f"{CONNECTIONS} keep-alive TLS connections of distinct small pods. Unsampled, the same "
+        f"server answered {throughput:,.0f} reviews/s at {cpu_us:.0f} µs of its CPU per review "
+        "just before. Each sample goes to the first category its stack matches from the "
+        "innermost frame out; µs = share × that CPU per review.",
         "",
         "| where | share of samples | µs per review |",
         "| --- | ---: | ---: |",
