@@ -77,7 +77,7 @@ class AdmissionHandler:
             return _copy(account, body=answer, uid=key.uid, mutation=account.mutation)
         outcome = self._review(body)
         if (key is not None and isinstance(body, bytes) and outcome.uid == key.uid
-                and outcome.result != "internal-error" and self._cache.admit(key)):
+                and outcome.result != "internal-error"):
             account = without_operations(outcome)
             self._cache.put(key, body, outcome.body, account, _account_size(account),
                             request_uid=_request_uid)

@@ -15,11 +15,7 @@ as they are.
 
 The table is bounded by the bytes it holds (answers, their accounts and a fixed overhead per
 entry), not only by its number of entries; the least recently used entry goes first, and an
-entry larger than ``LARGEST_ENTRY`` is not kept at all. An answer is kept only for a body
-seen before (``admit``): the first pod of a ReplicaSet is only noted (its digest), the second
-is kept, the rest are answered from memory. A pod that comes once, the common case when every
-pod differs, then costs a digest noted instead of an answer copied and accounted, and a flood
-of unique pods pushes out noted digests, not kept answers. This module knows nothing of the
+entry larger than ``LARGEST_ENTRY`` is not kept at all. This module knows nothing of the
 review envelope: what it keeps beside an answer (``account``) is the caller's, with the
 caller's estimate of its size.
 """
@@ -72,8 +68,6 @@ class ReviewCache(Generic[Account]):
     def __init__(self, entries: int = DEFAULT_ENTRIES, budget: int = DEFAULT_BUDGET,
                  largest_entry: int = LARGEST_ENTRY) -> None:
         self._entries: OrderedDict[bytes, _Entry[Account]] = OrderedDict()
-        # Digests of bodies seen once and not kept (yet), as many as entries may be kept.
-        self._seen_once: OrderedDict[bytes, None] = OrderedDict()
         self._most_entries = entries
         self._budget = budget
         self._largest_entry = min(largest_entry, budget)
@@ -103,19 +97,6 @@ class ReviewCache(Generic[Account]):
         hasher.update(memoryview(body)[:start])
         hasher.update(memoryview(body)[end:])
         return CacheKey(digest=hasher.digest(), uid=uid.decode("ascii"), cut=(start, end))
-
-    def admit(self, key: CacheKey) -> bool:
-        """Whether the answer for ``key`` is to be kept (``put``): only when its body was seen
-        before; the first time, its digest is noted instead."""
-        if self._most_entries == 0:
-            return False
-        if key.digest in self._seen_once:
-            del self._seen_once[key.digest]
-            return True
-        self._seen_once[key.digest] = None
-        if len(self._seen_once) > self._most_entries:
-            self._seen_once.popitem(last=False)
-        return False
 
     def get(self, key: CacheKey) -> tuple[bytes, Account] | None:
         """The remembered answer with ``key``'s uid in it, and the account kept beside it."""
