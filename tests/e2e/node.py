@@ -324,9 +324,26 @@ class Node:
             self._remove_interfaces()
         for hierarchy in cgroup_hierarchies():
             remove_cgroup_tree(hierarchy / CGROUP_ROOT)
+        # Its kube-proxy's and CNI plugins' chains too: left in place, every later node would
+        # take them for the machine's own, add its rules into them and leave those behind.
+        # Only while no kube-proxy at all runs here (a machine serving another cluster keeps
+        # its rules; the node test then reports them).
+        if not self._processes_named("kube-proxy"):
+            remove_chains({chain for chain in iptables_chains()
+                           if chain[2].startswith(CHAIN_PREFIXES)})
         for network in self._networks_in_use():
             if network.overlaps(POD_SUBNET):
                 raise NodeError(f"{POD_SUBNET} overlaps {network}, which the machine uses")
+
+    @staticmethod
+    def _processes_named(name: str) -> list[int]:
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if (proc / "comm").read_text().strip() == name:
+                        pids.append(int(proc.name))
+        return pids
 
     @staticmethod
     def _pids_running(executable: Path) -> list[int]:
