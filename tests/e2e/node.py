@@ -337,21 +337,20 @@ class Node:
 
     @staticmethod
     def _processes_named(name: str) -> list[int]:
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if (proc / "comm").read_text().strip() == name:
-                        pids.append(int(proc.name))
-        return pids
+        return Node._pids_where(lambda proc: (proc / "comm").read_text().strip() == name)
 
     @staticmethod
     def _pids_running(executable: Path) -> list[int]:
+        return Node._pids_where(lambda proc: Path(os.readlink(proc / "exe")) == executable)
+
+    @staticmethod
+    def _pids_where(test: Callable[[Path], bool]) -> list[int]:
+        """The processes whose /proc entry passes ``test`` (those gone meanwhile are skipped)."""
         pids = []
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
                 with contextlib.suppress(OSError):
-                    if Path(os.readlink(proc / "exe")) == executable:
+                    if test(proc):
                         pids.append(int(proc.name))
         return pids
 
