@@ -40,7 +40,7 @@ import httpx
 from benchmarks import payloads
 from benchmarks.loadgen import LoadResult, build_request, run
 from webhook import certs
-from webhook.review_cache import DEFAULT_ENTRIES
+from webhook.serving.review_cache import DEFAULT_ENTRIES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("limit", "floor", "naive", "backend-injector", "backend-injector-2w")

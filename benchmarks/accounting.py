@@ -67,12 +67,12 @@ def stage_app(stage: str) -> App:
     """The ASGI app of one stage, built from the webhook's own parts."""
     import orjson
 
-    from webhook.admission import AdmissionHandler
-    from webhook.app import log_review, send_answer
-    from webhook.config import load_settings
-    from webhook.metrics import Metrics
-    from webhook.mutate import Rules
-    from webhook.review_cache import ReviewCache
+    from webhook.rules.mutate import Rules
+    from webhook.serving.admission import AdmissionHandler
+    from webhook.serving.app import log_review, send_answer
+    from webhook.serving.metrics import Metrics
+    from webhook.serving.review_cache import ReviewCache
+    from webhook.settings import load_settings
 
     position = STAGES.index(stage)
     settings = load_settings()
@@ -125,10 +125,10 @@ def serve_stage(stage: str, port: int, cert: Path, key: Path) -> None:
     """Serve one stage on the stack ``serve`` uses, logging as ``serve`` does (JSON lines)."""
     import uvicorn
 
-    from webhook.config import Serving
-    from webhook.logs import configure_logging
-    from webhook.server import uvicorn_config
-    from webhook.tls import CertificatePair
+    from webhook.serving.logs import configure_logging
+    from webhook.serving.server import uvicorn_config
+    from webhook.serving.tls import CertificatePair
+    from webhook.settings import Serving
 
     configure_logging("INFO", "json")
     config, _ = uvicorn_config(stage_app(stage), Serving(), CertificatePair(cert, key))

@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.e2e.controlplane import ControlPlane, build_binaries, running_control_plane
+from tests.e2e.harness.controlplane import ControlPlane, build_binaries, running_control_plane
 from tests.e2e.test_webhook import (
     WEBHOOK_CONFIG,
     WEBHOOK_NAME,
@@ -50,9 +50,9 @@ from tests.e2e.test_webhook import (
     new_namespace,
     opted_in_labels,
 )
-from webhook.config import load_settings
-from webhook.mutate import INJECT_KEY
-from webhook.policy import build_policy
+from webhook.policy.objects import build_policy
+from webhook.rules.mutate import INJECT_KEY
+from webhook.settings import load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HISTOGRAM = "apiserver_admission_webhook_admission_duration_seconds"

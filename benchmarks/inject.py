@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from webhook import inject
-from webhook.config import load_settings
-from webhook.mutate import Rules
+from webhook.rules.mutate import Rules
+from webhook.settings import load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

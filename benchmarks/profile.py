@@ -30,19 +30,20 @@ from benchmarks.loadgen import run
 # innermost outwards, the categories in this order for each frame.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("garbage collection", ("gc_collect", "collect_with_callback", "gc.collect")),
-    ("log line", ("webhook/logs.py", "log_review")),
-    ("metrics", ("prometheus_client", "webhook/metrics.py")),
+    ("log line", ("webhook/serving/logs.py", "log_review")),
+    ("metrics", ("prometheus_client", "webhook/serving/metrics.py")),
     ("JSON parse and encode", ("orjson",)),
     ("base64 of the patch", ("binascii", "base64.py")),
-    ("rules", ("webhook/mutate.py", "webhook/probes.py", "webhook/grammar.py")),
-    ("review cache", ("webhook/review_cache.py", "blake2")),
-    ("envelope and answer", ("webhook/admission.py",)),
+    ("rules", ("webhook/rules/mutate.py", "webhook/rules/programs.py", "webhook/rules/grammar.py")),
+    ("review cache", ("webhook/serving/review_cache.py", "blake2")),
+    ("envelope and answer", ("webhook/serving/admission.py",)),
     ("TLS", ("libssl", "libcrypto", "_ssl", "ssl.py", "SSLProtocol")),
     ("system calls and libc", ("libc.so.6) ", "write (libc", "read (libc", "writev", "recv",
                              "send (libc")),
     ("HTTP parsing and protocol", ("httptools", "llhttp", "parser.c", "uvicorn/protocols",
-                                   "webhook/connections.py", "webhook/coalescing.py")),
-    ("the endpoint (body, answer)", ("webhook/app.py",)),
+                                   "webhook/serving/connections.py",
+                                   "webhook/serving/coalescing.py")),
+    ("the endpoint (body, answer)", ("webhook/serving/app.py",)),
     ("event loop and tasks", ("loop.c", "libuv", "uv_", "_asynciomodule", "asyncio/")),
 )
 OTHER = "interpreter, other"

@@ -24,9 +24,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from benchmarks import naive
-from webhook.config import Serving
-from webhook.server import uvicorn_config
-from webhook.tls import CertificatePair
+from webhook.serving.server import uvicorn_config
+from webhook.serving.tls import CertificatePair
+from webhook.settings import Serving
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.serving import Server, start_server, stop, write_pair
-from webhook.config import Settings, load_settings
-from webhook.mutate import Rules
+from tests.server_process import Server, start_server, stop, write_pair
+from webhook.rules.mutate import Rules
+from webhook.settings import Settings, load_settings
 
 
 def make_settings(tmp_path: Path | None = None, **document: Any) -> Settings:

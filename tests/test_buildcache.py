@@ -1,4 +1,5 @@
-"""The e2e build cache's bookkeeping (tests/e2e/buildcache.py): stamps, hashes and pruning."""
+"""The e2e build cache's bookkeeping (tests/e2e/harness/buildcache.py): stamps, hashes and
+pruning."""
 
 from __future__ import annotations
 

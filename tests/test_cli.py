@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from webhook.logs import JsonFormatter, TextFormatter, configure_logging, resolve_format
+from webhook.serving.logs import JsonFormatter, TextFormatter, configure_logging, resolve_format
 
 CLI_TIMEOUT_SECONDS = 60
 

@@ -31,7 +31,7 @@ import jsonschema
 import pytest
 import yaml
 
-from webhook.config import default_document, load_settings
+from webhook.settings import default_document, load_settings
 
 from .test_chart import find_helm
 from .test_manifests import find_kubectl

@@ -12,7 +12,7 @@ import yaml
 from tests.conftest import make_settings
 from webhook import inject
 from webhook.inject import ManifestError, inject_manifests, unified_diff
-from webhook.mutate import Rules
+from webhook.rules.mutate import Rules
 
 RENDERED = """\
 ---

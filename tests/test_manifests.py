@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from webhook import certs
-from webhook.config import load_settings
+from webhook.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "backend-injector"

@@ -1,7 +1,7 @@
 """Generate charts/backend-injector/values.schema.json from the webhook's configuration model.
 
 The chart's ``config`` value is the webhook's configuration file, so its schema is
-``webhook.config_schema.config_schema()`` itself; the chart's own values (image, replicas,
+``webhook.settings.schema.config_schema()`` itself; the chart's own values (image, replicas,
 credentials, certificates, ...) are described here. Helm validates every install, upgrade,
 lint and template against the result.
 

@@ -35,7 +35,7 @@ if [[ ${1:-} == --all ]]; then
     # - the e2e node: iptables (kube-proxy) and nftables (to delete the tables it leaves), the
     #   CNI bridge/host-local/loopback plugins, a C toolchain and libseccomp for runc (built
     #   with cgo), util-linux for unshare/nsenter;
-    # - images without a registry (tests/e2e/images.py): buildah builds the Dockerfile with no
+    # - images without a registry (tests/e2e/harness/images.py): buildah builds the Dockerfile with no
     #   Docker engine; debootstrap makes the local base image; Debian's busybox (its shell finds
     #   /bin/nc on PATH, unlike busybox-static's, which always runs its own nc applet) goes into
     #   the busybox:1.35 stand-in, whose nc gcc compiles.
@@ -54,6 +54,6 @@ if [[ ${1:-} == --all ]]; then
     bash tools/build-binaries.sh
     # The external backend's MLflow + moto venv is cached by version, the images by the hash of
     # their inputs (a cold build takes minutes; warm, these are a few file reads).
-    .venv/bin/python -m tests.e2e.backend prepare >/dev/null
-    .venv/bin/python -m tests.e2e.images build >/dev/null
+    .venv/bin/python -m tests.e2e.harness.backend prepare >/dev/null
+    .venv/bin/python -m tests.e2e.harness.images build >/dev/null
 fi

@@ -11,6 +11,8 @@ bash tools/setup.sh --all
 
 echo "== ruff" >&2
 .venv/bin/ruff check webhook tests benchmarks
+echo "== import contracts" >&2
+.venv/bin/lint-imports
 echo "== mypy" >&2
 .venv/bin/mypy
 echo "== manifests and Dockerfile" >&2

@@ -2,7 +2,7 @@
 dev | doctor``.
 
 Settings are built here, once, from flags, environment, file and the embedded default (see
-``webhook.config`` for which wins), and passed down; logging is set up here and nowhere else.
+``webhook.settings`` for which wins), and passed down; logging is set up here and nowhere else.
 
 Every failure a user can cause or fix (a bad flag, a broken file, a stopped cluster) is
 reported as one line, ``backend-injector COMMAND: what failed: what to do``, with a non-zero
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from webhook import __version__
-from webhook.config import ConfigError, Settings, describe, load_settings
-from webhook.logs import LOG_FORMATS, configure_logging
+from webhook.serving.logs import LOG_FORMATS, configure_logging
+from webhook.settings import ConfigError, Settings, describe, load_settings
 
 logger = logging.getLogger("webhook.cli")
 
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def version_text() -> str:
     """The version, and the AdmissionReview versions the webhook answers."""
-    from webhook.admission import API_VERSIONS
+    from webhook.serving.admission import API_VERSIONS
 
     return f"{PROG} {__version__}\nadmission API versions served: {', '.join(sorted(API_VERSIONS))}"
 
@@ -274,7 +274,7 @@ def _announce(settings: Settings) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from webhook.server import serve  # uvicorn is only needed here
+    from webhook.serving.server import serve  # uvicorn is only needed here
 
     settings = _settings(args)
     _announce(settings)
@@ -282,8 +282,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    from webhook.admission import AdmissionHandler, EnvelopeError
-    from webhook.mutate import Rules
+    from webhook.rules.mutate import Rules
+    from webhook.serving.admission import AdmissionHandler, EnvelopeError
 
     settings = _settings(args)
     handler = AdmissionHandler(Rules(settings))
@@ -297,7 +297,7 @@ def _review(args: argparse.Namespace) -> int:
 
 def _inject(args: argparse.Namespace) -> int:
     from webhook.inject import ManifestError, inject_manifests
-    from webhook.mutate import Rules
+    from webhook.rules.mutate import Rules
 
     settings = _settings(args)
     name = "stdin" if args.filename == "-" else args.filename
@@ -318,7 +318,7 @@ def _inject(args: argparse.Namespace) -> int:
 
 
 def _policy(args: argparse.Namespace) -> int:
-    from webhook.policy import run_policy_command
+    from webhook.policy.objects import run_policy_command
 
     sys.stdout.write(run_policy_command(_settings(args), args.api_version))
     return 0
@@ -351,9 +351,9 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from webhook.cluster import ClusterError, connected
-    from webhook.dev import DevError, parse_url, run_dev
-    from webhook.server import serve
+    from webhook.cluster.client import ClusterError, connected
+    from webhook.cluster.dev import DevError, parse_url, run_dev
+    from webhook.serving.server import serve
 
     try:
         target = parse_url(args.url, listen_host=args.listen_host)
@@ -386,8 +386,8 @@ def _listening_or_error(serve: Callable[[Settings], int]) -> Callable[[Settings]
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from webhook.cluster import ClusterError, connected
-    from webhook.doctor import Doctor, Status
+    from webhook.cluster.client import ClusterError, connected
+    from webhook.cluster.doctor import Doctor, Status
 
     failures = 0
     try:
@@ -403,8 +403,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from webhook.cluster import ClusterError
-    from webhook.install import InstallError, install
+    from webhook.cluster.client import ClusterError
+    from webhook.cluster.install import InstallError, install
 
     try:
         result = install(

@@ -17,8 +17,8 @@ from typing import Any
 import jsonpatch
 import yaml
 
-from webhook.config import yaml_problem
-from webhook.mutate import PodShapeError, Rules
+from webhook.rules.mutate import PodShapeError, Rules
+from webhook.settings import yaml_problem
 
 # Where each workload kind keeps its pod template.
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from .controlplane import Binaries, ControlPlane, ControlPlaneError, build_binaries
-from .node import Node, NodeBinaries
+from .harness.controlplane import Binaries, ControlPlane, ControlPlaneError, build_binaries
+from .harness.node import Node, NodeBinaries
 
 E2E_DIR = Path(__file__).resolve().parent
 

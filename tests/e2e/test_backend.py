@@ -20,8 +20,8 @@ from typing import TypeVar
 
 import pytest
 
-from .backend import BUCKET, Backend, Run, ensure_venv
-from .controlplane import free_port
+from .harness.backend import BUCKET, Backend, Run, ensure_venv
+from .harness.controlplane import free_port
 
 STANDIN = Path(__file__).resolve().parents[2] / "tools" / "images" / "flts" / "standin.py"
 
@@ -207,7 +207,7 @@ from unittest import mock
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from tests.e2e.backend import sigv4_headers
+from tests.e2e.harness.backend import sigv4_headers
 url = "http://127.0.0.1:9000/mlflow/1/a%20b/model.json?continuation-token=x%2Fy&list-type=2"
 request = AWSRequest(method="GET", url=url)
 S3SigV4Auth(Credentials("AK", "SK"), "s3", "us-east-1").add_auth(request)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .controlplane import ControlPlane
+from .harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .controlplane import ControlPlane, free_port
+from .harness.controlplane import ControlPlane, free_port
 from .test_webhook import (
     BACKEND_INJECTOR,
     assert_injected,

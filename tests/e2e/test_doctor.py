@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from .controlplane import ControlPlane
+from .harness.controlplane import ControlPlane
+from .harness.webhook_host import HOST_ADDRESS
 from .test_dev import DevProcess
 from .test_webhook import (
     BACKEND_INJECTOR,
@@ -38,7 +39,6 @@ from .test_webhook import (
     opted_in_labels,
     wait_for,
 )
-from .webhook_host import HOST_ADDRESS
 
 pytestmark = pytest.mark.e2e
 

@@ -42,7 +42,8 @@ from typing import Any
 import pytest
 import yaml
 
-from .controlplane import ControlPlane
+from .harness.controlplane import ControlPlane
+from .harness.webhook_host import NetworkNamespace, ServerProcess
 from .test_manifests_apply import STAND_IN_CRDS
 from .test_webhook import (
     BACKEND_INJECTOR,
@@ -59,7 +60,6 @@ from .test_webhook import (
     settle_namespace,
     wait_for,
 )
-from .webhook_host import NetworkNamespace, ServerProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from . import images
-from .backend import Backend
-from .controlplane import build_binaries, free_port
+from .harness import images
+from .harness.backend import Backend
+from .harness.controlplane import build_binaries, free_port
 from .test_backend import Standin, runs_of, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

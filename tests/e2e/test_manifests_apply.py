@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .controlplane import ControlPlane
+from .harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 

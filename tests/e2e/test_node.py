@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from . import oci
-from .cluster import kubectl_json, kubectl_ok, pod_summary, wait_for, wait_for_pod_phase
-from .controlplane import ControlPlane
-from .node import (
+from .harness import oci
+from .harness.controlplane import ControlPlane
+from .harness.kubectl import kubectl_json, kubectl_ok, pod_summary, wait_for, wait_for_pod_phase
+from .harness.node import (
     CGROUP_ROOT,
     HIJACKED_PATHS,
     HOST_ADDRESS,
@@ -36,8 +36,8 @@ from .node import (
     Node,
     NodeBinaries,
 )
-from .node_host import cgroup_hierarchies, nft_tables
-from .webhook_host import _lock_host
+from .harness.node_host import cgroup_hierarchies, nft_tables
+from .harness.webhook_host import _lock_host
 
 SMOKE_IMAGE = "localhost/bi-e2e/smoke:1"
 # Written into the served page, so the answer cannot come from anything but this pod.

@@ -34,11 +34,11 @@ from typing import Any
 
 import pytest
 
-from . import images
-from .backend import Backend
-from .cluster import kubectl_json, kubectl_ok, pod_summary, wait_for
-from .controlplane import REPO_ROOT, ControlPlane
-from .node import HOST_ADDRESS, HOST_DOCKER_INTERNAL, NODE_CPUS, Node
+from .harness import images
+from .harness.backend import Backend
+from .harness.controlplane import REPO_ROOT, ControlPlane
+from .harness.kubectl import kubectl_json, kubectl_ok, pod_summary, wait_for
+from .harness.node import HOST_ADDRESS, HOST_DOCKER_INTERNAL, NODE_CPUS, Node
 from .test_node import SMOKE_IMAGE, WEB_COMMAND, write_smoke_image
 
 OVERLAY = REPO_ROOT / "manifests" / "overlays" / "docker-desktop"

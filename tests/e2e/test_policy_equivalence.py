@@ -42,8 +42,9 @@ import jsonpatch
 import pytest
 import yaml
 
-from webhook.config import Action, CredentialMode, EnvScope, Settings, load_settings
-from webhook.grammar import (
+from webhook.inject import TEMPLATE_PATHS
+from webhook.policy.objects import build_policy
+from webhook.rules.grammar import (
     IDLE_COMMANDS,
     PORT_LAST_TOOLS,
     PROBE_COMMANDS,
@@ -51,9 +52,8 @@ from webhook.grammar import (
     SHELLS,
     WRAPPERS,
 )
-from webhook.inject import TEMPLATE_PATHS
-from webhook.mutate import INJECT_KEY, OPT_OUT_VALUES, STATUS_KEY, Rules
-from webhook.policy import build_policy
+from webhook.rules.mutate import INJECT_KEY, OPT_OUT_VALUES, STATUS_KEY, Rules
+from webhook.settings import Action, CredentialMode, EnvScope, Settings, load_settings
 
 pytestmark = pytest.mark.e2e
 

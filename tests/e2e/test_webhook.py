@@ -42,8 +42,8 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from .controlplane import ControlPlane
-from .webhook_host import ADDED_CONTAINER, NetworkNamespace, SecretVolume, ServerProcess
+from .harness.controlplane import ControlPlane
+from .harness.webhook_host import ADDED_CONTAINER, NetworkNamespace, SecretVolume, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -702,7 +702,7 @@ def container_adder(deployment: Deployment) -> Iterator[ServerProcess]:
         "--san", netns.address, "--out", str(certs_dir))
     adder = ServerProcess(
         "container-adder",
-        [sys.executable, "-m", "tests.e2e.webhook_host", "add-container",
+        [sys.executable, "-m", "tests.e2e.harness.webhook_host", "add-container",
          "--host", netns.address, "--port", str(port),
          "--tls-cert", str(certs_dir / "tls.crt"), "--tls-key", str(certs_dir / "tls.key")],
         netns=netns, port=port, log_path=plane.log_dir / "container-adder.log",

@@ -49,7 +49,7 @@ app.kubernetes.io/component: webhook
 The managed variables of the embedded default. A file is merged over the default, so a
 variable dropped in the values (`--set config.env.NAME=null`, which Helm turns into an absent
 key) must be written as null to drop it in the webhook too. tests/test_helm_chart.py checks
-this list against webhook/config.py.
+this list against webhook/settings/document.py.
 */}}
 {{- define "backend-injector.defaultEnvNames" -}}
 MLFLOW_TRACKING_URI MLFLOW_S3_ENDPOINT_URL GATEWAY_URL
@@ -57,7 +57,7 @@ MLFLOW_TRACKING_URI MLFLOW_S3_ENDPOINT_URL GATEWAY_URL
 
 {{/*
 The namespaces the embedded default never mutates but the webhook's own. Another namespace
-for the webhook (namespace.name) takes that one's place. Checked against webhook/config.py
+for the webhook (namespace.name) takes that one's place. Checked against webhook/settings/document.py
 like the list above.
 */}}
 {{- define "backend-injector.defaultExcludedNamespaces" -}}

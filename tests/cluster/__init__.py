@@ -1,0 +1,1 @@
+"""Tests of the cluster wing (webhook/cluster/)."""

@@ -1,0 +1,107 @@
+"""`backend-injector dev` without a cluster: the URL, the registration, and its lifecycle
+against an in-memory cluster. The real thing runs in tests/e2e/test_dev.py."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.memory_cluster import MemoryCluster
+from webhook import certs
+from webhook.cluster import dev
+from webhook.cluster.client import webhook_configuration_path
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFEST = REPO / "manifests" / "base" / "mutatingwebhookconfiguration.yaml"
+
+
+DEV_PATH = webhook_configuration_path(dev.DEV_CONFIGURATION)
+
+
+def test_the_default_url_is_docker_desktops_host_and_listens_everywhere() -> None:
+    target = dev.parse_url(dev.DEFAULT_URL)
+    assert (target.host, target.port, target.listen_host) == (
+        "host.docker.internal", 8443, "0.0.0.0")
+
+
+def test_a_loopback_url_is_listened_on_at_loopback_only() -> None:
+    target = dev.parse_url("https://127.0.0.1:18443/mutate")
+    assert (target.host, target.port, target.listen_host) == ("127.0.0.1", 18443, "127.0.0.1")
+    assert dev.parse_url("https://127.0.0.1:1/m", listen_host="0.0.0.0").listen_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("url", ["http://host.docker.internal:8443/mutate", "https:///mutate",
+                                 "https://h:8443/mutate?x=1", "https://h:port/mutate"])
+def test_urls_the_apiserver_would_refuse_are_refused(url: str) -> None:
+    with pytest.raises(dev.DevError, match="--url"):
+        dev.parse_url(url)
+
+
+def test_the_registration_fails_open_by_url_with_the_deployed_selectors() -> None:
+    target = dev.parse_url(dev.DEFAULT_URL)
+    body = dev.registration(target, b"CA PEM")
+    (webhook,) = body["webhooks"]
+    assert body["metadata"]["name"] == "backend-injector-dev"
+    assert webhook["failurePolicy"] == "Ignore"
+    assert webhook["clientConfig"] == {"url": dev.DEFAULT_URL,
+                                       "caBundle": base64.b64encode(b"CA PEM").decode()}
+    deployed = yaml.safe_load(MANIFEST.read_text())
+    (deployed_webhook,) = deployed["webhooks"]
+    assert deployed["metadata"]["name"] != body["metadata"]["name"]
+    assert deployed_webhook["name"] != webhook["name"]
+    for key in ("namespaceSelector", "objectSelector", "rules", "sideEffects",
+                "reinvocationPolicy", "matchPolicy", "admissionReviewVersions"):
+        assert webhook[key] == deployed_webhook[key], key
+    annotations = body["metadata"]["annotations"]
+    assert annotations[dev.PID_ANNOTATION] == str(os.getpid())
+    assert annotations[dev.HOST_ANNOTATION] == socket.gethostname()
+
+
+def test_register_creates_and_unregister_deletes_its_own() -> None:
+    cluster = MemoryCluster()
+    body = dev.registration(dev.parse_url(dev.DEFAULT_URL), b"ca")
+    assert dev.register(cluster, body) is False
+    assert DEV_PATH in cluster.objects
+    assert dev.unregister(cluster) is True
+    assert DEV_PATH not in cluster.objects
+    assert dev.unregister(cluster) is False
+
+
+def test_a_stale_registration_is_replaced_not_duplicated() -> None:
+    cluster = MemoryCluster()
+    stale = dev.registration(dev.parse_url("https://127.0.0.1:9/mutate"), b"old")
+    stale["metadata"]["annotations"][dev.PID_ANNOTATION] = "1"
+    cluster.create(webhook_configuration_path(), stale)
+    fresh = dev.registration(dev.parse_url(dev.DEFAULT_URL), b"new")
+    assert dev.register(cluster, fresh) is True
+    stored = cluster.objects[DEV_PATH]
+    assert stored["webhooks"][0]["clientConfig"]["url"] == dev.DEFAULT_URL
+    assert stored["metadata"]["annotations"][dev.PID_ANNOTATION] == str(os.getpid())
+
+
+def test_a_registration_taken_over_by_another_process_is_left_alone() -> None:
+    cluster = MemoryCluster()
+    body = dev.registration(dev.parse_url(dev.DEFAULT_URL), b"ca")
+    body["metadata"]["annotations"][dev.PID_ANNOTATION] = str(os.getpid() + 1)
+    cluster.create(webhook_configuration_path(), body)
+    assert dev.unregister(cluster) is False
+    assert DEV_PATH in cluster.objects
+
+
+def test_the_dev_certificate_is_for_the_url_host_and_signed_by_the_registered_ca(
+    tmp_path: Path,
+) -> None:
+    target = dev.parse_url(dev.DEFAULT_URL)
+    with dev.dev_certificates(target, tmp_path) as paths:
+        problem = certs.serving_pair_problem(
+            ca_pem=paths.ca_cert.read_bytes(), cert_pem=paths.cert.read_bytes(),
+            key_pem=paths.key.read_bytes(), hostnames=["host.docker.internal", "127.0.0.1"],
+            now=dt.datetime.now(dt.UTC), margin=dt.timedelta(days=1),
+        )
+    assert problem is None

@@ -1,0 +1,1 @@
+"""Tests of the policy wing (webhook/policy/)."""

@@ -1,0 +1,1 @@
+"""Tests of the serving wing (webhook/serving/)."""

@@ -1,0 +1,10 @@
+"""The commands that talk to a live cluster.
+
+- ``client``: the one API client (`Cluster`, its protocol, `connected`) and its errors;
+- ``install``: the CA bundle into the live MutatingWebhookConfiguration;
+- ``dev``: the webhook on this machine, registered by URL while it runs; owns that registration;
+- ``doctor``: the checks that say whether pods of a namespace will be changed, and what to fix.
+
+Contract: only this wing talks to the Kubernetes API. It may use serving (``dev`` runs the
+server) and the rules' keys; nothing outside the CLI imports it.
+"""

@@ -1,0 +1,533 @@
+"""The rules: a pod (a plain dict) and the settings in, JSON Patch operations out.
+
+Pure: no I/O, no framework, no logging. The patch is built from the changes themselves, by
+index, rather than by diffing two whole pods (measured fifty times slower). Operations are
+ordered so that every index is valid when it is applied:
+
+1. init containers that stay: env replaced in place, probes retargeted (original indexes);
+2. init containers that go: removed from the back (or the whole list, when all go);
+3. app containers: env replaced in place, duplicates removed from the back, absent ones added
+   (native sidecars, init containers with ``restartPolicy: Always``, get absent ones too);
+4. the status annotation.
+
+What counts as a waiter, and what happens to it, is decided per init container:
+
+* named in ``waiter_names`` (name wins over content), or its program only probes managed
+  hosts: a *waiter*. ``remove`` drops it. ``rewrite`` retargets its probes, unless one of them
+  is a service without an external address (postgres) or it has no probe to retarget, in
+  which case it is dropped as well. A waiter already pointed at the external address is left.
+* it probes a managed host but also waits for other hosts or does work (a migration): it is
+  kept, and its probes of managed hosts are retargeted whatever the action, since that is the
+  only change that lets it finish without losing its other work.
+* anything else is kept as it is; only its env is managed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from webhook.rules.programs import (
+    MAX_PROGRAM_CHARS,
+    NOT_READ,
+    ProgramReader,
+    ProgramReading,
+    program_length,
+)
+from webhook.settings import (
+    ACCESS_KEY_ENV,
+    SECRET_KEY_ENV,
+    Action,
+    CredentialMode,
+    EnvScope,
+    Settings,
+)
+
+INJECT_KEY = "backend-injector/inject"
+STATUS_KEY = "backend-injector/status"
+# Shared with the native policy (webhook/policy/objects.py), so the two twins read one list.
+OPT_OUT_VALUES = frozenset({"false", "disabled", "off", "no"})
+
+# The status annotation: its lists, and what of an earlier one is read back. Our own is far
+# below these (a pod has at most a few dozen containers and managed variables).
+STATUS_LISTS = ("removed", "rewritten", "env")
+# The init container programs of one pod read together, at most: a few charts' worth. What
+# lies beyond is kept unread, so that no pod can cost more than a bounded time to review.
+MAX_POD_PROGRAM_CHARS = 32 * 1024
+# Containers and init containers of one pod, at most; a pod with more is left unchanged, with
+# a warning. Real pods have a handful; the bound keeps a review's time small whatever the pod.
+MAX_CONTAINERS = 512
+STATUS_MAX_CHARS = 64 * 1024
+STATUS_MAX_NAMES = 256
+NAME_MAX_CHARS = 253  # the longest Kubernetes name
+
+Operation = dict[str, Any]
+
+
+class PodShapeError(ValueError):
+    """The object is not shaped like a pod where the rules must read or change it.
+
+    (Objects are checked against ``dict`` and ``list``, the types JSON and YAML decode to,
+    rather than the abstract Mapping: the abstract check is the slowest step of a review.)
+
+    The webhook then admits it unchanged with a warning: the apiserver's own validation is
+    the right place to reject a malformed pod, and a guess here could corrupt a valid one.
+    """
+
+
+@dataclass(slots=True)
+class Mutation:
+    """What the rules decided for one pod: the patch and a names-only account of it."""
+
+    operations: list[Operation] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # init containers dropped
+    rewritten: list[str] = field(default_factory=list)  # init containers whose probes moved
+    env: list[str] = field(default_factory=list)  # managed variables set anywhere
+    containers: list[str] = field(default_factory=list)  # containers whose env changed
+    kept_waiting: list[str] = field(default_factory=list)  # kept, still probing a service
+    notices: list[str] = field(default_factory=list)  # what was left alone, and why
+    _env_set: set[str] = field(default_factory=set, repr=False)  # `env` as a set, for speed
+    skipped: str | None = None  # why nothing was considered (opt-out)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.operations)
+
+    def describe(self, *, most: int | None = None) -> list[str]:
+        """What changed, one phrase per kind of change; names only, at most ``most`` each."""
+        lines = []
+        if self.removed:
+            lines.append(f"removed init containers {_listed(self.removed, most)}")
+        if self.rewritten:
+            lines.append(f"retargeted init containers {_listed(self.rewritten, most)}")
+        if self.env:
+            # Containers first: a long list of variable names is what a length limit cuts.
+            lines.append(f"set {len(self.env)} variables in {_listed(self.containers, most)}: "
+                         f"{_listed(self.env, most)}")
+        if self.kept_waiting:
+            lines.append(f"init containers {_listed(self.kept_waiting, most)} still wait for a "
+                         "service without an external address")
+        lines += self.notices if most is None else self.notices[:most]
+        return lines
+
+
+def _listed(names: list[str], most: int | None) -> str:
+    if most is None or len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most])} (+{len(names) - most} more)"
+
+
+class Rules:
+    """The rules for one configuration; build once, call ``mutate_pod`` per review."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._reader = ProgramReader(settings.services)
+        self._external_of = {s.name: s.external for s in settings.services}
+        self._managed_env = managed_env_entries(settings)
+        self._managed_names = frozenset(self._managed_env)
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def mutate_pod(self, pod: Any) -> Mutation:
+        """Decide the changes for ``pod``. Raises PodShapeError for an unreadable pod."""
+        if not isinstance(pod, dict):
+            raise PodShapeError("the object is not a mapping")
+        metadata = _optional_mapping(pod, "metadata", "metadata")
+        spec = _optional_mapping(pod, "spec", "spec")
+        mutation = Mutation()
+        if opt_out := _opt_out_reason(metadata):
+            mutation.skipped = opt_out
+            return mutation
+        init_containers = _container_list(spec, "initContainers")
+        containers = _container_list(spec, "containers")
+        if len(init_containers) + len(containers) > MAX_CONTAINERS:
+            raise PodShapeError(
+                f"the pod has {len(init_containers) + len(containers)} containers; the rules "
+                f"read pods of at most {MAX_CONTAINERS}"
+            )
+        readings = self._read_init_containers(init_containers, mutation)
+        leaving = [self._should_remove(name, reading) for name, _, _, reading in readings]
+        earlier = _parse_status(_annotations(metadata).get(STATUS_KEY))
+        # The pod waited for a managed service (now, or before an earlier pass removed the
+        # waiter): every container of it uses the backend.
+        waited = bool(earlier["removed"] or earlier["rewritten"]) or any(leaving) or any(
+            reading.managed for _, _, _, reading in readings
+        )
+        self._mutate_init_containers(init_containers, readings, leaving, waited, mutation)
+        for index, container in enumerate(containers):
+            path = f"/spec/containers/{index}"
+            self._set_env(container, path, mutation,
+                          add_absent=self._uses_backend(container, path, waited))
+        if mutation.operations:
+            _record_status(metadata, pod.get("metadata") is not None, earlier, mutation)
+        return mutation
+
+    def _read_init_containers(
+        self, init_containers: Sequence[Mapping[str, Any]], mutation: Mutation
+    ) -> list[tuple[str, list[str], dict[str, str], ProgramReading]]:
+        readings = []
+        unread: list[str] = []
+        budget = MAX_POD_PROGRAM_CHARS
+        for index, container in enumerate(init_containers):
+            path = f"/spec/initContainers/{index}"
+            name = _name_of(container, path)
+            argv = _program_of(container, path)
+            # Only a program that refers to variables reads the env.
+            env = _literal_env(container) if any("$" in part for part in argv) else {}
+            length = program_length(argv)
+            if length > min(budget, MAX_PROGRAM_CHARS):
+                # Not read, so neither a waiter nor retargeted: kept exactly as it is.
+                reading = NOT_READ
+                unread.append(name)
+            else:
+                budget -= length
+                reading = self._reader.read(argv, env, length=length)
+            readings.append((name, argv, env, reading))
+        if unread:
+            mutation.notices.append(
+                f"init containers {_listed(unread, 4)} were not read and are kept as they are: "
+                f"a program may have {MAX_PROGRAM_CHARS} characters, the pod's together "
+                f"{MAX_POD_PROGRAM_CHARS}"
+            )
+        return readings
+
+    def _mutate_init_containers(
+        self,
+        init_containers: Sequence[Mapping[str, Any]],
+        readings: list[tuple[str, list[str], dict[str, str], ProgramReading]],
+        removals: list[bool],
+        waited: bool,
+        mutation: Mutation,
+    ) -> None:
+        leaving: list[int] = []
+        for index, container in enumerate(init_containers):
+            name, argv, env, reading = readings[index]
+            path = f"/spec/initContainers/{index}"
+            if removals[index]:
+                leaving.append(index)
+                mutation.removed.append(name)
+                continue
+            if reading.managed:
+                self._retarget(container, path, argv, env, reading, mutation)
+            # A native sidecar (restartPolicy Always) runs beside the app for the pod's whole
+            # life, so it is served like an app container.
+            sidecar = container.get("restartPolicy") == "Always"
+            self._set_env(container, path, mutation,
+                          add_absent=sidecar and self._uses_backend(container, path, waited))
+        if leaving and len(leaving) == len(init_containers):
+            # An empty list would be legal, but dropping the field is what a person would write.
+            mutation.operations.append({"op": "remove", "path": "/spec/initContainers"})
+        else:
+            mutation.operations.extend(
+                {"op": "remove", "path": f"/spec/initContainers/{index}"}
+                for index in reversed(leaving)
+            )
+
+    def _uses_backend(self, container: Mapping[str, Any], path: str, waited: bool) -> bool:
+        """Whether ``container`` gets the managed variables it lacks (``add_env_to``).
+
+        It uses the backend when its pod waited for a managed service, when it carries a
+        managed variable, or when its env, command or args name a managed host.
+        """
+        if waited or self._settings.add_env_to is EnvScope.ALL:
+            return True
+        env = container.get("env")
+        entries = env if isinstance(env, list) else []
+        if any(isinstance(e, dict) and e.get("name") in self._managed_names for e in entries):
+            return True
+        values = [e["value"] for e in entries if isinstance(e, dict)
+                  and isinstance(e.get("value"), str)]
+        return any(self._reader.names_managed_host(text)
+                   for text in [*_program_of(container, path), *values])
+
+    def _should_remove(self, name: str, reading: ProgramReading) -> bool:
+        named = name in self._settings.waiter_names
+        if not named and not reading.only_waits_for_managed:
+            return False
+        if self._settings.action is Action.REMOVE:
+            return True
+        if not reading.managed:
+            # A named waiter with nothing managed to retarget: leave one that already points
+            # at the external address (a second pass in rewrite mode), drop the rest.
+            return not reading.probes_external
+        return any(self._external_of.get(service) is None for service in reading.managed)
+
+    def _retarget(
+        self,
+        container: Mapping[str, Any],
+        path: str,
+        argv: list[str],
+        env: dict[str, str],
+        reading: ProgramReading,
+        mutation: Mutation,
+    ) -> None:
+        name = str(container["name"])
+        retargeted = self._reader.retarget(argv, env)
+        if any(self._external_of.get(service) is None for service in reading.managed):
+            mutation.kept_waiting.append(name)
+        if retargeted is None:
+            return
+        command = _string_list(container, "command", path)
+        split = len(command)
+        if retargeted[:split] != command:
+            mutation.operations.append(
+                {"op": "replace", "path": f"{path}/command", "value": retargeted[:split]}
+            )
+        if retargeted[split:] != _string_list(container, "args", path):
+            mutation.operations.append(
+                {"op": "replace", "path": f"{path}/args", "value": retargeted[split:]}
+            )
+        mutation.rewritten.append(name)
+
+    def _set_env(
+        self, container: Mapping[str, Any], path: str, mutation: Mutation, *, add_absent: bool
+    ) -> None:
+        env = container.get("env")
+        if env is None:
+            env = []
+        elif not isinstance(env, list):
+            raise PodShapeError(f"{path}/env is not a list")
+        seen: set[str] = set()
+        duplicates: list[int] = []
+        changed: list[str] = []
+        for index, entry in enumerate(env):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise PodShapeError(f"{path}/env/{index} has no name")
+            variable = entry["name"]
+            if variable not in self._managed_names:
+                value = entry.get("value")
+                # Addresses only, tested cheaply: most values are not.
+                if isinstance(value, str) and ":" in value and "valueFrom" not in entry:
+                    self._retarget_value(entry, value, f"{path}/env/{index}", container,
+                                         mutation, changed)
+                continue
+            if variable in seen:
+                # Kubernetes lets the last duplicate win; one managed entry leaves no doubt.
+                duplicates.append(index)
+                continue
+            seen.add(variable)
+            wanted = self._managed_env[variable]
+            if entry != wanted:
+                # In place, so that later `$(VAR)` references still see the variable first.
+                mutation.operations.append(
+                    {"op": "replace", "path": f"{path}/env/{index}", "value": wanted}
+                )
+                changed.append(variable)
+        mutation.operations.extend(
+            {"op": "remove", "path": f"{path}/env/{index}"} for index in reversed(duplicates)
+        )
+        changed.extend(env[index]["name"] for index in duplicates)
+        absent = [entry for name, entry in self._managed_env.items() if name not in seen]
+        if add_absent and absent:
+            if container.get("env") is None:
+                mutation.operations.append({"op": "add", "path": f"{path}/env", "value": absent})
+            else:
+                mutation.operations.extend(
+                    {"op": "add", "path": f"{path}/env/-", "value": entry} for entry in absent
+                )
+            changed.extend(entry["name"] for entry in absent)
+        if changed:
+            mutation.containers.append(str(container["name"]))
+            for name in changed:
+                if name not in mutation._env_set:
+                    mutation._env_set.add(name)
+                    mutation.env.append(name)
+
+
+    def _retarget_value(
+        self,
+        entry: Mapping[str, Any],
+        value: str,
+        path: str,
+        container: Mapping[str, Any],
+        mutation: Mutation,
+        changed: list[str],
+    ) -> None:
+        """Another variable whose value is the address of a managed host, retargeted in place
+        (`FASTAPI_URL=http://fastapi-app:8000/api`); a host with no external address stays."""
+        retargeted, unreachable = self._reader.retarget_value(value)
+        if retargeted is not None:
+            mutation.operations.append(
+                {"op": "replace", "path": path, "value": {**entry, "value": retargeted}}
+            )
+            changed.append(entry["name"])
+        if unreachable:
+            mutation.notices.append(
+                f"{entry['name']} in {container['name']} names {', '.join(unreachable)}, which "
+                "has no external address; left as it is"
+            )
+
+
+def managed_env_entries(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each managed variable as the env entry that pods should carry, in the order added."""
+    entries: dict[str, dict[str, Any]] = {
+        name: {"name": name, "value": value} for name, value in settings.env
+    }
+    credentials = settings.credentials
+    if credentials.mode is CredentialMode.SECRET_KEY_REF:
+        for name, key in (
+            (ACCESS_KEY_ENV, credentials.access_key_id_key),
+            (SECRET_KEY_ENV, credentials.secret_access_key_key),
+        ):
+            entries[name] = {
+                "name": name,
+                "valueFrom": {"secretKeyRef": {"name": credentials.secret_name, "key": key}},
+            }
+    elif credentials.mode is CredentialMode.VALUE:
+        entries[ACCESS_KEY_ENV] = {"name": ACCESS_KEY_ENV, "value": credentials.access_key_id}
+        entries[SECRET_KEY_ENV] = {"name": SECRET_KEY_ENV, "value": credentials.secret_access_key}
+    return entries
+
+
+def _opt_out_reason(metadata: Mapping[str, Any]) -> str | None:
+    for where in ("annotations", "labels"):
+        values = _optional_mapping(metadata, where, f"metadata/{where}")
+        value = values.get(INJECT_KEY)
+        if isinstance(value, str) and value.strip().lower() in OPT_OUT_VALUES:
+            return f"{where[:-1]} {INJECT_KEY}={value}"
+    return None
+
+
+def _annotations(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
+    annotations = metadata.get("annotations")
+    return annotations if isinstance(annotations, dict) else {}
+
+
+def _record_status(
+    metadata: Mapping[str, Any],
+    has_metadata: bool,
+    earlier: Mapping[str, list[str]],
+    mutation: Mutation,
+) -> None:
+    """Add or merge the status annotation: names of what was done, never values.
+
+    Merging keeps the account of an earlier pass (reinvocation) when a later one adds to it.
+    """
+    annotations = metadata.get("annotations")
+    current = _annotations(metadata).get(STATUS_KEY)
+    # Clipped as it is read back, so that a second pass writes the same text; the full
+    # account of a huge pod is in the admission warnings' counts.
+    status = {
+        "removed": _union(earlier["removed"], mutation.removed)[:STATUS_MAX_NAMES],
+        "rewritten": _union(earlier["rewritten"], mutation.rewritten)[:STATUS_MAX_NAMES],
+        "env": _union(earlier["env"], mutation.env)[:STATUS_MAX_NAMES],
+    }
+    encoded = orjson.dumps(status).decode()
+    if current == encoded:
+        return
+    value: Any
+    if not has_metadata:
+        path, value = "/metadata", {"annotations": {STATUS_KEY: encoded}}
+    elif annotations is None:
+        path, value = "/metadata/annotations", {STATUS_KEY: encoded}
+    else:
+        path, value = "/metadata/annotations/" + _escape_pointer(STATUS_KEY), encoded
+    mutation.operations.append({"op": "add", "path": path, "value": value})
+
+
+def _escape_pointer(token: str) -> str:
+    """A JSON Pointer reference token (RFC 6901): `~` and `/` are escaped."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+# What a pod without our annotation has: read, never changed.
+_NO_STATUS: Mapping[str, list[str]] = {key: [] for key in STATUS_LISTS}
+
+
+def _parse_status(value: Any) -> Mapping[str, list[str]]:
+    """An earlier pass's status annotation, or empty lists for anything else.
+
+    Anything that is not our own shape (not JSON, nested too deep, larger than any real
+    account, the wrong types) counts as absent: the pod is mutated and the annotation
+    rewritten. A list that is not a list of names is read as empty; only names of Kubernetes'
+    length are kept, from the first STATUS_MAX_NAMES entries of a list.
+    """
+    if not isinstance(value, str) or len(value) > STATUS_MAX_CHARS:
+        return _NO_STATUS
+    empty: dict[str, list[str]] = {key: [] for key in STATUS_LISTS}
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:  # also what orjson raises for nesting beyond its limit
+        return empty
+    if not isinstance(parsed, dict):
+        return empty
+    for key in STATUS_LISTS:
+        names = parsed.get(key)
+        if isinstance(names, list):
+            empty[key] = [
+                name for name in names[:STATUS_MAX_NAMES]
+                if isinstance(name, str) and len(name) <= NAME_MAX_CHARS
+            ]
+    return empty
+
+
+def _union(earlier: list[str], now: Sequence[str]) -> list[str]:
+    """``earlier`` then the names of ``now`` it lacks, without repeats; linear in both."""
+    seen: set[str] = set()
+    union = []
+    for name in [*earlier, *now]:
+        if name not in seen:
+            seen.add(name)
+            union.append(name)
+    return union
+
+
+def _optional_mapping(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PodShapeError(f"{where} is not a mapping")
+    return value
+
+
+def _container_list(spec: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    value = spec.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PodShapeError(f"spec/{key} is not a list")
+    for index, container in enumerate(value):
+        if not isinstance(container, dict):
+            raise PodShapeError(f"spec/{key}/{index} is not a mapping")
+        _name_of(container, f"spec/{key}/{index}")
+    return value
+
+
+def _name_of(container: Mapping[str, Any], path: str) -> str:
+    name = container.get("name")
+    if not isinstance(name, str) or not name:
+        raise PodShapeError(f"{path} has no name")
+    return name
+
+
+def _program_of(container: Mapping[str, Any], path: str) -> list[str]:
+    return _string_list(container, "command", path) + _string_list(container, "args", path)
+
+
+def _literal_env(container: Mapping[str, Any]) -> dict[str, str]:
+    """The container's variables that have a literal value (the last of duplicates wins, as
+    in Kubernetes): what `$(NAME)` and `$NAME` in its program resolve to."""
+    env = container.get("env")
+    if not isinstance(env, list):
+        return {}
+    return {
+        entry["name"]: entry["value"] for entry in env
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+        and isinstance(entry.get("value"), str)
+    }
+
+
+def _string_list(container: Mapping[str, Any], key: str, path: str) -> list[str]:
+    value = container.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise PodShapeError(f"{path}/{key} is not a list of strings")
+    return value

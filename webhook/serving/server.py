@@ -1,0 +1,180 @@
+"""Serving: the settings' rules behind uvicorn, over TLS, on one socket, until drained.
+
+``serve`` is the whole story. It builds the admission handler from the settings, settles the
+certificate pair (``tls.py``), binds the listening socket once, and runs one worker
+on it, or ``--workers N`` forked ones that a supervisor replaces when they die
+(``workers.py``). Each worker is uvicorn with this project's protocol, limits and TLS
+context, a certificate watcher that reloads a rotated pair (``certificate_reload.py``)
+and a SIGTERM that drains: readiness goes false and the server keeps answering for the
+shutdown delay before the listener closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from types import FrameType
+
+import uvicorn
+
+from webhook.rules.mutate import Rules
+from webhook.serving import reachability as health
+from webhook.serving.admission import AdmissionHandler
+from webhook.serving.app import Readiness, create_app
+from webhook.serving.certificate_reload import CertificateWatcher
+from webhook.serving.connections import ConnectionLimits, protocol_factory
+from webhook.serving.metrics import Metrics
+from webhook.serving.offload import ReviewProcesses
+from webhook.serving.tls import CertificatePair, build_tls_context, handshake_timeout, served_pair
+from webhook.serving.workers import supervise
+from webhook.settings import Serving, Settings
+
+logger = logging.getLogger(__name__)
+
+
+def serve(settings: Settings) -> int:
+    """Serve until stopped; returns the exit code."""
+    health.configure(settings)  # each worker's metrics then probe the external backend
+    serving = settings.serving
+    handler = AdmissionHandler(Rules(settings))
+    with served_pair(serving) as pair:
+        listener = _bind(serving.host, serving.port)
+        logger.info(
+            "listening",
+            extra={"fields": {"host": serving.host, "port": listener.getsockname()[1],
+                              "workers": serving.workers}},
+        )
+
+        def run_worker() -> None:
+            _run_worker(listener, handler, serving, pair)
+
+        if serving.workers == 1:
+            run_worker()
+            return 0
+        return supervise(serving.workers, run_worker)
+
+
+class WebhookServer(uvicorn.Server):
+    """uvicorn's server with readiness, certificate reload and a draining SIGTERM."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        serving: Serving,
+        readiness: Readiness,
+        watcher: CertificateWatcher,
+        big_reviews: ReviewProcesses | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._serving = serving
+        self._big_reviews = big_reviews
+        self._readiness = readiness
+        self._watcher = watcher
+        self._drain_deadline: float | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        with handshake_timeout(loop, self._serving.handshake_timeout_seconds):
+            await super().startup(sockets)
+        self._watch_task = asyncio.create_task(self._watcher.watch())
+        if self._big_reviews is not None:
+            self._big_reviews.start()
+        self._readiness.set(True, "serving")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._readiness.set(False, "shutting down")
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        await super().shutdown(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        delay = self._serving.shutdown_delay_seconds
+        if sig == signal.SIGTERM and delay > 0 and self._drain_deadline is None:
+            # Readiness goes false first and the server keeps answering for a while, so that
+            # the endpoint is gone from the Service before the listener closes.
+            self._readiness.set(False, "draining")
+            self._drain_deadline = time.monotonic() + delay
+            logger.info("draining", extra={"fields": {"seconds": delay}})
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The one listening socket, bound before any fork so that every worker accepts on it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
+
+
+def _run_worker(
+    listener: socket.socket, handler: AdmissionHandler, serving: Serving, pair: CertificatePair
+) -> None:
+    readiness = Readiness()
+    big_reviews = ReviewProcesses(handler, processes=serving.review_processes)
+    app = create_app(handler, metrics=Metrics(), readiness=readiness, big_reviews=big_reviews)
+    config, context = uvicorn_config(app, serving, pair)
+    server = WebhookServer(
+        config,
+        serving=serving,
+        readiness=readiness,
+        watcher=CertificateWatcher(context, pair),
+        big_reviews=big_reviews,
+    )
+    try:
+        server.run(sockets=[listener])
+    finally:
+        big_reviews.stop(wait=True)
+
+
+def uvicorn_config(
+    app: Callable[..., Awaitable[None]], serving: Serving, pair: CertificatePair
+) -> tuple[uvicorn.Config, ssl.SSLContext]:
+    """uvicorn's configuration as this project serves: uvloop, httptools with our connection
+    limits, our TLS context (returned too, for the certificate watcher to reload into).
+
+    Public so that the benchmarks serve their comparison apps on exactly the same stack.
+    """
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http=protocol_factory(ConnectionLimits(
+            max_connections=serving.max_connections,
+            head_limit=serving.head_limit_bytes,
+            request_seconds=serving.request_seconds,
+        )),
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        # The apiserver connects directly: there is no proxy whose X-Forwarded-For could be
+        # trusted, and the middleware that reads it costs a little on every request.
+        proxy_headers=False,
+        # Also the idle timeout of a connection that has not sent its first request yet.
+        timeout_keep_alive=serving.keep_alive_seconds,
+        # The cap is the protocol's (it closes idle connections first), not uvicorn's.
+        limit_concurrency=None,
+        timeout_graceful_shutdown=serving.graceful_timeout_seconds,
+        # uvicorn only serves TLS when given files; its own context is replaced just below.
+        ssl_certfile=str(pair.cert),
+        ssl_keyfile=str(pair.key),
+    )
+    config.load()
+    context = build_tls_context(pair, serving.client_ca)
+    config.ssl = context
+    return config, context

@@ -1,0 +1,44 @@
+"""Settings: the one typed object that says what the webhook manages and where the external
+backend lives, and how it is built from its sources.
+
+- ``model``: the frozen dataclasses and enums (`Settings`, `Service`, `Credentials`,
+  `Serving`, ...), and `describe`, the loggable summary;
+- ``loading``: `load_settings`, the embedded default < file < environment < flags;
+- ``document``: the embedded default and the YAML file as documents, and settings from them;
+- ``layers``: the ``BACKEND_INJECTOR_*`` variables and the flags over the file;
+- ``values``, ``validation``: checked values, and checks of the whole;
+- ``keys``, ``schema``: the configuration's JSON Schema, and unknown keys found by walking it.
+
+Contract: settings import nothing else of the package; every other wing may import them. The
+names below are the wing's public face, and what the other wings import.
+"""
+
+from webhook.settings.document import default_document, yaml_problem
+from webhook.settings.keys import unknown_key
+from webhook.settings.layers import with_external_host
+from webhook.settings.loading import load_settings
+from webhook.settings.model import (
+    ACCESS_KEY_ENV,
+    DEFAULT_EXTERNAL_HOST,
+    DEVELOPMENT_CREDENTIAL,
+    ENV_PREFIX,
+    SECRET_KEY_ENV,
+    Action,
+    ConfigError,
+    CredentialMode,
+    Credentials,
+    Endpoint,
+    EnvironmentConfigError,
+    EnvScope,
+    Service,
+    Serving,
+    Settings,
+    describe,
+)
+
+__all__ = [
+    "ACCESS_KEY_ENV", "DEFAULT_EXTERNAL_HOST", "DEVELOPMENT_CREDENTIAL", "ENV_PREFIX",
+    "SECRET_KEY_ENV", "Action", "ConfigError", "CredentialMode", "Credentials", "Endpoint",
+    "EnvScope", "EnvironmentConfigError", "Serving", "Service", "Settings", "default_document",
+    "describe", "load_settings", "unknown_key", "with_external_host", "yaml_problem",
+]

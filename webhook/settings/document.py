@@ -1,0 +1,194 @@
+"""The configuration as a document: the embedded default, the YAML file, and the settings
+built from their merge.
+
+The embedded default is the Docker Desktop backend: MLflow, MinIO and the FastAPI gateway on
+``host.docker.internal`` at 5000, 9000 and 8000, and MinIO's development credentials
+``minioadmin``/``minioadmin`` (warned about at start).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from webhook.settings.keys import unknown_key
+from webhook.settings.layers import secret_from_env
+from webhook.settings.model import (
+    DEFAULT_EXTERNAL_HOST,
+    ENV_PREFIX,
+    Action,
+    ConfigError,
+    CredentialMode,
+    Credentials,
+    Endpoint,
+    EnvScope,
+    Service,
+    Settings,
+)
+from webhook.settings.schema import DNS_LABEL, config_schema
+from webhook.settings.values import enum_value, port_number, string_list
+
+# The grammar the configuration schema declares, so that a file the schema accepts and the
+# values checked here can never disagree.
+_DNS_LABEL = re.compile(DNS_LABEL)
+_TEMPLATE_FIELD = re.compile(r"\{([a-z0-9-]+)\}")
+
+
+def default_document() -> dict[str, Any]:
+    """The embedded default, in the same shape as a configuration file."""
+    def external(port: int) -> dict[str, Any]:
+        return {"host": DEFAULT_EXTERNAL_HOST, "port": port}
+
+    return {
+        "action": "remove",
+        "waiter_names": ["wait-for-mlflow", "wait-for-fastapi"],
+        "services": {
+            "mlflow": {"hosts": ["mlflow"], "external": external(5000)},
+            "minio": {"hosts": ["minio"], "external": external(9000)},
+            "fastapi": {"hosts": ["fastapi-app", "fastapi"], "external": external(8000)},
+            "postgres": {"hosts": ["postgres"], "external": None},
+        },
+        "env": {
+            "MLFLOW_TRACKING_URI": "http://{mlflow}",
+            "MLFLOW_S3_ENDPOINT_URL": "http://{minio}",
+            "GATEWAY_URL": "http://{fastapi}",
+        },
+        "credentials": {"mode": "value", "secret_name": "backend-injector-credentials"},
+        "excluded_namespaces": [
+            "kube-system", "kube-public", "kube-node-lease", "backend-injector",
+        ],
+    }
+
+
+def read_configuration_file(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration file {path}: {error.strerror}") from error
+    except yaml.MarkedYAMLError as error:
+        raise ConfigError(_yaml_error_line(path, error)) from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"configuration file {path} must hold a mapping at the top level")
+    if "credentials" in loaded and isinstance(loaded["credentials"], dict):
+        for secret_field in ("access_key_id", "secret_access_key"):
+            if secret_field in loaded["credentials"]:
+                # Files end up in ConfigMaps and in git; values belong in a Secret.
+                raise ConfigError(
+                    f"credentials.{secret_field} may not be set in a configuration file; use "
+                    f"{ENV_PREFIX}{secret_field.upper()} or {ENV_PREFIX}{secret_field.upper()}_FILE"
+                )
+    problem = unknown_key(loaded, config_schema())
+    if problem is not None:
+        raise ConfigError(f"{path}: {problem}")
+    return loaded
+
+
+def yaml_problem(error: yaml.MarkedYAMLError) -> tuple[yaml.Mark | None, str]:
+    """Where a YAML parser gave up (else where the construct it was in began; lines and
+    columns 0-based) and what it met there, its context first: ``while parsing a flow
+    mapping: expected ',' or '}'``. The configuration file and ``inject`` both report it."""
+    mark = error.problem_mark or error.context_mark
+    return mark, ": ".join(part for part in (error.context, error.problem) if part)
+
+
+def _yaml_error_line(path: Path, error: yaml.MarkedYAMLError) -> str:
+    """``FILE:LINE:COLUMN: not valid YAML: problem``, 1-based."""
+    mark, problem = yaml_problem(error)
+    if mark is None:
+        return f"{path}: not valid YAML: {problem}"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
+
+
+def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge mappings key by key; lists and scalars in ``update`` replace those in ``base``."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def settings_from_document(document: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    services = tuple(_service(name, spec) for name, spec in _mapping(document, "services").items())
+    endpoints = {service.name: service.external for service in services}
+    env = tuple(
+        (str(name), _expand(str(name), value, endpoints))
+        for name, value in _mapping(document, "env").items()
+        if value is not None  # null in a file drops a variable of the default
+    )
+    return Settings(
+        action=enum_value(Action, document.get("action"), "action"),
+        waiter_names=frozenset(string_list(document.get("waiter_names", []), "waiter_names")),
+        services=services,
+        env=env,
+        credentials=_credentials(_mapping(document, "credentials"), environ),
+        add_env_to=enum_value(EnvScope, document.get("add_env_to", "using"), "add_env_to"),
+        excluded_namespaces=frozenset(
+            string_list(document.get("excluded_namespaces", []), "excluded_namespaces")
+        ),
+    )
+
+
+def _mapping(document: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = document.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping")
+    return value
+
+
+def _service(name: str, spec: Any) -> Service:
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"services.{name} must be a mapping")
+    hosts = tuple(string_list(spec.get("hosts", [name]), f"services.{name}.hosts"))
+    for host in hosts:
+        if not _DNS_LABEL.match(host):
+            raise ConfigError(f"services.{name}.hosts: {host!r} is not a DNS label")
+    external = spec.get("external")
+    if external is None:
+        return Service(name=name, hosts=hosts, external=None)
+    if not isinstance(external, Mapping):
+        raise ConfigError(f"services.{name}.external must be a mapping or null")
+    return Service(
+        name=name,
+        hosts=hosts,
+        external=Endpoint(host=str(external.get("host", "")),
+                          port=port_number(external.get("port"), f"services.{name}.external.port")),
+    )
+
+
+def _expand(name: str, template: Any, endpoints: Mapping[str, Endpoint | None]) -> str:
+    """Fill ``{service}`` fields of an env value with that service's external host:port."""
+    if not isinstance(template, str):
+        raise ConfigError(f"env.{name} must be a string")
+
+    def endpoint_of(match: re.Match[str]) -> str:
+        service = match.group(1)
+        if service not in endpoints:
+            raise ConfigError(f"env.{name} refers to unknown service {{{service}}}")
+        endpoint = endpoints[service]
+        if endpoint is None:
+            raise ConfigError(f"env.{name} refers to {{{service}}}, which has no external address")
+        return str(endpoint)
+
+    return _TEMPLATE_FIELD.sub(endpoint_of, template)
+
+
+def _credentials(spec: Mapping[str, Any], environ: Mapping[str, str]) -> Credentials:
+    return Credentials(
+        access_key_id=secret_from_env(environ, "ACCESS_KEY_ID"),
+        secret_access_key=secret_from_env(environ, "SECRET_ACCESS_KEY"),
+        mode=enum_value(CredentialMode, spec.get("mode", "value"), "credentials.mode"),
+        secret_name=str(spec.get("secret_name", "backend-injector-credentials")),
+        access_key_id_key=str(spec.get("access_key_id_key", "access-key-id")),
+        secret_access_key_key=str(spec.get("secret_access_key_key", "secret-access-key")),
+    )

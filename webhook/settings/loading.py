@@ -1,0 +1,55 @@
+"""Settings from every source, the later winning over the earlier:
+
+    embedded default  <  YAML file (--config)  <  environment (BACKEND_INJECTOR_*)  <  flags
+
+Called once, by the CLI; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from webhook.settings.document import (
+    default_document,
+    merge,
+    read_configuration_file,
+    settings_from_document,
+)
+from webhook.settings.layers import apply_environment, apply_overrides, path_from_env
+from webhook.settings.model import ConfigError, EnvironmentConfigError, Settings
+from webhook.settings.validation import validate
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings from the embedded default, a file, the environment and flag overrides.
+
+    ``overrides`` holds flag values that were given (None means "not given").
+    """
+    environ = os.environ if environ is None else environ
+    document = default_document()
+    file_path = config_file or path_from_env(environ, "CONFIG")
+    if file_path is not None:
+        document = merge(document, read_configuration_file(file_path))
+    try:
+        settings = settings_from_document(document, environ)
+    except EnvironmentConfigError:
+        raise
+    except ConfigError as error:
+        # Every other value that can be wrong here came from the file (the default is right), so
+        # the message says which file, after the key path it already names.
+        raise ConfigError(f"{file_path}: {error}" if file_path is not None else str(error)) \
+            from None
+    settings = apply_environment(settings, environ)
+    if overrides:
+        given = {key: value for key, value in overrides.items() if value is not None}
+        settings = apply_overrides(settings, given)
+    validate(settings)
+    return settings
