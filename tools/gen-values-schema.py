@@ -21,7 +21,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from webhook import config_schema  # noqa: E402  (the repository root is put on the path first)
+from webhook.settings import schema as config_schema  # noqa: E402  (the repository root is put on the path first)
 
 OUTPUT = REPO / "charts" / "backend-injector" / "values.schema.json"
 
