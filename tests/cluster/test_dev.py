@@ -1,5 +1,6 @@
 """`backend-injector dev` without a cluster: the URL, the registration, and its lifecycle
-against an in-memory cluster. The real thing runs in tests/e2e/test_dev.py."""
+against an in-memory cluster, and how one left behind is told live or stale. The real thing
+runs in tests/e2e/test_dev.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import base64
 import datetime as dt
 import os
 import socket
+import ssl
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,3 +109,69 @@ def test_the_dev_certificate_is_for_the_url_host_and_signed_by_the_registered_ca
             now=dt.datetime.now(dt.UTC), margin=dt.timedelta(days=1),
         )
     assert problem is None
+
+
+def test_a_registration_reads_back_who_made_it_and_where() -> None:
+    body = dev.registration(dev.parse_url(dev.DEFAULT_URL), b"ca",
+                            now=dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC))
+    read = dev.DevRegistration.read(body)
+    assert read.url == dev.DEFAULT_URL
+    assert read.made_by_this_process()
+    assert read.owner == (f"pid {os.getpid()} on {socket.gethostname()}, "
+                          "since 2026-01-05T09:00:00+00:00")
+    assert dev.DevRegistration.read({}).owner == "pid ? on ?, since ?"
+
+
+def registration_at(url: str, *, pid: str, host: str) -> dev.DevRegistration:
+    return dev.DevRegistration(url=url, host=host, pid=pid, started="2026-01-05T09:00:00+00:00")
+
+
+# Never resolves (RFC 2606), so only the process can tell whether dev still runs.
+UNRESOLVABLE_URL = "https://dev-host.invalid:8443/mutate"
+NO_SUCH_PID = "99999999"  # above any pid_max
+
+
+def test_an_unresolvable_registration_is_judged_by_its_process_on_this_machine() -> None:
+    here = socket.gethostname()
+    assert registration_at(UNRESOLVABLE_URL, pid=str(os.getpid()), host=here
+                           ).liveness() is dev.Liveness.LIVE
+    assert registration_at(UNRESOLVABLE_URL, pid=NO_SUCH_PID, host=here
+                           ).liveness() is dev.Liveness.STALE
+    assert registration_at(UNRESOLVABLE_URL, pid="", host=here).liveness() is dev.Liveness.STALE
+    assert registration_at(UNRESOLVABLE_URL, pid=str(os.getpid()), host=here + "-elsewhere"
+                           ).liveness() is dev.Liveness.UNKNOWN
+
+
+@pytest.fixture
+def tls_port(tmp_path: Path) -> Iterator[int]:
+    """A loopback port that completes one TLS handshake with a dev certificate."""
+    with dev.dev_certificates(dev.parse_url("https://127.0.0.1:1/mutate"), tmp_path) as paths:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(paths.cert, paths.key)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def answer_once() -> None:
+            connection, _ = server.accept()
+            with context.wrap_socket(connection, server_side=True):
+                pass
+
+        thread = threading.Thread(target=answer_once, daemon=True)
+        thread.start()
+        yield int(server.getsockname()[1])
+        thread.join(timeout=5)
+
+
+def test_a_registration_whose_url_answers_tls_is_live(tls_port: int) -> None:
+    url = f"https://127.0.0.1:{tls_port}/mutate"
+    assert registration_at(url, pid=NO_SUCH_PID, host="elsewhere").liveness() is dev.Liveness.LIVE
+
+
+def test_a_registration_whose_url_nothing_answers_is_stale() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = int(unused.getsockname()[1])
+    url = f"https://127.0.0.1:{port}/mutate"
+    assert registration_at(url, pid=str(os.getpid()), host=socket.gethostname()
+                           ).liveness() is dev.Liveness.STALE

@@ -12,8 +12,10 @@ import pytest
 from tests.cluster.memory_cluster import MemoryCluster
 from tests.test_cli import kubeconfig_for, run_cli, unused_port
 from webhook import certs
-from webhook.cluster import doctor
+from webhook.cluster import checks, doctor, endpoints
 from webhook.cluster.client import ClusterError, Created, namespace_path, webhook_configuration_path
+from webhook.cluster.pods import TRIAL_POD_PREFIX
+from webhook.cluster.selectors import selector_matches
 
 
 def test_selector_semantics() -> None:
@@ -24,20 +26,29 @@ def test_selector_semantics() -> None:
     ]}
     labels = {"team": "ml", "backend-injector/inject": "enabled",
               "kubernetes.io/metadata.name": "flts"}
-    assert doctor.selector_matches(selector, labels)
-    assert not doctor.selector_matches(selector, {**labels, "team": "web"})
-    assert not doctor.selector_matches(selector, {**labels, "backend-injector/inject": "off"})
-    assert not doctor.selector_matches(selector, {**labels,
-                                                  "kubernetes.io/metadata.name": "kube-system"})
-    assert not doctor.selector_matches(selector, {**labels, "legacy": "1"})
-    assert doctor.selector_matches({"matchExpressions": [
+    assert selector_matches(selector, labels)
+    assert not selector_matches(selector, {**labels, "team": "web"})
+    assert not selector_matches(selector, {**labels, "backend-injector/inject": "off"})
+    assert not selector_matches(selector, {**labels,
+                                           "kubernetes.io/metadata.name": "kube-system"})
+    assert not selector_matches(selector, {**labels, "legacy": "1"})
+    assert selector_matches({"matchExpressions": [
         {"key": "x", "operator": "Exists"}]}, {"x": ""})
 
 
+def test_in_needs_the_label_and_notin_and_unknown_operators_pass_without_it() -> None:
+    assert not selector_matches({"matchExpressions": [
+        {"key": "x", "operator": "In", "values": ["a"]}]}, {})
+    assert selector_matches({"matchExpressions": [
+        {"key": "x", "operator": "NotIn", "values": ["a"]}]}, {})
+    assert selector_matches({"matchExpressions": [{"key": "x", "operator": "Gt"}]}, {})
+    assert selector_matches({}, {"anything": "at all"})
+
+
 def test_a_failed_check_is_one_line_with_its_fix() -> None:
-    check = doctor.failed("namespace ml selected", "ml lacks the label", "kubectl label ...")
+    check = checks.failed("namespace ml selected", "ml lacks the label", "kubectl label ...")
     assert check.line() == "FAIL  namespace ml selected: ml lacks the label; fix: kubectl label ..."
-    assert doctor.passed("cluster reachable", "x").line() == "ok    cluster reachable: x"
+    assert checks.passed("cluster reachable", "x").line() == "ok    cluster reachable: x"
 
 
 class DoctorCluster(MemoryCluster):
@@ -74,7 +85,7 @@ def test_no_webhook_anywhere_fails_with_the_three_ways_to_install() -> None:
     # The dry run still tells what a pod meets: here, no webhook at all.
     assert checks["dry-run a test pod"].status is doctor.Status.FAIL
     assert cluster.dry_runs and cluster.dry_runs[0]["metadata"]["generateName"] == (
-        doctor.PROBE_POD_NAME)
+        TRIAL_POD_PREFIX)
 
 
 def test_a_configuration_under_another_name_is_found_by_its_label() -> None:
@@ -196,3 +207,28 @@ def test_the_endpoints_are_read_once_for_the_checks_that_look_at_them() -> None:
     slices = [call for call in cluster.calls if "/endpointslices" in call]
     assert slices == ["GET /apis/discovery.k8s.io/v1/namespaces/backend-injector/endpointslices"
                       "?labelSelector=kubernetes.io%2Fservice-name%3Dbackend-injector"]
+
+
+def test_unready_endpoints_are_left_out_and_the_named_port_is_the_target() -> None:
+    slices = [
+        {"ports": [{"name": "https", "port": 8443}, {"name": "metrics", "port": 9090}],
+         "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
+                       {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
+                       {"addresses": ["10.0.0.3"]}]},
+    ]
+    assert endpoints.ready_addresses_of(slices) == ["10.0.0.1", "10.0.0.3"]
+    assert endpoints.target_port(slices, "https", default=443) == 8443
+    assert endpoints.target_port(slices, "other", default=443) == 443
+
+
+def test_a_pod_state_is_its_first_trouble_else_its_phase() -> None:
+    crashing = {"status": {"phase": "Running", "initContainerStatuses": [
+        {"state": {"terminated": {"reason": "Completed"}}}], "containerStatuses": [
+        {"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}
+    assert endpoints.pod_state(crashing) == "CrashLoopBackOff"
+    assert endpoints.pod_state({"status": {"phase": "Running"}}) == "Running"
+    assert endpoints.pod_state({}) == "Pending"
+    assert "logs deployment/backend-injector" in endpoints.fix_for_pod_states(
+        "backend-injector-1 CrashLoopBackOff", "backend-injector", "backend-injector", ["app"])
+    assert endpoints.fix_for_pod_states("backend-injector-1 Pending", "ns", "svc", ["a", "b"]
+                                        ) == "kubectl -n ns describe pods -l a,b"

@@ -1,5 +1,5 @@
-"""Backend health: the prober against real sockets on loopback, its time bound, and the
-metrics of a real server whose external backend is half up."""
+"""Backend reachability: the checker against real sockets on loopback, its time bound, and
+the metrics of a real server whose external backend is half up."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.server_process import start_server, stop, write_pair
-from webhook.serving import reachability as health
+from webhook.serving import reachability
 
 LOOPBACK = "127.0.0.1"
 
@@ -33,55 +33,56 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def collect(prober_targets: list[health.Target], **options: object
-            ) -> dict[str, health.Result]:
-    results: dict[str, health.Result] = {}
-    prober = health.Prober(prober_targets,
-                           lambda target, result: results.__setitem__(target.service, result),
-                           **options)  # type: ignore[arg-type]
-    prober.probe_once()
+def collect(targets: list[reachability.Target], **options: object
+            ) -> dict[str, reachability.Result]:
+    results: dict[str, reachability.Result] = {}
+    checker = reachability.ReachabilityChecker(
+        targets, lambda target, result: results.__setitem__(target.service, result),
+        **options)  # type: ignore[arg-type]
+    checker.check_once()
     return results
 
 
 def test_an_open_port_is_up_and_a_closed_one_down(listening: int) -> None:
-    results = collect([health.Target("mlflow", LOOPBACK, listening),
-                       health.Target("minio", LOOPBACK, closed_port())])
+    results = collect([reachability.Target("mlflow", LOOPBACK, listening),
+                       reachability.Target("minio", LOOPBACK, closed_port())])
     assert results["mlflow"].up is True
     assert results["minio"].up is False
-    assert 0 < results["mlflow"].seconds < health.PROBE_TIMEOUT_SECONDS
+    assert 0 < results["mlflow"].seconds < reachability.CHECK_TIMEOUT_SECONDS
 
 
-def test_a_hanging_probe_is_cut_at_the_timeout_and_not_started_twice() -> None:
+def test_a_hanging_check_is_cut_at_the_timeout_and_not_started_twice() -> None:
     release = threading.Event()
     calls: list[str] = []
 
-    def hang(target: health.Target, timeout: float) -> None:
+    def hang(target: reachability.Target, timeout: float) -> None:
         calls.append(target.service)
         release.wait(10)
 
-    target = health.Target("gateway", "hangs.invalid", 8000)
+    target = reachability.Target("gateway", "hangs.invalid", 8000)
     started = time.monotonic()
     results = collect([target], timeout=0.2, connect=hang)
     assert time.monotonic() - started < 2
-    assert results["gateway"] == health.Result(up=False, seconds=0.2)
+    assert results["gateway"] == reachability.Result(up=False, seconds=0.2)
 
-    prober = health.Prober([target], lambda *_: None, timeout=0.2, connect=hang)
-    prober.probe_once()
-    prober.probe_once()  # the first is still stuck: it is not started again
-    assert calls.count("gateway") == 2  # one from `collect`, one from this prober
+    checker = reachability.ReachabilityChecker([target], lambda *_: None, timeout=0.2,
+                                               connect=hang)
+    checker.check_once()
+    checker.check_once()  # the first is still stuck: it is not started again
+    assert calls.count("gateway") == 2  # one from `collect`, one from this checker
     release.set()
 
 
 def test_exposition_is_read_back_by_service() -> None:
-    text = (f'{health.UP_METRIC}{{service="mlflow"}} 1.0\n'
-            f'{health.DURATION_METRIC}{{service="mlflow"}} 0.0012\n'
-            f'{health.UP_METRIC}{{service="minio"}} 0.0\n'
+    text = (f'{reachability.UP_METRIC}{{service="mlflow"}} 1.0\n'
+            f'{reachability.DURATION_METRIC}{{service="mlflow"}} 0.0012\n'
+            f'{reachability.UP_METRIC}{{service="minio"}} 0.0\n'
             'backend_injector_reviews_total{operation="CREATE",result="mutated"} 3.0\n')
-    assert health.parse_exposition(text) == {"mlflow": {"up": 1.0, "seconds": 0.0012},
+    assert reachability.parse_exposition(text) == {"mlflow": {"up": 1.0, "seconds": 0.0012},
                                              "minio": {"up": 0.0}}
 
 
-def test_a_served_webhook_exports_backend_health_and_stays_ready(
+def test_a_served_webhook_exports_backend_reachability_and_stays_ready(
     tmp_path: Path, listening: int
 ) -> None:
     down = closed_port()
@@ -96,7 +97,7 @@ def test_a_served_webhook_exports_backend_health_and_stays_ready(
         with server.client() as client:
             deadline = time.monotonic() + 10
             while True:
-                samples = health.parse_exposition(client.get("/metrics").text)
+                samples = reachability.parse_exposition(client.get("/metrics").text)
                 if len(samples) == 3 or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)

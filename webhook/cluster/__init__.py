@@ -2,8 +2,12 @@
 
 - ``client``: the one API client (`Cluster`, its protocol, `connected`) and its errors;
 - ``install``: the CA bundle into the live MutatingWebhookConfiguration;
-- ``dev``: the webhook on this machine, registered by URL while it runs; owns that registration;
-- ``doctor``: the checks that say whether pods of a namespace will be changed, and what to fix.
+- ``dev``: the webhook on this machine, registered by URL while it runs; owns that registration
+  (`DevRegistration`: who made it, and whether it is still live);
+- ``doctor``: the checks that say whether pods of a namespace will be changed, and what to fix,
+  with what they read beside it: ``checks`` (a check's verdict, one printed line), ``served``
+  (the certificate and /metrics the webhook serves), ``endpoints`` (the webhook Service's ready
+  endpoints and pods), ``pods`` (the pods dry-run) and ``selectors`` (label selectors).
 
 Contract: only this wing talks to the Kubernetes API. It may use serving (``dev`` runs the
 server) and the rules' keys; nothing outside the CLI imports it.

@@ -11,7 +11,8 @@ harmless when left behind: ``failurePolicy: Ignore`` (a webhook that does not an
 through unchanged instead of blocking them), a name of its own that the real deployment never
 uses (so it never shadows or deletes an installed webhook), and the namespace selector of the
 deployed webhook (only opted-in namespaces are sent). The annotations say who registered it
-and where, which is what ``doctor`` reads to report it as stale.
+and where; `DevRegistration` reads them back, and tells ``doctor`` whether the process that
+made it still answers.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,7 +47,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_URL = "https://host.docker.internal:8443/mutate"
 DEV_CONFIGURATION = "backend-injector-dev"
 DEV_WEBHOOK = "dev.backend-injector.local"
-# Who made the registration; `doctor` reads them to tell a live one from a stale one.
+# Who made the registration; `DevRegistration` reads them to tell a live one from a stale one.
 URL_ANNOTATION = "backend-injector/dev-url"
 HOST_ANNOTATION = "backend-injector/dev-host"
 PID_ANNOTATION = "backend-injector/dev-pid"
@@ -53,6 +55,7 @@ STARTED_ANNOTATION = "backend-injector/dev-started"
 # The certificate lives as long as a working day or two; dev mode makes a new one each start.
 CERTIFICATE_DAYS = 2
 LISTEN_TIMEOUT_SECONDS = 30.0
+LIVENESS_TIMEOUT_SECONDS = 3.0
 
 # The same selectors as manifests/base/mutatingwebhookconfiguration.yaml (a test holds them
 # equal): opted-in namespaces only, never the webhook's own or kube-system, and pods that opt
@@ -150,6 +153,92 @@ def registration(target: Target, ca_pem: bytes, *, now: dt.datetime | None = Non
     }
 
 
+class Liveness(StrEnum):
+    """Whether the process behind a dev registration still serves it."""
+
+    LIVE = "live"
+    STALE = "stale"
+    UNKNOWN = "unknown"  # neither its URL nor its process can be seen from this machine
+
+
+@dataclass(frozen=True)
+class DevRegistration:
+    """Who made a dev registration, and where the apiserver calls it, as read back from the
+    MutatingWebhookConfiguration (`None` where an annotation is missing)."""
+
+    url: str | None
+    host: str | None
+    pid: str | None
+    started: str | None
+
+    @classmethod
+    def read(cls, configuration: Mapping[str, Any]) -> DevRegistration:
+        annotations = (configuration.get("metadata") or {}).get("annotations") or {}
+        webhook = (configuration.get("webhooks") or [{}])[0]
+        url = (webhook.get("clientConfig") or {}).get("url")
+        return cls(url=None if url is None else str(url),
+                   host=annotations.get(HOST_ANNOTATION),
+                   pid=annotations.get(PID_ANNOTATION),
+                   started=annotations.get(STARTED_ANNOTATION))
+
+    @property
+    def owner(self) -> str:
+        """``pid 4242 on laptop, since 2025-01-01T09:00:00+00:00``, with ``?`` for the unknown."""
+        return (f"pid {_or_unknown(self.pid)} on {_or_unknown(self.host)}, "
+                f"since {_or_unknown(self.started)}")
+
+    def made_by_this_process(self) -> bool:
+        return self.pid == str(os.getpid()) and self.host == socket.gethostname()
+
+    def liveness(self) -> Liveness:
+        """LIVE if something answers TLS at the URL (or, when this machine cannot resolve the
+        URL's host, the process that made it runs here), STALE if not, UNKNOWN when the URL
+        cannot be resolved here and the process ran on another machine."""
+        parsed = urllib.parse.urlsplit(self.url or "?")
+        host, port = parsed.hostname or "", parsed.port or 443
+        try:
+            socket.getaddrinfo(host, port)
+        except OSError:
+            return self._process_liveness()
+        return Liveness.LIVE if _presents_certificate(host, port) else Liveness.STALE
+
+    def _process_liveness(self) -> Liveness:
+        if self.host != socket.gethostname():
+            return Liveness.UNKNOWN
+        try:
+            pid = int(self.pid or "")
+            if pid <= 0:
+                return Liveness.STALE  # 0 and negatives name process groups, never dev
+            os.kill(pid, 0)  # signal 0: is there such a process, no more
+        except (ValueError, OverflowError, ProcessLookupError):  # not a pid, or gone
+            return Liveness.STALE
+        except PermissionError:
+            pass  # it exists, under another user
+        return Liveness.LIVE
+
+
+def _or_unknown(value: str | None) -> str:
+    return "?" if value is None else value
+
+
+def _unverified_context() -> ssl.SSLContext:
+    """TLS that accepts any certificate: only whether something answers is asked here."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _presents_certificate(host: str, port: int) -> bool:
+    """Whether a TLS server at host:port (SNI `host`) completes a handshake with a certificate."""
+    try:
+        with socket.create_connection((host, port), timeout=LIVENESS_TIMEOUT_SECONDS) as raw, \
+                _unverified_context().wrap_socket(raw, server_hostname=host) as tls:
+            return tls.getpeercert(binary_form=True) is not None
+    except (OSError, ssl.SSLError):
+        return False
+
+
 def register(cluster: Cluster, body: JsonObject) -> bool:
     """Create the registration, or replace one left by an earlier run; True if replaced."""
     path = webhook_configuration_path(DEV_CONFIGURATION)
@@ -157,12 +246,11 @@ def register(cluster: Cluster, body: JsonObject) -> bool:
     if existing is None:
         cluster.create(webhook_configuration_path(), body)
         return False
-    annotations = (existing.get("metadata") or {}).get("annotations") or {}
+    left_behind = DevRegistration.read(existing)
     logger.warning(
         "replacing a dev registration left by an earlier run",
-        extra={"fields": {"host": annotations.get(HOST_ANNOTATION),
-                          "pid": annotations.get(PID_ANNOTATION),
-                          "url": annotations.get(URL_ANNOTATION)}},
+        extra={"fields": {"host": left_behind.host, "pid": left_behind.pid,
+                          "url": left_behind.url}},
     )
     replacement = {**body, "metadata": {
         **body["metadata"], "resourceVersion": existing["metadata"].get("resourceVersion")}}
@@ -176,13 +264,11 @@ def unregister(cluster: Cluster) -> bool:
     existing = cluster.get(path)
     if existing is None:
         return False
-    annotations = (existing.get("metadata") or {}).get("annotations") or {}
-    if (annotations.get(PID_ANNOTATION) != str(os.getpid())
-            or annotations.get(HOST_ANNOTATION) != socket.gethostname()):
+    current = DevRegistration.read(existing)
+    if not current.made_by_this_process():
         # Another dev process took the name over since; its registration is not ours.
         logger.warning("the dev registration now belongs to another process; left in place",
-                       extra={"fields": {"host": annotations.get(HOST_ANNOTATION),
-                                         "pid": annotations.get(PID_ANNOTATION)}})
+                       extra={"fields": {"host": current.host, "pid": current.pid}})
         return False
     return cluster.delete(path)
 
@@ -203,9 +289,7 @@ def wait_until_listening(target: Target, *, timeout: float = LISTEN_TIMEOUT_SECO
                          stopped: Callable[[], bool] = lambda: False) -> bool:
     """Until a TLS handshake succeeds on the listening address; False on timeout or stop."""
     address = "127.0.0.1" if target.listen_host in ("0.0.0.0", "") else target.listen_host
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = _unverified_context()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stopped():
         try:

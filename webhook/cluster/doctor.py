@@ -11,24 +11,21 @@ workloads, whose admission warnings say what the webhook changed. The dry run go
 every admission step a real create takes, so it fails exactly when a real pod would.
 
 Only `webhook.cluster.client` talks to the cluster, and certificates are judged by `webhook.certs`.
+The runner and the checks are here; what they read lives beside it: `checks` (a check's
+verdict), `served` (what the webhook serves), `endpoints` (the Service's ready endpoints and
+pods), `pods` (what is dry-run), `selectors`, and `dev` (whether a dev registration is live).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
-import ssl
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
-
-import urllib3
 
 from webhook import certs
 from webhook.cluster import dev
+from webhook.cluster.checks import Check, Status, failed, passed, refused, warned
 from webhook.cluster.client import (
     Cluster,
     ClusterError,
@@ -39,64 +36,22 @@ from webhook.cluster.client import (
     service_proxy_path,
     webhook_configuration_path,
 )
+from webhook.cluster.endpoints import ServiceEndpoints
+from webhook.cluster.pods import trial_pod, workload_pods
+from webhook.cluster.selectors import selector_matches
+from webhook.cluster.served import Served, fetch_https, fetch_served, host_port
 from webhook.rules.mutate import INJECT_KEY, STATUS_KEY
-from webhook.serving import reachability as health
+from webhook.serving import reachability
+
+# What the CLI and scripts import from here; the verdicts themselves live in `checks`.
+__all__ = ["DEFAULT_TLS_SECRET", "DEFAULT_WEBHOOK_CONFIGURATION", "Check", "Doctor", "Status",
+           "backend_lines"]
 
 DEFAULT_WEBHOOK_CONFIGURATION = "backend-injector"
 DEFAULT_TLS_SECRET = "backend-injector-tls"
 EXPIRY_WARNING = dt.timedelta(days=30)
-TLS_TIMEOUT_SECONDS = 3.0
 # Enough to see a chart's workloads; more would make the output a wall.
 MOST_WORKLOADS = 20
-WORKLOAD_KINDS = (
-    ("apps/v1", "deployments", "Deployment", ("spec", "template")),
-    ("apps/v1", "statefulsets", "StatefulSet", ("spec", "template")),
-    ("batch/v1", "jobs", "Job", ("spec", "template")),
-    ("batch/v1", "cronjobs", "CronJob", ("spec", "jobTemplate", "spec", "template")),
-)
-PROBE_POD_NAME = "backend-injector-doctor-"
-
-
-class Status(StrEnum):
-    PASS = "ok"
-    WARN = "warn"
-    FAIL = "FAIL"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the report."""
-
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-    def line(self) -> str:
-        text = f"{self.status.value:<4}  {self.name}: {self.detail}"
-        return f"{text}; fix: {self.fix}" if self.fix else text
-
-
-@dataclass(frozen=True)
-class Served:
-    """What answered TLS where the apiserver calls the webhook."""
-
-    cert_pem: bytes | None
-    hostname: str
-    where: str
-    error: str | None = None
-
-
-def passed(name: str, detail: str) -> Check:
-    return Check(name, Status.PASS, detail)
-
-
-def failed(name: str, detail: str, fix: str) -> Check:
-    return Check(name, Status.FAIL, detail, fix)
-
-
-def warned(name: str, detail: str, fix: str = "") -> Check:
-    return Check(name, Status.WARN, detail, fix)
 
 
 class Doctor:
@@ -116,14 +71,12 @@ class Doctor:
         self.webhook_configuration = webhook_configuration
         self.tls_secret = tls_secret
         self.now = now if now is not None else dt.datetime.now(dt.UTC)
-        # Three checks look at the Service's ready endpoints; they are read once a run, so that
-        # the checks agree with each other and the cluster is asked two requests, not six.
-        self._ready: dict[tuple[str, str, int], tuple[list[str], int]] = {}
+        self.endpoints = ServiceEndpoints(cluster)
 
     def run(self) -> Iterator[Check]:
         """The checks in order, each as soon as it is made. A request the cluster refuses
         (RBAC, typically) fails that check only, with the apiserver's reason."""
-        self._ready.clear()
+        self.endpoints.forget()
         reachable = self._reachable()
         yield reachable
         if reachable.status is Status.FAIL:
@@ -133,7 +86,7 @@ class Doctor:
             dev_registration = self.cluster.get(
                 webhook_configuration_path(dev.DEV_CONFIGURATION))
         except ClusterError as error:
-            yield _refused("webhook configuration", error)
+            yield refused("webhook configuration", error)
             return
         configuration = installed if installed is not None else dev_registration
         yield self._registered(installed, dev_registration)
@@ -158,14 +111,14 @@ class Doctor:
         try:
             yield from self._dry_runs()
         except ClusterError as error:
-            yield _refused("dry-run", error)
+            yield refused("dry-run", error)
 
     @staticmethod
     def _guarded(name: str, check: Callable[[], Check]) -> Check:
         try:
             return check()
         except ClusterError as error:
-            return _refused(name, error)
+            return refused(name, error)
 
     # --- the checks ----------------------------------------------------------------------
 
@@ -215,14 +168,17 @@ class Doctor:
         if url:
             parsed = urllib.parse.urlsplit(str(url))
             host, port = parsed.hostname or "", parsed.port or 443
-            return _fetch_served(host, port, hostname=host, where=str(url))
-        service = client_config.get("service") or {}
+            return fetch_served(host, port, hostname=host, where=str(url))
+        return self._served_by_service(client_config.get("service") or {})
+
+    def _served_by_service(self, service: Mapping[str, Any]) -> Served:
+        """From the first ready endpoint that answers, else from the Secret the pods mount."""
         hostname = f"{service.get('name')}.{service.get('namespace')}.svc"
-        addresses, port = self._ready_addresses(service)
+        addresses, port = self.endpoints.ready_addresses(service)
         errors = []
         for address in addresses:
-            served = _fetch_served(address, port, hostname=hostname,
-                                   where=f"endpoint {address}:{port}")
+            served = fetch_served(address, port, hostname=hostname,
+                                  where=f"endpoint {address}:{port}")
             if served.cert_pem is not None:
                 return served
             errors.append(served.error or "")
@@ -285,11 +241,11 @@ class Doctor:
                               "start backend-injector dev again, or delete the registration")
             return passed(name, f"{url} answers")
         service = client_config.get("service") or {}
-        addresses, port = self._ready_addresses(service)
+        addresses, port = self.endpoints.ready_addresses(service)
         where = f"Service {service.get('namespace')}/{service.get('name')}"
         if not addresses:
             namespace = str(service.get("namespace"))
-            pods, fix = self._why_no_endpoints(namespace, str(service.get("name")))
+            pods, fix = self.endpoints.why_none(namespace, str(service.get("name")))
             return failed(name, f"{where} has no ready endpoints: the webhook is not running"
                                 f" ({pods})", fix)
         return passed(name, f"{where}: {len(addresses)} ready ({', '.join(addresses)}:{port})")
@@ -313,17 +269,15 @@ class Doctor:
                             "the apiserver never sends its pods",
                       f"kubectl label namespace {self.namespace} {INJECT_KEY}=enabled")
 
-    def _dev_leftover(self, registration: JsonObject | None, *, active: bool) -> Check:
+    def _dev_leftover(self, configuration: JsonObject | None, *, active: bool) -> Check:
         name = "no stale dev registration"
-        if registration is None:
+        if configuration is None:
             return passed(name, f"no {dev.DEV_CONFIGURATION}")
-        annotations = (registration.get("metadata") or {}).get("annotations") or {}
-        url = _client_url(registration)
-        owner = (f"pid {annotations.get(dev.PID_ANNOTATION, '?')} on "
-                 f"{annotations.get(dev.HOST_ANNOTATION, '?')}, since "
-                 f"{annotations.get(dev.STARTED_ANNOTATION, '?')}")
-        liveness = _dev_alive(url, annotations)
-        if liveness is True:
+        url = _client_url(configuration)
+        registration = dev.DevRegistration.read(configuration)
+        owner = registration.owner
+        liveness = registration.liveness()
+        if liveness is dev.Liveness.LIVE:
             detail = f"{dev.DEV_CONFIGURATION} is live at {url} ({owner})"
             if not active:
                 return warned(name, detail + "; pods are changed by it and by the installed "
@@ -331,14 +285,14 @@ class Doctor:
             return passed(name, detail)
         fix = (f"kubectl delete mutatingwebhookconfiguration {dev.DEV_CONFIGURATION} (it fails "
                "open, so pods are admitted unchanged meanwhile), or start dev again")
-        if liveness is None:
+        if liveness is dev.Liveness.UNKNOWN:
             return warned(name, f"{dev.DEV_CONFIGURATION} calls {url} ({owner}), which cannot "
                                 "be checked from here", fix)
         return failed(name, f"{dev.DEV_CONFIGURATION} is stale: nothing answers at {url} "
                             f"({owner})", fix)
 
     def _backend(self, configuration: Mapping[str, Any]) -> Iterator[Check]:
-        """What the webhook's own prober says of the backend, read from its /metrics.
+        """What the webhook's own reachability checks say of the backend, from its /metrics.
 
         A dev webhook is asked at its URL. An installed one through the apiserver's service
         proxy (no port-forward, no route to the pod needed), else at a ready endpoint when
@@ -349,8 +303,8 @@ class Doctor:
         try:
             if url:
                 parsed = urllib.parse.urlsplit(str(url))
-                text = _fetch_https(f"https://{parsed.netloc}", "/metrics", bundle,
-                                    hostname=parsed.hostname or "")
+                text = fetch_https(f"https://{parsed.netloc}", "/metrics", bundle,
+                                   hostname=parsed.hostname or "")
                 yield from backend_lines(text, "the dev webhook on this machine",
                                          from_pods=False)
                 return
@@ -361,11 +315,11 @@ class Doctor:
                 text = self.cluster.get_text(service_proxy_path(
                     namespace, name, int(service.get("port") or 443), "metrics"))
             except ClusterError as proxy_error:
-                addresses, port = self._ready_addresses(service)
+                addresses, port = self.endpoints.ready_addresses(service)
                 if not addresses:
                     raise OSError(proxy_error.problem) from None
-                text = _fetch_https(f"https://{_host_port(addresses[0], port)}", "/metrics",
-                                    bundle, hostname=f"{name}.{namespace}.svc")
+                text = fetch_https(f"https://{host_port(addresses[0], port)}", "/metrics",
+                                   bundle, hostname=f"{name}.{namespace}.svc")
             yield from backend_lines(text, seen_from)
         except OSError as error:
             yield warned("backend as the webhook sees it",
@@ -374,8 +328,8 @@ class Doctor:
     def _dry_runs(self) -> Iterator[Check]:
         if self.cluster.get(namespace_path(self.namespace)) is None:
             return
-        yield self._dry_run("a test pod", probe_pod(), decisive=True)
-        workloads = list(self._workloads())
+        yield self._dry_run("a test pod", trial_pod(), decisive=True)
+        workloads = list(workload_pods(self.cluster, self.namespace))
         for label, pod in workloads[:MOST_WORKLOADS]:
             yield self._dry_run(label, pod, decisive=False)
         if len(workloads) > MOST_WORKLOADS:
@@ -398,85 +352,6 @@ class Doctor:
                           "see the failed checks above")
         return passed(name, "nothing for the webhook to change")
 
-    def _workloads(self) -> Iterator[tuple[str, JsonObject]]:
-        for group_version, resource, kind, template_path in WORKLOAD_KINDS:
-            try:
-                listed = self.cluster.get(namespaced_path(group_version, self.namespace,
-                                                          resource))
-            except ClusterError:
-                continue  # not allowed to list this kind: the other checks still stand
-            for item in (listed or {}).get("items") or []:
-                template: Any = item
-                for key in template_path:
-                    template = template.get(key) if isinstance(template, dict) else None
-                if isinstance(template, dict) and isinstance(template.get("spec"), dict):
-                    name = (item.get("metadata") or {}).get("name", "?")
-                    yield f"{kind}/{name}", pod_from_template(name, template)
-
-    def _ready_addresses(self, service: Mapping[str, Any]) -> tuple[list[str], int]:
-        """Ready endpoint addresses of the Service and the target port the slices name."""
-        namespace, name = str(service.get("namespace")), str(service.get("name"))
-        port = int(service.get("port") or 443)
-        if (namespace, name, port) not in self._ready:
-            self._ready[namespace, name, port] = self._read_ready_addresses(namespace, name, port)
-        return self._ready[namespace, name, port]
-
-    def _read_ready_addresses(self, namespace: str, name: str, port: int
-                              ) -> tuple[list[str], int]:
-        selector = urllib.parse.quote(f"kubernetes.io/service-name={name}", safe="")
-        listed = self.cluster.get(namespaced_path("discovery.k8s.io/v1", namespace,
-                                                  "endpointslices")
-                                  + f"?labelSelector={selector}")
-        wanted_name = self._service_port_name(namespace, name, port)
-        addresses: list[str] = []
-        target = port
-        for endpoint_slice in (listed or {}).get("items") or []:
-            for slice_port in endpoint_slice.get("ports") or []:
-                if slice_port.get("name", "") == wanted_name and slice_port.get("port"):
-                    target = int(slice_port["port"])
-            for endpoint in endpoint_slice.get("endpoints") or []:
-                if (endpoint.get("conditions") or {}).get("ready") is False:
-                    continue
-                addresses.extend(endpoint.get("addresses") or [])
-        return addresses, target
-
-    def _why_no_endpoints(self, namespace: str, service: str) -> tuple[str, str]:
-        """What the Service's pods are doing, and the fix that goes with it."""
-        found = self.cluster.get(namespaced_path("v1", namespace, "services", service))
-        selector = ((found or {}).get("spec") or {}).get("selector") or {}
-        look = f"kubectl -n {namespace} get pods,deployments"
-        if not selector:
-            return "the Service selects no pods", look
-        query = urllib.parse.quote(",".join(f"{key}={value}" for key, value in
-                                            sorted(selector.items())), safe="")
-        listed = self.cluster.get(namespaced_path("v1", namespace, "pods")
-                                  + f"?labelSelector={query}")
-        pods = (listed or {}).get("items") or []
-        if not pods:
-            return ("no pods: scaled to zero, or none could be created",
-                    f"kubectl -n {namespace} scale deployment/{service} --replicas=2, and "
-                    f"kubectl -n {namespace} describe replicasets for what stops them")
-        states = [f"{(pod.get('metadata') or {}).get('name')} {_pod_state(pod)}" for pod in pods]
-        reasons = " ".join(states)
-        if "ErrImageNeverPull" in reasons:
-            fix = ("the node does not have the image: on Docker Desktop's kind-based cluster "
-                   "load it into each node or use a registry (README, Troubleshooting), or run "
-                   "backend-injector dev instead")
-        elif "ImagePullBackOff" in reasons or "ErrImagePull" in reasons:
-            fix = "the image cannot be pulled: check image.repository, image.tag and the secrets"
-        elif "CrashLoopBackOff" in reasons or "Error" in reasons:
-            fix = f"kubectl -n {namespace} logs deployment/{service} says why it stops"
-        else:
-            fix = f"kubectl -n {namespace} describe pods -l {','.join(sorted(selector))}"
-        return "pods: " + ", ".join(states[:5]), fix
-
-    def _service_port_name(self, namespace: str, name: str, port: int) -> str:
-        found = self.cluster.get(namespaced_path("v1", namespace, "services", name))
-        for service_port in ((found or {}).get("spec") or {}).get("ports") or []:
-            if service_port.get("port") == port:
-                return str(service_port.get("name", ""))
-        return ""
-
 
 # --- the backend, as the webhook sees it -----------------------------------------------------
 
@@ -487,10 +362,11 @@ def backend_lines(text: str, seen_from: str, *, from_pods: bool = True) -> Itera
     A webhook in the cluster sees the backend as the pods do, so a service it cannot reach
     fails the check. A dev webhook runs on this machine, which may not even resolve
     ``host.docker.internal``: what it sees is only a hint (warn)."""
-    samples = health.parse_exposition(text)
+    samples = reachability.parse_exposition(text)
     if not samples:
         yield warned("backend as the webhook sees it",
-                     f"the webhook at {seen_from} exports no {health.UP_METRIC} yet",
+                     f"the webhook at {seen_from} exports no {reachability.UP_METRIC} yet",
+                     # Printed as users have always read it: the round of reachability checks.
                      "wait for its first probe round, or upgrade the webhook")
         return
     for service, values in sorted(samples.items()):
@@ -500,7 +376,7 @@ def backend_lines(text: str, seen_from: str, *, from_pods: bool = True) -> Itera
                          f"reachable from {seen_from} (TCP connect {seconds * 1000:.1f} ms)")
             continue
         how = (f"no answer within {seconds:.1f} s"
-               if seconds >= health.PROBE_TIMEOUT_SECONDS * 0.95
+               if seconds >= reachability.CHECK_TIMEOUT_SECONDS * 0.95
                else f"TCP connect failed after {seconds * 1000:.0f} ms")
         detail = f"not reachable from {seen_from} ({how})"
         fix = (f"start {service} where the webhook's configuration says it runs, or correct "
@@ -509,141 +385,7 @@ def backend_lines(text: str, seen_from: str, *, from_pods: bool = True) -> Itera
                warned(f"backend {service}", detail + "; pods may still reach it", fix))
 
 
-def _fetch_https(base: str, path: str, bundle_pem: bytes, *, hostname: str) -> str:
-    """GET `base` + `path`, trusting only `bundle_pem` for `hostname`."""
-    context = ssl.create_default_context(cadata=bundle_pem.decode("ascii", errors="replace")
-                                         or None)
-    pool = urllib3.PoolManager(ssl_context=context, retries=False, server_hostname=hostname,
-                               assert_hostname=hostname,
-                               timeout=urllib3.Timeout(connect=TLS_TIMEOUT_SECONDS, read=5))
-    try:
-        response = pool.request("GET", base.rstrip("/") + path)
-    except urllib3.exceptions.HTTPError as error:
-        raise OSError(str(getattr(error, "reason", None) or error)) from None
-    finally:
-        pool.clear()
-    if response.status != 200:
-        raise OSError(f"GET {path} answered {response.status}")
-    return str(response.data.decode("utf-8", errors="replace"))
-
-
 # --- helpers ------------------------------------------------------------------------------
-
-
-def probe_pod() -> JsonObject:
-    """A pod as the seed's chart writes them: a waiter for mlflow and in-cluster backend env.
-    Whatever the configuration, the embedded rules change it, so it shows the webhook acts."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"generateName": PROBE_POD_NAME,
-                     "labels": {"app.kubernetes.io/name": "backend-injector-doctor"}},
-        "spec": {
-            "initContainers": [{
-                "name": "wait-for-mlflow", "image": "busybox:1.36",
-                "command": ["sh", "-c", "until nc -z mlflow 5000; do sleep 2; done"],
-            }],
-            "containers": [{
-                "name": "app", "image": "busybox:1.36", "command": ["true"],
-                "env": [{"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"}],
-            }],
-        },
-    }
-
-
-def pod_from_template(owner: str, template: Mapping[str, Any]) -> JsonObject:
-    metadata = template.get("metadata") or {}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"generateName": f"{owner}-doctor-",
-                     "labels": dict(metadata.get("labels") or {}),
-                     "annotations": dict(metadata.get("annotations") or {})},
-        "spec": template["spec"],
-    }
-
-
-def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """A Kubernetes label selector (matchLabels, matchExpressions) against `labels`."""
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator = expression.get("key"), expression.get("operator")
-        values = expression.get("values") or []
-        present = key in labels
-        if operator == "In" and not (present and labels[key] in values):
-            return False
-        if operator == "NotIn" and present and labels[key] in values:
-            return False
-        if operator == "Exists" and not present:
-            return False
-        if operator == "DoesNotExist" and present:
-            return False
-    return True
-
-
-def _fetch_served(address: str, port: int, *, hostname: str, where: str) -> Served:
-    """The certificate served at address:port for SNI `hostname`, without trusting it yet."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        with socket.create_connection((address, port), timeout=TLS_TIMEOUT_SECONDS) as raw, \
-                context.wrap_socket(raw, server_hostname=hostname) as tls:
-            der = tls.getpeercert(binary_form=True)
-    except (OSError, ssl.SSLError) as error:
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        return Served(cert_pem=None, hostname=hostname, where=where, error=reason)
-    if der is None:
-        return Served(cert_pem=None, hostname=hostname, where=where, error="no certificate")
-    return Served(cert_pem=certs.der_to_pem(der), hostname=hostname, where=where)
-
-
-def _dev_alive(url: str, annotations: Mapping[str, str]) -> bool | None:
-    """True if something answers TLS at the dev URL (or its process runs here), False if
-    nothing does, None when neither can be known from this machine."""
-    parsed = urllib.parse.urlsplit(url)
-    try:
-        socket.getaddrinfo(parsed.hostname or "", parsed.port or 443)
-        resolvable = True
-    except OSError:
-        resolvable = False
-    if resolvable:
-        served = _fetch_served(parsed.hostname or "", parsed.port or 443,
-                               hostname=parsed.hostname or "", where=url)
-        return served.cert_pem is not None
-    if annotations.get(dev.HOST_ANNOTATION) == socket.gethostname():
-        try:
-            os.kill(int(annotations.get(dev.PID_ANNOTATION, "")), 0)
-        except (ValueError, ProcessLookupError):
-            return False
-        except PermissionError:
-            return True
-        return True
-    return None
-
-
-def _pod_state(pod: Mapping[str, Any]) -> str:
-    """The first waiting or terminated reason of its containers, else its phase."""
-    status = pod.get("status") or {}
-    for key in ("initContainerStatuses", "containerStatuses"):
-        for container in status.get(key) or []:
-            state = container.get("state") or {}
-            for kind in ("waiting", "terminated"):
-                reason = (state.get(kind) or {}).get("reason")
-                if reason and reason != "Completed":
-                    return str(reason)
-    return str(status.get("phase", "Pending"))
-
-
-def _refused(name: str, error: ClusterError) -> Check:
-    return failed(name, error.problem,
-                  error.fix or "ask for the rights the message names, or use another context")
-
-
-def _host_port(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _bundle(client_config: Mapping[str, Any]) -> bytes:

@@ -1,8 +1,9 @@
 """Prometheus metrics with stable names and labels.
 
 Reviews, mutations and errors are counted on the request path; the health of the external
-backend (``backend_injector_external_up{service}`` and the probe's duration) is set by the
-prober of `webhook.serving.reachability`, which the first `Metrics` of a worker process starts.
+backend (``backend_injector_external_up{service}`` and how long the check took) is set by the
+reachability checker of `webhook.serving.reachability`, which the first `Metrics` of a worker
+process starts.
 
 Each server builds its own registry, so tests and several apps in one process do not collide.
 The duration buckets hold every boundary of the apiserver's own webhook histogram (5 ms, 25 ms,
@@ -21,7 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from webhook.serving import reachability as health
+from webhook.serving import reachability
 from webhook.serving.admission import ReviewOutcome
 
 # The library's own spelling of a bucket bound (`le`), as its Histogram writes it (untyped).
@@ -88,20 +89,21 @@ class Metrics:
         self.counts = ReviewCounts()
         self.registry.register(self.counts)
 
-        # Written by the backend prober (webhook.serving.reachability), never on the request path.
+        # Written by the reachability checker (webhook.serving.reachability), never on the request
+        # path.
         self.external_up = Gauge(
-            health.UP_METRIC,
+            reachability.UP_METRIC,
             "1 if the last TCP connect to the service's external host:port succeeded, else 0.",
             ["service"],
             registry=self.registry,
         )
-        self.external_probe_duration = Gauge(
-            health.DURATION_METRIC,
+        self.external_check_duration = Gauge(
+            reachability.DURATION_METRIC,
             "How long the last TCP connect to the service's external address took, in seconds.",
             ["service"],
             registry=self.registry,
         )
-        health.attach(self.external_up, self.external_probe_duration)
+        reachability.attach(self.external_up, self.external_check_duration)
 
     def observe_review(self, outcome: ReviewOutcome, seconds: float) -> None:
         counts = self.counts

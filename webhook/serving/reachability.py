@@ -1,15 +1,16 @@
-"""Backend health: can the external addresses the webhook points pods at be reached?
+"""Backend reachability: can the external addresses the webhook points pods at be reached?
 
-Every ``PROBE_INTERVAL_SECONDS`` a background thread opens a TCP connection to the
+Every ``CHECK_INTERVAL_SECONDS`` a background thread opens a TCP connection to the
 ``host:port`` of each service with an external address (MLflow, MinIO, the gateway), from
-the webhook's own pod, which sits on the same network as the pods it changes. Each probe is
-bounded by ``PROBE_TIMEOUT_SECONDS``, name resolution included (a probe that overruns counts
+the webhook's own pod, which sits on the same network as the pods it changes. Each check is
+bounded by ``CHECK_TIMEOUT_SECONDS``, name resolution included (a check that overruns counts
 as down and is not started again until it returns), and nothing on the request path waits for
 it. The results are exported as ``backend_injector_external_up{service}`` (1 or 0) and
-``backend_injector_external_probe_duration_seconds{service}``. Readiness does not read them: a
-stopped MLflow must not keep the webhook, and so every pod creation, from working.
+``backend_injector_external_probe_duration_seconds{service}``, names that dashboards and alerts
+already use. Readiness does not read them: a stopped MLflow must not keep the webhook, and so
+every pod creation, from working.
 
-`configure` is called once by ``serve``; each worker process starts its own prober when it
+`configure` is called once by ``serve``; each worker process starts its own checker when it
 builds its metrics (`Metrics` calls `attach`), since a thread does not survive the fork.
 `parse_exposition` reads them back, for ``doctor``.
 """
@@ -30,15 +31,15 @@ from webhook.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PROBE_INTERVAL_SECONDS = 15.0
-PROBE_TIMEOUT_SECONDS = 2.0
+CHECK_INTERVAL_SECONDS = 15.0
+CHECK_TIMEOUT_SECONDS = 2.0
 UP_METRIC = "backend_injector_external_up"
 DURATION_METRIC = "backend_injector_external_probe_duration_seconds"
 
 
 @dataclass(frozen=True)
 class Target:
-    """One external address to probe."""
+    """One external address to check."""
 
     service: str
     host: str
@@ -66,19 +67,19 @@ def tcp_connect(target: Target, timeout: float) -> None:
         pass
 
 
-class Prober:
-    """Probes every target each interval, in threads of its own, and reports each result."""
+class ReachabilityChecker:
+    """Checks every target each interval, in threads of its own, and reports each result."""
 
     def __init__(
         self,
-        probe_targets: Sequence[Target],
+        targets_to_check: Sequence[Target],
         report: Callable[[Target, Result], None],
         *,
-        interval: float = PROBE_INTERVAL_SECONDS,
-        timeout: float = PROBE_TIMEOUT_SECONDS,
+        interval: float = CHECK_INTERVAL_SECONDS,
+        timeout: float = CHECK_TIMEOUT_SECONDS,
         connect: Connect = tcp_connect,
     ) -> None:
-        self._targets = tuple(probe_targets)
+        self._targets = tuple(targets_to_check)
         self._report = report
         self._interval = interval
         self._timeout = timeout
@@ -90,14 +91,14 @@ class Prober:
 
     def start(self) -> None:
         if self._thread is None and self._targets:
-            self._thread = threading.Thread(target=self._loop, name="backend-probes",
+            self._thread = threading.Thread(target=self._loop, name="reachability-checks",
                                             daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def probe_once(self) -> None:
+    def check_once(self) -> None:
         """One round: every target not still busy from an earlier round, at most `timeout`."""
         started = time.monotonic()
         results: dict[Target, Result] = {}
@@ -106,11 +107,11 @@ class Prober:
         for target in self._targets:
             with self._lock:
                 if target in self._in_flight:
-                    continue  # an earlier probe overran and has not returned yet
+                    continue  # an earlier check overran and has not returned yet
                 self._in_flight.add(target)
             launched.append(target)
-            threading.Thread(target=self._probe, args=(target, results, done),
-                             name=f"probe-{target.service}", daemon=True).start()
+            threading.Thread(target=self._check, args=(target, results, done),
+                             name=f"reachability-{target.service}", daemon=True).start()
         deadline = started + self._timeout
         with done:
             while len(results) < len(launched) and time.monotonic() < deadline:
@@ -119,7 +120,7 @@ class Prober:
         for target in launched:
             self._report(target, finished.get(target, Result(up=False, seconds=self._timeout)))
 
-    def _probe(self, target: Target, results: dict[Target, Result],
+    def _check(self, target: Target, results: dict[Target, Result],
                done: threading.Condition) -> None:
         started = time.perf_counter()
         try:
@@ -137,8 +138,9 @@ class Prober:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.probe_once()
-            except Exception:  # a probe must never take the webhook down
+                self.check_once()
+            except Exception:  # a failed check must never take the webhook down
+                # The message keeps the wording that log searches already look for.
                 logger.exception("backend probe round failed")
             self._stop.wait(self._interval)
 
@@ -150,14 +152,15 @@ _started_in: int | None = None
 
 
 def configure(settings: Settings) -> None:
-    """Probe these services' external addresses in every worker that serves metrics."""
+    """Check these services' external addresses in every worker that serves metrics."""
     global _configured
     _configured = targets(settings)
 
 
 def attach(up: Any, duration: Any) -> None:
-    """Start this process's prober, reporting into the `up` and `duration` gauges (labelled
-    by service). Nothing happens unless `configure` was called, or when already started."""
+    """Start this process's reachability checker, reporting into the `up` and `duration`
+    gauges (labelled by service). Nothing happens unless `configure` was called, or when
+    already started."""
     global _started_in
     if not _configured or _started_in == os.getpid():
         return
@@ -170,7 +173,7 @@ def attach(up: Any, duration: Any) -> None:
         up_child.set(1 if result.up else 0)
         duration_child.set(result.seconds)
 
-    Prober(_configured, report).start()
+    ReachabilityChecker(_configured, report).start()
 
 
 # --- what doctor reads ---------------------------------------------------------------------

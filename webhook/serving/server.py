@@ -23,7 +23,7 @@ from types import FrameType
 import uvicorn
 
 from webhook.rules.mutate import Rules
-from webhook.serving import reachability as health
+from webhook.serving import reachability
 from webhook.serving.admission import AdmissionHandler
 from webhook.serving.app import Readiness, create_app
 from webhook.serving.certificate_reload import CertificateWatcher
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 def serve(settings: Settings) -> int:
     """Serve until stopped; returns the exit code."""
-    health.configure(settings)  # each worker's metrics then probe the external backend
+    reachability.configure(settings)  # each worker's metrics then check the external backend
     serving = settings.serving
     handler = AdmissionHandler(Rules(settings))
     with served_pair(serving) as pair:
