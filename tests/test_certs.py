@@ -163,6 +163,28 @@ def test_self_signed_certificate_covers_localhost_and_loopback() -> None:
     assert lifetime == dt.timedelta(days=1) + certs.CLOCK_SKEW_ALLOWANCE
 
 
+def test_self_signed_and_ca_signed_leaves_carry_the_same_extensions(ca: certs.KeyPair) -> None:
+    hostnames = ["svc.local", "10.1.1.1"]
+    signed = load(certs.build_serving_certificate(ca=ca, hostnames=hostnames, days=1).cert_pem)
+    alone = load(certs.build_self_signed(hostnames).cert_pem)
+
+    def profile(cert: x509.Certificate) -> list[tuple[x509.ObjectIdentifier, bool, object]]:
+        identifiers = (x509.SubjectKeyIdentifier, x509.AuthorityKeyIdentifier)
+        return [(e.oid, e.critical, e.value) for e in cert.extensions
+                if not isinstance(e.value, identifiers)]
+
+    assert profile(signed) == profile(alone)
+    assert signed.subject == alone.subject
+    for cert in (signed, alone):
+        own = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        assert own == x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
+    authority = signed.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    ca_key_id = load(ca.cert_pem).extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert authority.key_identifier == ca_key_id.value.digest
+    with pytest.raises(x509.ExtensionNotFound):
+        alone.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+
+
 @pytest.mark.parametrize("server_hostname", ["localhost", "127.0.0.1"])
 def test_a_client_trusting_the_self_signed_certificate_completes_a_handshake(
     tmp_path: Path, server_hostname: str

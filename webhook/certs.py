@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -89,25 +90,11 @@ def service_hostnames(service: str, namespace: str, extra: Iterable[str] = ()) -
 
 def build_ca(*, common_name: str, days: int, now: dt.datetime | None = None) -> KeyPair:
     """A self-signed CA that may sign leaf certificates only (path length 0)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    not_before, not_after = _validity(now=now, days=days)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+    return _issue(
+        common_name=common_name,
+        validity=_validity(now=now, days=days),
+        extensions=_ca_extensions(),
     )
-    return KeyPair(cert_pem=_cert_to_pem(cert), key_pem=_key_to_pem(key))
 
 
 def build_serving_certificate(
@@ -120,30 +107,13 @@ def build_serving_certificate(
     """
     if not hostnames:
         raise ValueError("a serving certificate needs at least one hostname")
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    ca_key = _load_signing_key(ca.key_pem)
-    key = ec.generate_private_key(ec.SECP256R1())
-    not_before, not_after = _validity(now=now, days=days)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(max(not_before, ca_cert.not_valid_before_utc))
-        .not_valid_after(min(not_after, ca_cert.not_valid_after_utc))
-        .add_extension(x509.SubjectAlternativeName(_general_names(hostnames)), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    issuer = _Issuer.of(ca)
+    return _issue(
+        common_name=hostnames[0],
+        validity=issuer.bounded(_validity(now=now, days=days)),
+        extensions=_server_extensions(hostnames),
+        issuer=issuer,
     )
-    return KeyPair(cert_pem=_cert_to_pem(cert), key_pem=_key_to_pem(key))
 
 
 def build_self_signed(
@@ -157,25 +127,11 @@ def build_self_signed(
     """
     if not hostnames:
         raise ValueError("a self-signed certificate needs at least one hostname")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
-    not_before, not_after = _validity(now=None, days=days)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(_general_names(hostnames)), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+    return _issue(
+        common_name=hostnames[0],
+        validity=_validity(now=None, days=days),
+        extensions=_server_extensions(hostnames),
     )
-    return KeyPair(cert_pem=_cert_to_pem(cert), key_pem=_key_to_pem(key))
 
 
 def not_after(cert_pem: bytes) -> dt.datetime:
@@ -408,7 +364,91 @@ def _write_atomically(path: Path, content: bytes, *, mode: int) -> None:
         raise
 
 
-def _validity(*, now: dt.datetime | None, days: int) -> tuple[dt.datetime, dt.datetime]:
+# --- the one certificate builder, and what each kind of certificate carries -----------------
+
+_Validity = tuple[dt.datetime, dt.datetime]
+
+
+class _Extension(NamedTuple):
+    """An extension to write, and whether a client that does not know it must refuse."""
+
+    value: x509.ExtensionType
+    critical: bool
+
+
+@dataclass(frozen=True)
+class _Issuer:
+    """A CA signing another key's certificate: the name it signs as, its key, and its own
+    validity, which bounds what it signs."""
+
+    name: x509.Name
+    key: SigningKey
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    @classmethod
+    def of(cls, ca: KeyPair) -> _Issuer:
+        cert = x509.load_pem_x509_certificate(ca.cert_pem)
+        return cls(name=cert.subject, key=_load_signing_key(ca.key_pem),
+                   not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc)
+
+    def bounded(self, validity: _Validity) -> _Validity:
+        """`validity` cut to the issuer's own."""
+        starts, ends = validity
+        return max(starts, self.not_before), min(ends, self.not_after)
+
+
+def _issue(
+    *, common_name: str, validity: _Validity, extensions: Sequence[_Extension],
+    issuer: _Issuer | None = None,
+) -> KeyPair:
+    """A new key and its certificate, signed by `issuer` or, without one, by the key itself.
+
+    The key identifiers follow `extensions`; the authority's is written only when another key
+    signs, since a self-signed certificate's would just repeat its own.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    starts, ends = validity
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject if issuer is None else issuer.name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(starts)
+        .not_valid_after(ends)
+    )
+    identifiers = [_Extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)]
+    if issuer is not None:
+        authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
+        identifiers.append(_Extension(authority, False))
+    for extension in [*extensions, *identifiers]:
+        builder = builder.add_extension(extension.value, critical=extension.critical)
+    cert = builder.sign(key if issuer is None else issuer.key, hashes.SHA256())
+    return KeyPair(cert_pem=_cert_to_pem(cert), key_pem=_key_to_pem(key))
+
+
+def _ca_extensions() -> list[_Extension]:
+    """A CA that may sign leaf certificates only (path length 0), and revocation lists."""
+    return [
+        _Extension(x509.BasicConstraints(ca=True, path_length=0), True),
+        _Extension(_key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), True),
+    ]
+
+
+def _server_extensions(hostnames: Sequence[str]) -> list[_Extension]:
+    """A TLS server leaf for `hostnames`: not a CA, and its key only signs (an ECDSA key
+    cannot encipher)."""
+    return [
+        _Extension(x509.SubjectAlternativeName(_general_names(hostnames)), False),
+        _Extension(x509.BasicConstraints(ca=False, path_length=None), True),
+        _Extension(_key_usage(digital_signature=True), True),
+        _Extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+    ]
+
+
+def _validity(*, now: dt.datetime | None, days: int) -> _Validity:
     if days <= 0:
         raise ValueError(f"days must be positive, not {days}")
     start = now if now is not None else dt.datetime.now(dt.UTC)

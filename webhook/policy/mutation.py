@@ -1,9 +1,11 @@
 """The policy twin's mutation: its variables, its JSON Patch and its match condition, in CEL.
 
 ``mutate.Rules`` step by step: which init containers are waiters (from the facts of
-``webhook.policy.program``), their probes retargeted, env set (``webhook.policy.env``), and
-the ``backend-injector/status`` annotation merged with an earlier one (read back with
-regexes, since CEL cannot parse JSON).
+``webhook.policy.program``), their probes retargeted (both per container in
+``webhook.policy.init_programs``), env set (``webhook.policy.env``), and the
+``backend-injector/status`` annotation merged with an earlier one (read back with regexes,
+since CEL cannot parse JSON). The variables come in groups, in the order the policy lists
+them: the pod read, its programs read, the waiters, the retargeting, the patch, the status.
 
 The patch is built like the webhook's: per-index operations in the same order (init
 containers in place, removals from the back, app containers, the annotation), carried as
@@ -15,6 +17,8 @@ policy again on its own output whenever it changed the pod.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 from webhook.policy.cel import (
     EMPTY_LIST,
@@ -48,6 +52,14 @@ from webhook.policy.env import (
     retargeted_values,
     uses_backend,
 )
+from webhook.policy.init_programs import (
+    is_removed,
+    new_argv,
+    program_facts,
+    program_segments,
+    retarget_input,
+    retarget_output,
+)
 from webhook.policy.operations import (
     ADD_ENV_LIST,
     ADD_MANAGED_ENV,
@@ -55,9 +67,7 @@ from webhook.policy.operations import (
     FIELD_SEPARATOR,
     FIRST_ARGUMENT,
     INIT_CONTAINERS,
-    IS_PROBE,
     KIND,
-    NOT_PROBE,
     OPERATION_SEPARATOR,
     PATH,
     REMOVE,
@@ -72,35 +82,17 @@ from webhook.policy.operations import (
     operation,
 )
 from webhook.policy.program import (
-    EXTERNAL_TAG,
-    FACT_SEPARATOR,
-    OTHER_HOST_TAG,
-    PORT_APART_TAG,
     SERVICE_TAG_PREFIX,
-    WORK_TAG,
     CommandRecord,
-    command_facts,
     command_record,
-    expanded_text,
     kubelet_expanded,
-    marked,
-    retarget_text,
     retargetable_probe,
     script_index,
-    service_tag,
-    uncommented,
-    unmarked_ampersands,
 )
 from webhook.policy.regex import (
-    AND_MARK,
     COMPUTED_RE,
-    EXEC_JOINER,
-    MARKS,
     QUOTED_NAME_RE,
-    SEGMENT_RE,
-    SEGMENT_WORD_RE,
     STATUS_SHAPE_RE,
-    SUBSTITUTION_MARK,
     status_list_re,
 )
 from webhook.rules.mutate import (
@@ -110,12 +102,72 @@ from webhook.rules.mutate import (
     STATUS_LISTS,
     managed_env_entries,
 )
-from webhook.settings import Action, Settings
+from webhook.settings import Service, Settings
 
-# --- status ---------------------------------------------------------------------------------
+# --- the operations -------------------------------------------------------------------------
+
+
+def sidecar_uses(settings: Settings, container: Expr) -> Expr:
+    """Whether an init container gets the absent variables: only native sidecars do, as app
+    containers, when they use the backend (add_env_to)."""
+    return all_of(is_native_sidecar(container), uses_backend(settings, container))
+
+
+def is_kept(index: Expr, _: Expr) -> Expr:
+    return not_(variable("removeInit")[index])
+
+
+def argv_words(index: Expr, container: Expr, *, of_command: bool) -> Expr:
+    """The new program's words where the written command was (``of_command``), or the rest:
+    an init container's new command or its new args."""
+    command_size = command_of(container).size()
+    return variable("newArgvs")[index].transform_list(
+        "position", "element", lambda _, element: element,
+        where=lambda position, _: (position.lt(command_size) if of_command
+                                   else position.ge(command_size)))
+
+
+def init_operations(settings: Settings, index: Expr, container: Expr) -> Expr:
+    """A kept init container's operations: its command, its args, its env."""
+    command = cond(variable("newCommands")[index].ne(as_strings(command_of(container))),
+                   list_of(operation(REPLACE_COMMAND, add(init_path(index), "/command"),
+                                     index_text(index))), EMPTY_LIST)
+    args = cond(variable("newArgs")[index].ne(as_strings(args_of(container))),
+                list_of(operation(REPLACE_ARGS, add(init_path(index), "/args"),
+                                  index_text(index))), EMPTY_LIST)
+    env = env_operations(container, index, init_path(index), variable("initValues")[index],
+                         INIT_CONTAINERS, add_absent=sidecar_uses(settings, container))
+    return add(command, args, env).join(OPERATION_SEPARATOR)
+
+
+def container_operations(settings: Settings, index: Expr, container: Expr) -> Expr:
+    """An app container's operations: its env."""
+    return env_operations(container, index, container_path(index), variable("appValues")[index],
+                          APP_CONTAINERS, add_absent=uses_backend(settings, container)
+                          ).join(OPERATION_SEPARATOR)
+
+
+def removals() -> Expr:
+    """The removals: the whole list when every init container goes, else each one from the
+    back, so the indexes still to remove stay valid."""
+    remove_init = variable("removeInit")
+    return cond(
+        all_of(remove_init.all("removed", lambda removed: removed),
+               variable("inits").size().gt(0)),
+        string(REMOVE + FIELD_SEPARATOR + "/spec/initContainers"),
+        let(variable("inits").transform_list("index", "container", lambda index, _: index,
+                                             where=lambda index, _: remove_init[index]),
+            "removed_indexes", lambda indexes: from_the_back(
+                indexes, lambda index: operation(REMOVE, init_path(index))
+            ).join(OPERATION_SEPARATOR)),
+    )
+
+
+# --- the status -----------------------------------------------------------------------------
 
 
 def json_list(names: Expr) -> Expr:
+    """The names as a JSON array of strings, as the webhook writes them in the annotation."""
     return add("[", names.map("name", lambda name: add('"', name, '"')).join(","), "]")
 
 
@@ -133,225 +185,168 @@ def merged(earlier: Expr, now: Expr) -> Expr:
     return add(earlier, now.filter("name", lambda name: not_(name.is_in(earlier))))
 
 
-# --- the variables --------------------------------------------------------------------------
+def env_changed(settings: Settings) -> Expr:
+    """The names of the variables changed, kept init containers first, with repeats."""
+    in_inits = variable("inits").transform_list(
+        "index", "container", lambda index, container: env_changes(
+            container, variable("initValues")[index],
+            add_absent=sidecar_uses(settings, container)),
+        where=is_kept).join(",")
+    in_containers = variable("containers").transform_list(
+        "index", "container", lambda index, container: env_changes(
+            container, variable("appValues")[index],
+            add_absent=uses_backend(settings, container))).join(",")
+    return list_of(in_inits, in_containers).join(",").split(",").filter(
+        "name", lambda name: name.ne(""))
 
 
-def policy_variables(settings: Settings) -> list[tuple[str, Expr]]:
-    """The policy's variables, in order (each may use the ones before it)."""
-    services = settings.services
-    v = variable
+def init_names(where: Callable[[Expr, Expr], Expr]) -> Expr:
+    """The names of the init containers ``where`` holds for."""
+    return variable("inits").transform_list(
+        "index", "container", lambda _, container: container.field("name"), where=where)
+
+
+def status_json() -> Expr:
+    """The status annotation: each list merged with the earlier one, as compact JSON."""
+    parts: list[Expr | str] = []
+    for position, key in enumerate(STATUS_LISTS):
+        parts += [("{" if position == 0 else ",") + f'"{key}":',
+                  json_list(merged(variable("earlier")[position], variable(key + "Names")))]
+    return add(*parts, "}")
+
+
+# --- the variables, in order (each may use the ones before it) ------------------------------
+
+Variables = list[tuple[str, Expr]]
+
+
+def pod_variables(settings: Settings) -> Variables:
+    """The managed env, the containers, and each init container's program as written and as
+    the kubelet runs it."""
     entries = managed_env_entries(settings)
-    no_external = [service_tag(i) for i, s in enumerate(services) if s.external is None]
-
-    def facts(index: Expr) -> Expr:
-        return v("facts")[index]
-
-    def has_fact(fact: str, index: Expr) -> Expr:
-        return string(fact).is_in(facts(index))
-
-    def probes_managed(index: Expr) -> Expr:
-        return facts(index).exists("fact", lambda fact: fact.starts_with(SERVICE_TAG_PREFIX))
-
-    def removed(index: Expr, container: Expr) -> Expr:
-        named = container.field("name").is_in(strings(settings.waiter_names))
-        waits = all_of(probes_managed(index), not_(has_fact(OTHER_HOST_TAG, index)),
-                       not_(has_fact(WORK_TAG, index)), not_(v("computed")[index]))
-        if settings.action is Action.REMOVE:
-            return any_of(named, waits)
-        orphaned = facts(index).exists("fact", lambda fact: fact.is_in(strings(no_external)))
-        # A waiter whose port the policy cannot retarget is removed instead.
-        return all_of(any_of(named, waits), cond(
-            not_(probes_managed(index)), not_(has_fact(EXTERNAL_TAG, index)),
-            any_of(orphaned, has_fact(PORT_APART_TAG, index))))
-
-    def script_of(index: Expr) -> Expr:
-        return v("argvs")[index][v("scriptIndex")[index]]
-
-    def split_program(index: Expr, argv: Expr) -> Expr:
-        segments = marked(argv[v("scriptIndex")[index]]).find_all(SEGMENT_RE).map(
-            "segment", lambda segment: segment.find_all(SEGMENT_WORD_RE).map(
-                "word", unmarked_ampersands))
-        return cond(v("scriptIndex")[index].lt(0),
-                    cond(argv.size().gt(0), list_of(argv), EMPTY_LIST), segments)
-
-    def init_facts(index: Expr, records: Expr) -> Expr:
-        in_script = v("scriptIndex")[index].ge(0)
-        return records.map("record", lambda record: command_facts(
-            CommandRecord(record), services, in_script, init_env(index)).join(FACT_SEPARATOR)
-        ).join(FACT_SEPARATOR).split(FACT_SEPARATOR).filter("fact", lambda fact: fact.ne(""))
-
-    # What to retarget, per init container, as [text, IS_PROBE or NOT_PROBE] pieces: the
-    # segments of the script (each with the separator that ends it, which a host match sees
-    # as the end of the text, as probes.py does), or the exec-form words joined; [] for
-    # nothing.
-    def retarget_input(index: Expr, _: Expr) -> Expr:
-        flags = v("probeFlags")[index]
-        exec_form = cond(
-            all_of(flags.size().gt(0), flags[0], not_(v("argvs")[index].exists(
-                "element", lambda element: element.contains(EXEC_JOINER)))),
-            list_of(list_of(v("argvs")[index].join(EXEC_JOINER), IS_PROBE)), EMPTY_LIST)
-        pieces = let(marked(script_of(index)).find_all(SEGMENT_RE), "segments",
-                     lambda segments: segments.transform_list(
-                         "position", "segment", lambda position, segment: list_of(
-                             unmarked_ampersands(segment),
-                             cond(flags[position], IS_PROBE, NOT_PROBE))))
-        # A script that already holds one of the marks is not retargeted.
-        script_form = cond(list_of(*(string(mark) for mark in MARKS)).exists(
-            "mark", lambda mark: script_of(index).contains(mark)), EMPTY_LIST, pieces)
-        return cond(any_of(v("removeInit")[index], not_(probes_managed(index)),
-                           v("computed")[index]), EMPTY_LIST,
-                    cond(v("scriptIndex")[index].lt(0), exec_form, script_form))
-
-    # A script's probe is retargeted with its variables resolved (probes._expand_in_probe),
-    # and written so only when the retarget changed something.
-    def retargeted_piece(index: Expr, piece: Expr) -> Expr:
-        written = piece[0]
-        expanded = cond(v("scriptIndex")[index].ge(0), expanded_text(written, init_env(index)),
-                        written)
-        return let(expanded, "expanded", lambda expanded: let(
-            retarget_text(expanded, services), "retargeted",
-            lambda retargeted: cond(retargeted.eq(expanded), written, retargeted)))
-
-    def retarget_output(index: Expr, pieces: Expr) -> Expr:
-        return pieces.map("piece", lambda piece: cond(
-            piece[1].eq(IS_PROBE), retargeted_piece(index, piece), piece[0])).join("")
-
-    def retargeted_argv(index: Expr, argv: Expr) -> Expr:
-        output = v("retargetOutput")[index]
-        script = uncommented(output.replace(SUBSTITUTION_MARK, "$(").replace(AND_MARK, "&&"))
-        return cond(v("scriptIndex")[index].lt(0), output.split(EXEC_JOINER),
-                    argv.transform_list("position", "element", lambda position, element: cond(
-                        position.eq(v("scriptIndex")[index]), script, element)))
-
-    # Only a retargeted probe writes the program out (with the kubelet's expansion in it);
-    # otherwise the program stays as written.
-    def new_argv(index: Expr, argv: Expr) -> Expr:
-        return cond(v("retargetInput")[index].size().eq(0), v("written")[index],
-                    let(retargeted_argv(index, argv), "new_argv", lambda new: cond(
-                        new.eq(argv), v("written")[index], new)))
-
-    variables: list[tuple[str, Expr]] = [
+    return [
         ("managedEnv", map_of({name: literal(entry) for name, entry in entries.items()})),
         ("managedOrder", list_of(*(string(name) for name in entries))),
         ("inits", OBJECT.field("spec").optional_field("initContainers").or_value(EMPTY_LIST)),
         ("containers", OBJECT.field("spec").optional_field("containers").or_value(EMPTY_LIST)),
-        ("written", v("inits").map("container", lambda container: add(
+        ("written", variable("inits").map("container", lambda container: add(
             command_of(container), args_of(container)))),
         # The program as the kubelet runs it: `$(NAME)` expanded from the literal env.
-        ("argvs", v("inits").transform_list("index", "container", lambda index, _: (
-            v("written")[index].map("element", lambda element: kubelet_expanded(
+        ("argvs", variable("inits").transform_list("index", "container", lambda index, _: (
+            variable("written")[index].map("element", lambda element: kubelet_expanded(
                 element, init_env(index)))))),
-        ("scriptIndex", v("argvs").map("argv", script_index)),
-        ("segments", v("argvs").transform_list("index", "argv", split_program)),
-        ("records", v("segments").map("program_segments", lambda segments: segments.map(
+        ("scriptIndex", variable("argvs").map("argv", script_index)),
+    ]
+
+
+def program_variables(services: Sequence[Service]) -> Variables:
+    """Each program read: its commands, which of them are probes to retarget, its facts."""
+    return [
+        ("segments", variable("argvs").transform_list("index", "argv", program_segments)),
+        ("records", variable("segments").map("program_segments", lambda segments: segments.map(
             "words", command_record))),
         # Probes to retarget: not those whose port or command the policy cannot follow.
-        ("probeFlags", v("records").transform_list("index", "program_records", lambda _, records: (
-            records.map("record", lambda record: retargetable_probe(CommandRecord(record)))))),
-        ("facts", v("records").transform_list("index", "program_records", init_facts)),
+        ("probeFlags", variable("records").transform_list(
+            "index", "program_records", lambda _, records: records.map(
+                "record", lambda record: retargetable_probe(CommandRecord(record))))),
+        ("facts", variable("records").transform_list(
+            "index", "program_records", lambda index, records: program_facts(
+                services, index, records))),
         # A host part computed at run time (`mlflow.$(...)`): the policy splits the script
         # there, so it cannot tell the host; the container is kept as it is.
-        ("computed", v("argvs").map("argv", lambda argv: argv.exists(
+        ("computed", variable("argvs").map("argv", lambda argv: argv.exists(
             "element", lambda element: element.matches(COMPUTED_RE)))),
-        ("removeInit", v("inits").transform_list("index", "container", removed)),
+    ]
+
+
+def waiting_variables(settings: Settings) -> Variables:
+    """Which init containers go, the earlier status, and whether the pod waited."""
+    earlier = variable("earlier")
+    return [
+        ("removeInit", variable("inits").transform_list(
+            "index", "container", lambda index, container: is_removed(
+                settings, index, container))),
         ("currentStatus", OBJECT.field("metadata").optional_field("annotations")
          .optional_index(STATUS_KEY).or_value("")),
-        ("earlier", cond(v("currentStatus").matches(STATUS_SHAPE_RE),
+        ("earlier", cond(variable("currentStatus").matches(STATUS_SHAPE_RE),
                          list_of(*(earlier_status(key) for key in STATUS_LISTS)),
                          list_of(*(EMPTY_LIST for _ in STATUS_LISTS)))),
         # The pod waited for a managed service, now or by an earlier pass's account.
         ("podWaited", any_of(
-            v("earlier")[0].size().gt(0), v("earlier")[1].size().gt(0),
-            v("removeInit").exists("removed", lambda removed: removed),
-            v("facts").exists("program_facts", lambda facts: facts.exists(
+            earlier[0].size().gt(0), earlier[1].size().gt(0),
+            variable("removeInit").exists("removed", lambda removed: removed),
+            variable("facts").exists("program_facts", lambda facts: facts.exists(
                 "fact", lambda fact: fact.starts_with(SERVICE_TAG_PREFIX))))),
-        ("initValues", retargeted_values(v("inits"), services)),
-        ("appValues", retargeted_values(v("containers"), services)),
     ]
-    if any(s.external is not None for s in services):
-        variables += [
-            ("retargetInput", v("inits").transform_list("index", "container", retarget_input)),
-            ("retargetOutput", v("retargetInput").transform_list("index", "pieces",
-                                                                 retarget_output)),
-            ("newArgvs", v("argvs").transform_list("index", "argv", new_argv)),
-        ]
-    else:
-        variables.append(("newArgvs", v("written")))
 
-    # Only containers that use the backend get the absent variables (add_env_to), the native
-    # sidecars among init containers.
-    def sidecar_uses(container: Expr) -> Expr:
-        return all_of(is_native_sidecar(container), uses_backend(settings, container))
 
-    def init_operations(index: Expr, container: Expr) -> Expr:
-        command = cond(v("newCommands")[index].ne(as_strings(command_of(container))),
-                       list_of(operation(REPLACE_COMMAND, add(init_path(index), "/command"),
-                                         index_text(index))), EMPTY_LIST)
-        args = cond(v("newArgs")[index].ne(as_strings(args_of(container))),
-                    list_of(operation(REPLACE_ARGS, add(init_path(index), "/args"),
-                                      index_text(index))), EMPTY_LIST)
-        env = env_operations(container, index, init_path(index), v("initValues")[index],
-                             INIT_CONTAINERS, add_absent=sidecar_uses(container))
-        return add(command, args, env).join(OPERATION_SEPARATOR)
+def retargeting_variables(services: Sequence[Service]) -> Variables:
+    """Env values and programs retargeted at the external addresses; without any external
+    address there is nothing to retarget a program at, and it stays as written."""
+    values = [
+        ("initValues", retargeted_values(variable("inits"), services)),
+        ("appValues", retargeted_values(variable("containers"), services)),
+    ]
+    if not any(s.external is not None for s in services):
+        return [*values, ("newArgvs", variable("written"))]
+    return [
+        *values,
+        ("retargetInput", variable("inits").transform_list("index", "container",
+                                                           retarget_input)),
+        ("retargetOutput", variable("retargetInput").transform_list(
+            "index", "pieces", lambda index, pieces: retarget_output(services, index, pieces))),
+        ("newArgvs", variable("argvs").transform_list("index", "argv", new_argv)),
+    ]
 
-    def container_operations(index: Expr, container: Expr) -> Expr:
-        return env_operations(container, index, container_path(index), v("appValues")[index],
-                              APP_CONTAINERS, add_absent=uses_backend(settings, container)
-                              ).join(OPERATION_SEPARATOR)
 
-    def kept(index: Expr, _: Expr) -> Expr:
-        return not_(v("removeInit")[index])
-
-    removals = cond(
-        all_of(v("removeInit").all("removed", lambda removed: removed), v("inits").size().gt(0)),
-        string(REMOVE + FIELD_SEPARATOR + "/spec/initContainers"),
-        let(v("inits").transform_list("index", "container", lambda index, _: index,
-                                      where=lambda index, _: v("removeInit")[index]),
-            "removed_indexes", lambda indexes: from_the_back(
-                indexes, lambda index: operation(REMOVE, init_path(index))
-            ).join(OPERATION_SEPARATOR)),
-    )
-    env_changed = list_of(
-        v("inits").transform_list("index", "container", lambda index, container: env_changes(
-            container, v("initValues")[index], add_absent=sidecar_uses(container)), where=kept
-        ).join(","),
-        v("containers").transform_list("index", "container", lambda index, container: (
-            env_changes(container, v("appValues")[index],
-                        add_absent=uses_backend(settings, container)))).join(","),
-    ).join(",").split(",").filter("name", lambda name: name.ne(""))
-    status_parts: list[Expr | str] = []
-    for position, key in enumerate(STATUS_LISTS):
-        status_parts += [("{" if position == 0 else ",") + f'"{key}":',
-                         json_list(merged(v("earlier")[position], v(key + "Names")))]
-    variables += [
-        ("newCommands", v("inits").transform_list("index", "container", lambda index, container: (
-            v("newArgvs")[index].transform_list(
-                "position", "element", lambda _, element: element,
-                where=lambda position, _: position.lt(command_of(container).size()))))),
-        ("newArgs", v("inits").transform_list("index", "container", lambda index, container: (
-            v("newArgvs")[index].transform_list(
-                "position", "element", lambda _, element: element,
-                where=lambda position, _: position.ge(command_of(container).size()))))),
-        ("initOperations", v("inits").transform_list(
-            "index", "container", init_operations, where=kept).join(OPERATION_SEPARATOR)),
-        ("removals", removals),
-        ("containerOperations", v("containers").transform_list(
-            "index", "container", container_operations).join(OPERATION_SEPARATOR)),
-        ("operations", list_of(v("initOperations"), v("removals"), v("containerOperations"))
+def patch_variables(settings: Settings) -> Variables:
+    """The new commands and args, then every operation as a line: kept init containers in
+    place, the removals, the app containers."""
+    inits = variable("inits")
+    return [
+        ("newCommands", inits.transform_list("index", "container", lambda index, container: (
+            argv_words(index, container, of_command=True)))),
+        ("newArgs", inits.transform_list("index", "container", lambda index, container: (
+            argv_words(index, container, of_command=False)))),
+        ("initOperations", inits.transform_list(
+            "index", "container", lambda index, container: init_operations(
+                settings, index, container), where=is_kept).join(OPERATION_SEPARATOR)),
+        ("removals", removals()),
+        ("containerOperations", variable("containers").transform_list(
+            "index", "container", lambda index, container: container_operations(
+                settings, index, container)).join(OPERATION_SEPARATOR)),
+        ("operations", list_of(variable("initOperations"), variable("removals"),
+                               variable("containerOperations"))
          .join(OPERATION_SEPARATOR).split(OPERATION_SEPARATOR).filter(
              "operation", lambda line: line.ne(""))),
-        ("removedNames", v("inits").transform_list(
-            "index", "container", lambda _, container: container.field("name"),
-            where=lambda index, _: v("removeInit")[index])),
-        ("rewrittenNames", v("inits").transform_list(
-            "index", "container", lambda _, container: container.field("name"),
-            where=lambda index, _: all_of(not_(v("removeInit")[index]),
-                                          v("newArgvs")[index].ne(v("written")[index])))),
-        ("envChanged", env_changed),
-        ("envNames", v("envChanged").transform_list(
+    ]
+
+
+def status_variables(settings: Settings) -> Variables:
+    """The names for the status annotation, and the annotation itself."""
+    remove_init = variable("removeInit")
+    changed = variable("envChanged")
+    return [
+        ("removedNames", init_names(lambda index, _: remove_init[index])),
+        ("rewrittenNames", init_names(lambda index, _: all_of(
+            not_(remove_init[index]), variable("newArgvs")[index].ne(variable("written")[index])))),
+        ("envChanged", env_changed(settings)),
+        ("envNames", changed.transform_list(
             "position", "name", lambda _, name: name,
-            where=lambda position, name: v("envChanged").index_of(name).eq(position))),
-        ("status", add(*status_parts, "}")),
+            where=lambda position, name: changed.index_of(name).eq(position))),
+        ("status", status_json()),
+    ]
+
+
+def policy_variables(settings: Settings) -> Variables:
+    """The policy's variables, in order (each may use the ones before it)."""
+    variables = [
+        *pod_variables(settings),
+        *program_variables(settings.services),
+        *waiting_variables(settings),
+        *retargeting_variables(settings.services),
+        *patch_variables(settings),
+        *status_variables(settings),
     ]
     return [(name, check_closed(expression)) for name, expression in variables]
 
