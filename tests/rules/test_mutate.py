@@ -31,7 +31,7 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {entry["name"]: entry.get("value", "") for entry in container.get("env", [])}
 
 
-def test_seed_trainer_loses_its_mlflow_wait_and_keeps_kafka(rules: Rules) -> None:
+def test_the_trainer_loses_its_mlflow_wait_and_keeps_kafka(rules: Rules) -> None:
     result = mutated(rules, pod())
     assert [c["name"] for c in result["spec"]["initContainers"]] == ["wait-for-kafka"]
     env = env_of(result["spec"]["containers"][0])

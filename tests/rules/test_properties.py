@@ -54,7 +54,7 @@ PROBES = [
     "until curl -sf '\"{h}\":{p}'; do sleep 1; done",
     "until nc -z {h} {p} >/dev/null 2>&1; do echo waiting >&2; sleep 1; done",
 ]
-WORK = ["alembic upgrade head", "python migrate.py --uri http://{h}:{p}", "cp -r /seed /data"]
+WORK = ["alembic upgrade head", "python migrate.py --uri http://{h}:{p}", "cp -r /defaults /data"]
 
 names = st.sampled_from(["app", "sidecar", "wait-for-mlflow", "wait-for-fastapi",
                          "wait-for-kafka", "migrate", "init", "check"])
@@ -301,7 +301,8 @@ def _hostile_pods() -> dict[str, dict[str, Any]]:
 
 
 HOSTILE = _hostile_pods()
-# The bound issue 13 sets for any review of up to 3 MiB on the project's 2-core machine.
+# The bound the README states for any review of up to 3 MiB (the apiserver's limit) on the
+# project's 2-core machine.
 REVIEW_BOUND_SECONDS = 0.25
 
 

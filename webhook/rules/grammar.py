@@ -1,13 +1,14 @@
 """The grammar of waiting: the one description of what an init container's program says.
 
-Both twins read it: ``probes.py`` matches programs with it at review time, and ``policy.py``
-compiles the same parts into CEL for the MutatingAdmissionPolicy. A rule changes here, once.
+Both twins read it: the program reader (``programs.py`` and the modules it reads through)
+matches programs with it at review time, and the policy twin (``webhook.policy``) compiles the
+same parts into CEL for the MutatingAdmissionPolicy. A rule changes here, once.
 
 Everything below is data: sets of command words, and regular-expression *fragments* written
 in the syntax that Python's ``re`` and RE2 (the apiserver's CEL) share: character classes,
 groups, alternation and counted repetition, no look-around and no back-references. Where a
-twin needs a boundary, it adds its own (probes.py as look-arounds, policy.py as a consumed
-character), around these fragments.
+twin needs a boundary, it adds its own (the reader as look-arounds, the policy twin as a
+consumed character), around these fragments.
 """
 
 from __future__ import annotations

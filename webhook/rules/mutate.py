@@ -28,14 +28,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from webhook.rules.programs import (
     MAX_PROGRAM_CHARS,
     NOT_READ,
     ProgramReader,
     ProgramReading,
     program_length,
+)
+from webhook.rules.status import (
+    STATUS_KEY,
+    STATUS_LISTS,
+    read_status,
+    status_operation,
 )
 from webhook.settings import (
     ACCESS_KEY_ENV,
@@ -47,22 +51,15 @@ from webhook.settings import (
 )
 
 INJECT_KEY = "backend-injector/inject"
-STATUS_KEY = "backend-injector/status"
 # Shared with the native policy (webhook/policy/objects.py), so the two twins read one list.
 OPT_OUT_VALUES = frozenset({"false", "disabled", "off", "no"})
 
-# The status annotation: its lists, and what of an earlier one is read back. Our own is far
-# below these (a pod has at most a few dozen containers and managed variables).
-STATUS_LISTS = ("removed", "rewritten", "env")
 # The init container programs of one pod read together, at most: a few charts' worth. What
 # lies beyond is kept unread, so that no pod can cost more than a bounded time to review.
 MAX_POD_PROGRAM_CHARS = 32 * 1024
 # Containers and init containers of one pod, at most; a pod with more is left unchanged, with
 # a warning. Real pods have a handful; the bound keeps a review's time small whatever the pod.
 MAX_CONTAINERS = 512
-STATUS_MAX_CHARS = 64 * 1024
-STATUS_MAX_NAMES = 256
-NAME_MAX_CHARS = 253  # the longest Kubernetes name
 
 Operation = dict[str, Any]
 
@@ -113,6 +110,14 @@ class Mutation:
         lines += self.notices if most is None else self.notices[:most]
         return lines
 
+    def note_env_changed(self, container: str, names: list[str]) -> None:
+        """Record that ``container``'s variables ``names`` were set; each name is listed once."""
+        self.containers.append(container)
+        for name in names:
+            if name not in self._env_set:
+                self._env_set.add(name)
+                self.env.append(name)
+
 
 def _listed(names: list[str], most: int | None) -> str:
     if most is None or len(names) <= most:
@@ -126,6 +131,8 @@ class Rules:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._reader = ProgramReader(settings.services)
+        # Env values and app containers' programs are only searched for managed hosts.
+        self._hosts = self._reader.hosts
         self._external_of = {s.name: s.external for s in settings.services}
         self._managed_env = managed_env_entries(settings)
         self._managed_names = frozenset(self._managed_env)
@@ -146,19 +153,11 @@ class Rules:
             return mutation
         init_containers = _container_list(spec, "initContainers")
         containers = _container_list(spec, "containers")
-        if len(init_containers) + len(containers) > MAX_CONTAINERS:
-            raise PodShapeError(
-                f"the pod has {len(init_containers) + len(containers)} containers; the rules "
-                f"read pods of at most {MAX_CONTAINERS}"
-            )
+        _check_container_count(len(init_containers) + len(containers))
         readings = self._read_init_containers(init_containers, mutation)
         leaving = [self._should_remove(name, reading) for name, _, _, reading in readings]
-        earlier = _parse_status(_annotations(metadata).get(STATUS_KEY))
-        # The pod waited for a managed service (now, or before an earlier pass removed the
-        # waiter): every container of it uses the backend.
-        waited = bool(earlier["removed"] or earlier["rewritten"]) or any(leaving) or any(
-            reading.managed for _, _, _, reading in readings
-        )
+        earlier = read_status(metadata)
+        waited = _waited(earlier, leaving, readings)
         self._mutate_init_containers(init_containers, readings, leaving, waited, mutation)
         for index, container in enumerate(containers):
             path = f"/spec/containers/{index}"
@@ -241,10 +240,8 @@ class Rules:
         entries = env if isinstance(env, list) else []
         if any(isinstance(e, dict) and e.get("name") in self._managed_names for e in entries):
             return True
-        values = [e["value"] for e in entries if isinstance(e, dict)
-                  and isinstance(e.get("value"), str)]
-        return any(self._reader.names_managed_host(text)
-                   for text in [*_program_of(container, path), *values])
+        return any(self._hosts.names_managed_host(text)
+                   for text in [*_program_of(container, path), *_literal_values(entries)])
 
     def _should_remove(self, name: str, reading: ProgramReading) -> bool:
         named = name in self._settings.waiter_names
@@ -288,14 +285,25 @@ class Rules:
     def _set_env(
         self, container: Mapping[str, Any], path: str, mutation: Mutation, *, add_absent: bool
     ) -> None:
-        env = container.get("env")
-        if env is None:
-            env = []
-        elif not isinstance(env, list):
-            raise PodShapeError(f"{path}/env is not a list")
+        """The managed variables of ``container`` made what they should be, other variables
+        that are addresses of managed hosts retargeted, and, with ``add_absent``, the managed
+        variables it lacks added."""
+        changed: list[str] = []
+        seen = self._replace_env(container, path, mutation, changed)
+        if add_absent:
+            self._add_absent_env(container, path, seen, mutation, changed)
+        if changed:
+            mutation.note_env_changed(str(container["name"]), changed)
+
+    def _replace_env(
+        self, container: Mapping[str, Any], path: str, mutation: Mutation, changed: list[str]
+    ) -> set[str]:
+        """Each entry of the env in place: a managed one replaced by the wanted entry (its
+        duplicates removed), another retargeted when its value is an address. Returns the
+        managed names found."""
+        env = _env_list(container, path)
         seen: set[str] = set()
         duplicates: list[int] = []
-        changed: list[str] = []
         for index, entry in enumerate(env):
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise PodShapeError(f"{path}/env/{index} has no name")
@@ -306,39 +314,40 @@ class Rules:
                 if isinstance(value, str) and ":" in value and "valueFrom" not in entry:
                     self._retarget_value(entry, value, f"{path}/env/{index}", container,
                                          mutation, changed)
-                continue
-            if variable in seen:
+            elif variable in seen:
                 # Kubernetes lets the last duplicate win; one managed entry leaves no doubt.
                 duplicates.append(index)
-                continue
-            seen.add(variable)
-            wanted = self._managed_env[variable]
-            if entry != wanted:
-                # In place, so that later `$(VAR)` references still see the variable first.
-                mutation.operations.append(
-                    {"op": "replace", "path": f"{path}/env/{index}", "value": wanted}
-                )
-                changed.append(variable)
-        mutation.operations.extend(
-            {"op": "remove", "path": f"{path}/env/{index}"} for index in reversed(duplicates)
-        )
-        changed.extend(env[index]["name"] for index in duplicates)
-        absent = [entry for name, entry in self._managed_env.items() if name not in seen]
-        if add_absent and absent:
-            if container.get("env") is None:
-                mutation.operations.append({"op": "add", "path": f"{path}/env", "value": absent})
             else:
-                mutation.operations.extend(
-                    {"op": "add", "path": f"{path}/env/-", "value": entry} for entry in absent
-                )
-            changed.extend(entry["name"] for entry in absent)
-        if changed:
-            mutation.containers.append(str(container["name"]))
-            for name in changed:
-                if name not in mutation._env_set:
-                    mutation._env_set.add(name)
-                    mutation.env.append(name)
+                seen.add(variable)
+                wanted = self._managed_env[variable]
+                if entry != wanted:
+                    # In place, so that later `$(VAR)` references still see the variable first.
+                    mutation.operations.append(
+                        {"op": "replace", "path": f"{path}/env/{index}", "value": wanted}
+                    )
+                    changed.append(variable)
+        _remove_duplicates(env, duplicates, path, mutation, changed)
+        return seen
 
+    def _add_absent_env(
+        self,
+        container: Mapping[str, Any],
+        path: str,
+        seen: set[str],
+        mutation: Mutation,
+        changed: list[str],
+    ) -> None:
+        """The managed variables not ``seen`` in the env, added at its end."""
+        absent = [entry for name, entry in self._managed_env.items() if name not in seen]
+        if not absent:
+            return
+        if container.get("env") is None:
+            mutation.operations.append({"op": "add", "path": f"{path}/env", "value": absent})
+        else:
+            mutation.operations.extend(
+                {"op": "add", "path": f"{path}/env/-", "value": entry} for entry in absent
+            )
+        changed.extend(entry["name"] for entry in absent)
 
     def _retarget_value(
         self,
@@ -351,7 +360,7 @@ class Rules:
     ) -> None:
         """Another variable whose value is the address of a managed host, retargeted in place
         (`FASTAPI_URL=http://fastapi-app:8000/api`); a host with no external address stays."""
-        retargeted, unreachable = self._reader.retarget_value(value)
+        retargeted, unreachable = self._hosts.retarget_value(value)
         if retargeted is not None:
             mutation.operations.append(
                 {"op": "replace", "path": path, "value": {**entry, "value": retargeted}}
@@ -394,9 +403,23 @@ def _opt_out_reason(metadata: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _annotations(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
-    annotations = metadata.get("annotations")
-    return annotations if isinstance(annotations, dict) else {}
+def _check_container_count(count: int) -> None:
+    if count > MAX_CONTAINERS:
+        raise PodShapeError(
+            f"the pod has {count} containers; the rules read pods of at most {MAX_CONTAINERS}"
+        )
+
+
+def _waited(
+    earlier: Mapping[str, list[str]],
+    leaving: list[bool],
+    readings: list[tuple[str, list[str], dict[str, str], ProgramReading]],
+) -> bool:
+    """Whether the pod waited for a managed service (now, or before an earlier pass removed
+    the waiter): then every container of it uses the backend."""
+    return bool(earlier["removed"] or earlier["rewritten"]) or any(leaving) or any(
+        reading.managed for _, _, _, reading in readings
+    )
 
 
 def _record_status(
@@ -405,77 +428,11 @@ def _record_status(
     earlier: Mapping[str, list[str]],
     mutation: Mutation,
 ) -> None:
-    """Add or merge the status annotation: names of what was done, never values.
-
-    Merging keeps the account of an earlier pass (reinvocation) when a later one adds to it.
-    """
-    annotations = metadata.get("annotations")
-    current = _annotations(metadata).get(STATUS_KEY)
-    # Clipped as it is read back, so that a second pass writes the same text; the full
-    # account of a huge pod is in the admission warnings' counts.
-    status = {
-        "removed": _union(earlier["removed"], mutation.removed)[:STATUS_MAX_NAMES],
-        "rewritten": _union(earlier["rewritten"], mutation.rewritten)[:STATUS_MAX_NAMES],
-        "env": _union(earlier["env"], mutation.env)[:STATUS_MAX_NAMES],
-    }
-    encoded = orjson.dumps(status).decode()
-    if current == encoded:
-        return
-    value: Any
-    if not has_metadata:
-        path, value = "/metadata", {"annotations": {STATUS_KEY: encoded}}
-    elif annotations is None:
-        path, value = "/metadata/annotations", {STATUS_KEY: encoded}
-    else:
-        path, value = "/metadata/annotations/" + _escape_pointer(STATUS_KEY), encoded
-    mutation.operations.append({"op": "add", "path": path, "value": value})
-
-
-def _escape_pointer(token: str) -> str:
-    """A JSON Pointer reference token (RFC 6901): `~` and `/` are escaped."""
-    return token.replace("~", "~0").replace("/", "~1")
-
-
-# What a pod without our annotation has: read, never changed.
-_NO_STATUS: Mapping[str, list[str]] = {key: [] for key in STATUS_LISTS}
-
-
-def _parse_status(value: Any) -> Mapping[str, list[str]]:
-    """An earlier pass's status annotation, or empty lists for anything else.
-
-    Anything that is not our own shape (not JSON, nested too deep, larger than any real
-    account, the wrong types) counts as absent: the pod is mutated and the annotation
-    rewritten. A list that is not a list of names is read as empty; only names of Kubernetes'
-    length are kept, from the first STATUS_MAX_NAMES entries of a list.
-    """
-    if not isinstance(value, str) or len(value) > STATUS_MAX_CHARS:
-        return _NO_STATUS
-    empty: dict[str, list[str]] = {key: [] for key in STATUS_LISTS}
-    try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError:  # also what orjson raises for nesting beyond its limit
-        return empty
-    if not isinstance(parsed, dict):
-        return empty
-    for key in STATUS_LISTS:
-        names = parsed.get(key)
-        if isinstance(names, list):
-            empty[key] = [
-                name for name in names[:STATUS_MAX_NAMES]
-                if isinstance(name, str) and len(name) <= NAME_MAX_CHARS
-            ]
-    return empty
-
-
-def _union(earlier: list[str], now: Sequence[str]) -> list[str]:
-    """``earlier`` then the names of ``now`` it lacks, without repeats; linear in both."""
-    seen: set[str] = set()
-    union = []
-    for name in [*earlier, *now]:
-        if name not in seen:
-            seen.add(name)
-            union.append(name)
-    return union
+    """Add or merge the status annotation: names of what was done, never values."""
+    operation = status_operation(metadata, has_metadata, earlier, removed=mutation.removed,
+                                 rewritten=mutation.rewritten, env=mutation.env)
+    if operation is not None:
+        mutation.operations.append(operation)
 
 
 def _optional_mapping(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
@@ -507,8 +464,32 @@ def _name_of(container: Mapping[str, Any], path: str) -> str:
     return name
 
 
+def _remove_duplicates(
+    env: list[Any], duplicates: list[int], path: str, mutation: Mutation, changed: list[str]
+) -> None:
+    """The env entries at ``duplicates`` removed, from the back so each index stays valid."""
+    mutation.operations.extend(
+        {"op": "remove", "path": f"{path}/env/{index}"} for index in reversed(duplicates)
+    )
+    changed.extend(env[index]["name"] for index in duplicates)
+
+
+def _env_list(container: Mapping[str, Any], path: str) -> list[Any]:
+    env = container.get("env")
+    if env is None:
+        return []
+    if not isinstance(env, list):
+        raise PodShapeError(f"{path}/env is not a list")
+    return env
+
+
 def _program_of(container: Mapping[str, Any], path: str) -> list[str]:
     return _string_list(container, "command", path) + _string_list(container, "args", path)
+
+
+def _literal_values(entries: list[Any]) -> list[str]:
+    """The literal values of env entries (any shape: the env is checked where it is set)."""
+    return [e["value"] for e in entries if isinstance(e, dict) and isinstance(e.get("value"), str)]
 
 
 def _literal_env(container: Mapping[str, Any]) -> dict[str, str]:
@@ -531,3 +512,20 @@ def _string_list(container: Mapping[str, Any], key: str, path: str) -> list[str]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise PodShapeError(f"{path}/{key} is not a list of strings")
     return value
+
+
+# STATUS_KEY and STATUS_LISTS live in ``status``; they are named here too, beside INJECT_KEY,
+# for the wings that read the pod's keys.
+__all__ = [
+    "INJECT_KEY",
+    "MAX_CONTAINERS",
+    "MAX_POD_PROGRAM_CHARS",
+    "OPT_OUT_VALUES",
+    "STATUS_KEY",
+    "STATUS_LISTS",
+    "Mutation",
+    "Operation",
+    "PodShapeError",
+    "Rules",
+    "managed_env_entries",
+]
