@@ -6,9 +6,9 @@ connection to the webhook) could try, measuring what it costs: how long the host
 takes, the p99 of small reviews sent meanwhile on other connections, the server's RSS, the log
 bytes written, and the connections held. The report goes to ``results/adversarial.md``.
 
-The attacks are functions of a running server, so that ``tests/test_adversarial.py`` runs the
-same ones in CI and asserts the bounds on what they measure. Everything connects to 127.0.0.1
-only.
+The attacks are functions of a running server, so that ``tests/serving/test_adversarial.py``
+runs the same ones in CI and asserts the bounds on what they measure. Everything connects to
+127.0.0.1 only.
 """
 
 from __future__ import annotations

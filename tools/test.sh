@@ -18,6 +18,6 @@ echo "== mypy" >&2
 echo "== manifests and Dockerfile" >&2
 bash tools/check-manifests.sh
 echo "== pytest" >&2
-# Property tests run their full 10,000 examples here (see tests/test_properties.py).
+# Property tests run their full 10,000 examples here (see tests/rules/test_properties.py).
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 .venv/bin/python -m pytest "$@"

@@ -4,8 +4,8 @@ What the CEL does to pods (opt-outs, idempotency, the status merge, every servic
 of the grammar) is proven against the real apiserver in tests/e2e/test_policy_equivalence.py,
 which sends the same pods through both twins and compares them field by field. Here, what
 Python can check: the objects are what Kubernetes expects, every regex the expressions use is
-RE2-shaped, and the RE2 stand-ins for probes.py's look-arounds, shell splitting and re.sub
-agree with probes.py (Python's `re` runs both; for these constructs its leftmost-first
+RE2-shaped, and the RE2 stand-ins for the rules' look-arounds, shell splitting and re.sub
+agree with the rules (Python's `re` runs both; for these constructs its leftmost-first
 matching is RE2's).
 """
 

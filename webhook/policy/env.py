@@ -153,7 +153,7 @@ def retarget_value(value: Expr, services: Sequence[Service]) -> Expr:
     """ProgramReader.retarget_value: an env value's addresses of managed hosts pointed at the
     external address, or "" when nothing changes. Each comma-separated item is matched from
     its start; RE2's leftmost-first match, followed by one of `/?#` or the end, is the one
-    the look-ahead of probes._ADDRESS admits (the host and port runs are maximal)."""
+    the look-ahead of hosts._ADDRESS admits (the host and port runs are maximal)."""
 
     def of_item(item: Expr) -> Expr:
         def with_address(address: Expr) -> Expr:

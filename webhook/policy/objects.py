@@ -4,8 +4,8 @@
 MutatingAdmissionPolicy and its MutatingAdmissionPolicyBinding, so that a pod admitted
 through the policy ends up as the webhook would leave it. The parts, one job each:
 
-* ``webhook.rules.grammar``: the rules' words and host forms, which ``probes.py`` reads too;
-* ``webhook.policy.regex``: the RE2 twins of probes.py's regular expressions;
+* ``webhook.rules.grammar``: the rules' words and host forms, which the rules read too;
+* ``webhook.policy.regex``: the RE2 twins of the rules' regular expressions;
 * ``webhook.policy.cel``: a typed builder for CEL expressions (literals, ``let``, macros...);
 * ``webhook.policy.program``: how an init container's program is read and retargeted;
 * ``webhook.policy.env``: the env rules; ``webhook.policy.operations``: the patch's lines;

@@ -193,7 +193,7 @@ def basename(word: Expr) -> Expr:
 
 
 def script_index(argv: Expr) -> Expr:
-    """probes._shell_script_index: the index of the script in ``sh [-e] -c SCRIPT``, or -1."""
+    """segments.shell_script_index: the index of the script in ``sh [-e] -c SCRIPT``, or -1."""
 
     def shell_flag(word: Expr) -> Expr:
         return all_of(word.starts_with("-"), not_(word.starts_with("--")),
@@ -215,7 +215,7 @@ def script_index(argv: Expr) -> Expr:
 
 
 def word_class(word: Expr) -> Expr:
-    """The class of one word (KEYWORD_CLASS...), as probes._command_index treats it."""
+    """The class of one word (KEYWORD_CLASS...), as segments.command_index treats it."""
 
     def classed(unquoted: Expr) -> Expr:
         keyword = any_of(unquoted.is_in(strings(SHELL_KEYWORDS)), unquoted.matches(ASSIGNMENT_RE),
@@ -229,7 +229,7 @@ def word_class(word: Expr) -> Expr:
 
 
 def command_record(words: Expr) -> Expr:
-    """The CommandRecord of one simple command's ``words``, as probes._command_index finds
+    """The CommandRecord of one simple command's ``words``, as segments.command_index finds
     its command word."""
     prefix = words.map("word", word_class).join("").find(COMMAND_PREFIX_RE).size()
     nothing = map_of({"command": "", "arguments": EMPTY_LIST, "written": EMPTY_LIST,
@@ -261,7 +261,7 @@ def is_comment(record: CommandRecord) -> Expr:
 
 
 def is_probe(record: CommandRecord) -> Expr:
-    """probes._classify says "probe": a probe command, `/dev/tcp/...`, or a client's liveness
+    """commands.classify says "probe": a probe command, `/dev/tcp/...`, or a client's liveness
     check; never a comment, nor dockerize rendering files."""
     other = any_of(
         record.command.is_in(strings(PROBE_COMMANDS)),
@@ -278,7 +278,7 @@ def probed_words(record: CommandRecord) -> Expr:
 
 
 def normalised_query(text: Expr) -> Expr:
-    """probes._normalised_query(probes._first_shell_word(text))."""
+    """commands._normalised_query(commands._first_shell_word(text))."""
     first = cond(
         any_of(text.starts_with("'"), text.starts_with('"')),
         text.substring(1).split(text.substring(0, 1))[0],
@@ -289,7 +289,7 @@ def normalised_query(text: Expr) -> Expr:
 
 
 def client_probes(record: CommandRecord) -> Expr:
-    """A client probes its host when it runs a liveness check (probes._classify)."""
+    """A client probes its host when it runs a liveness check (commands.classify)."""
     written, arguments = record.written, record.arguments
     verdict = FALSE
     for name, flags in reversed(QUERY_CLIENTS.items()):
@@ -335,7 +335,7 @@ def stripped_option(word: Expr) -> Expr:
 
 
 def runs_command(record: CommandRecord) -> Expr:
-    """probes._command_cut found a command: after `--` for the wait tools that take one, or
+    """segments._command_cut found a command: after `--` for the wait tools that take one, or
     dockerize's first word that is neither an option nor an option's value."""
     arguments = record.arguments
 
@@ -357,7 +357,7 @@ def runs_command(record: CommandRecord) -> Expr:
 
 
 def dockerize_works(record: CommandRecord) -> Expr:
-    """dockerize with an option that renders files: work, not a probe (probes._classify)."""
+    """dockerize with an option that renders files: work, not a probe (commands.classify)."""
     return all_of(record.command.eq(DOCKERIZE), record.arguments.exists(
         "argument", lambda argument: all_of(
             argument.starts_with("-"),
@@ -386,7 +386,7 @@ def names_external_host(word: Expr, external_hosts: Sequence[str]) -> Expr:
 
 
 def names_some_host(word: Expr) -> Expr:
-    """probes._host_of(word) is not None."""
+    """commands._host_of(word) is not None."""
     return any_of(word.matches(DEV_TCP_RE), word.find(RSTRIP_RE).matches(URL_HOST_RE))
 
 
@@ -416,7 +416,7 @@ def literal_values(env: Expr, name: Operand) -> Expr:
 
 def resolution(token: Expr, env: Expr) -> Expr:
     """What a reference token stands for: the last literal value of its variable when that is
-    not empty, else its default; "" for neither (probes._resolved, where None and "" both
+    not empty, else its default; "" for neither (variables._resolved, where None and "" both
     leave the reference as written)."""
 
     def chosen(name: Expr) -> Expr:
@@ -430,7 +430,7 @@ def resolution(token: Expr, env: Expr) -> Expr:
 
 
 def kubelet_expanded(element: Expr, env: Expr) -> Expr:
-    """probes._expand_kubelet for one element of command + args: `$(NAME)` replaced by the
+    """variables.expand_kubelet for one element of command + args: `$(NAME)` replaced by the
     last literal value of NAME (`$$(` escapes it), any other reference left as written."""
 
     def value(token: Expr) -> Expr:
@@ -445,7 +445,7 @@ def kubelet_expanded(element: Expr, env: Expr) -> Expr:
 
 
 def expanded_word(word: Expr, in_script: Expr, env: Expr) -> Expr:
-    """probes._expand_word in a script: each reference resolved, unresolved ones as written."""
+    """variables.expand_word in a script: each reference resolved, unresolved ones as written."""
 
     def value(token: Expr) -> Expr:
         return let(resolution(token, env), "resolved",
@@ -458,7 +458,7 @@ def expanded_word(word: Expr, in_script: Expr, env: Expr) -> Expr:
 
 
 def expanded_text(text: Expr, env: Expr) -> Expr:
-    """probes._expand_in_probe: each reference (with the quotes around it) replaced by its
+    """variables.expand_in_probe: each reference (with the quotes around it) replaced by its
     value where that is one plain word."""
 
     def value(token: Expr) -> Expr:
@@ -481,11 +481,11 @@ def command_facts(record: CommandRecord, services: Sequence[Service], in_script:
     """The facts of one simple command: the twin of probes.ProgramReader._read_segment.
 
     A variable in a script's probe may stand for any host: it is resolved against the init
-    container's literal env and the default, as probes.py does; one that stays unresolved
+    container's literal env and the default, as the rules do; one that stays unresolved
     counts as another host, so the container is kept.
     """
     other_candidates = cond(record.arguments.size().gt(0), record.arguments, record.words)
-    # A wait tool that runs a command of its own counts as work (probes.py reads that command
+    # A wait tool that runs a command of its own counts as work (the rules reads that command
     # apart); a port given apart from the host is tagged: the policy cannot retarget it.
     apart = add(cond(runs_command(record), list_of(WORK_TAG), EMPTY_LIST),
                 cond(port_apart(record), list_of(PORT_APART_TAG), EMPTY_LIST))
@@ -538,7 +538,7 @@ def retarget_text(text: Expr, services: Sequence[Service]) -> Expr:
             choice = cond(token.matches(service_start_re(service)), list_of(
                 token.find(host_prefix_re(service)), service.external.host,
                 str(service.external.port)), choice)
-        # The characters before the token, as probes.py looks back for `://`: tokens are at
+        # The characters before the token, as the rules looks back for `://`: tokens are at
         # least one character long, so as many tokens back reach far enough.
         before = add(*(cond(position.ge(back), tokens[sub(position, back)], "")
                        for back in range(len(URL_SCHEME_END), 0, -1)))

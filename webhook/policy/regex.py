@@ -1,10 +1,11 @@
 """The regular expressions of the policy twin, in RE2 (no look-around, no back-references).
 
-Each is the twin of something ``probes.py`` does with Python's ``re``: the look-arounds of
-its host patterns become consumed boundary characters, its shell splitting a tokenizer over
-marked separators, its ``re.sub`` a tokenizer whose host tokens are rewritten. Everything is
-built from ``webhook.rules.grammar``, so a rule changes there, once. tests/test_policy.py runs these
-with Python's ``re`` against probes.py; the e2e tests have the apiserver compile them.
+Each is the twin of something the rules (``webhook/rules/``) do with Python's ``re``: the
+look-arounds of its host patterns become consumed boundary characters, its shell splitting a
+tokenizer over marked separators, its ``re.sub`` a tokenizer whose host tokens are rewritten.
+Everything is built from ``webhook.rules.grammar``, so a rule changes there, once.
+tests/policy/test_policy.py runs these with Python's ``re`` against the rules; the e2e tests
+have the apiserver compile them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from webhook.settings import Service
 #
 # Python's \s and \S are Unicode-aware and RE2's are ASCII-only, so the white space of
 # str.isspace() is spelled out: the tabs and breaks, the separators \x1c-\x1f (which also make
-# the exec-form joiner count as white space, as in probes.py) and the Unicode spaces.
+# the exec-form joiner count as white space, as in the rules) and the Unicode spaces.
 SPACE_CLASS = (
     "\\t\\n\\v\\f\\r \\x1c-\\x1f\\x85\\xa0"
     "\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -49,9 +50,9 @@ WORD_RE = f"[^{SPACE_CLASS}]+"
 SUBSTITUTION_MARK = "\ue000"
 AMPERSAND_MARK = "\ue001"
 AND_MARK = "\ue002"
-# Literal replacements (CEL has no regex replace), in this order: `&&` first, since probes.py
+# Literal replacements (CEL has no regex replace), in this order: `&&` first, since the rules
 # tries it before a lone `&` wherever a scan starts; then the `&` of redirections, which
-# probes.py recognises with look-arounds: after `<` or `>`, or before `>`, `-` or a digit.
+# the rules recognise with look-arounds: after `<` or `>`, or before `>`, `-` or a digit.
 HIDDEN = (
     ("$(", SUBSTITUTION_MARK),
     ("&&", AND_MARK),
@@ -68,7 +69,7 @@ IN_COMMENT = {";": "\ue004", "&": "\ue005", "|": "\ue006", "(": "\ue007", ")": "
                "`": "\ue009"}
 MARKS = (SUBSTITUTION_MARK, AMPERSAND_MARK, AND_MARK, COMMENT_MARK, *IN_COMMENT.values())
 # The part of a line before its comment: `#` starts one at the start of the line or after
-# white space or a separator, as probes.py's look-behind has it.
+# white space or a separator, as the rules' look-behind has it.
 COMMENT_PREFIX_RE = f"^(?:[^#]*[^#{SPACE_CLASS};&|()`]#+)*[^#]*"
 _SEPARATORS = ";&|\\n()`" + SUBSTITUTION_MARK + AND_MARK + COMMENT_MARK
 # A simple command with the separator that ends it: the tokens of a script, one per segment
@@ -81,7 +82,7 @@ UNQUOTE_RE = f"(?s)[^{QUOTES}](?:.*[^{QUOTES}])?"
 BASENAME_RE = "[^/]*$"
 ASSIGNMENT_RE = ASSIGNMENT
 REDIRECTION_RE = REDIRECTION
-WRAPPER_OPTION_RE = WRAPPER_NUMBER  # `-s`, `5`, `30s`: what probes.py skips after `timeout`
+WRAPPER_OPTION_RE = WRAPPER_NUMBER  # `-s`, `5`, `30s`: what the rules skip after `timeout`
 # The command word of a simple command is the first one past a prefix of keywords, and of
 # wrappers with their options (`timeout 60 sh -c`). CEL has no loop with state to walk the
 # words, so each word is written as one letter of its class, the letters of a command joined,
@@ -92,7 +93,7 @@ OPTION_CLASS = "O"  # an option or a number, which a wrapper may take
 OTHER_CLASS = "X"  # anything else: the command word, if it comes first
 COMMAND_PREFIX_RE = f"^(?:{KEYWORD_CLASS}|{WRAPPER_CLASS}{OPTION_CLASS}*)*"
 DEV_TCP_RE = DEV_TCP_HOST
-RSTRIP_RE = f"(?s)^(?:.*[^{TRAILING_PUNCTUATION}])?"  # as probes._host_of strips it
+RSTRIP_RE = f"(?s)^(?:.*[^{TRAILING_PUNCTUATION}])?"  # as commands._host_of strips it
 URL_HOST_RE = URL_HOST
 # probes.HostPattern's port may be a variable standing for a number: `$PORT`, `${PORT}`.
 VARIABLE_PORT_RE = VARIABLE_PORT
@@ -108,7 +109,7 @@ EXEC_JOINER = "\x1f"
 
 
 def host_search_re(service: Service) -> str:
-    """RE2 twin of ``HostPattern.regex.search``: the look-behind and look-ahead of probes.py
+    """RE2 twin of ``HostPattern.regex.search``: the look-behind and look-ahead of the rules
     become a consumed boundary character (or the end), which is the same for a yes/no search.
     """
     return (
@@ -121,9 +122,9 @@ def host_search_re(service: Service) -> str:
 def host_token_re(hosts: Iterable[str]) -> str:
     """One host occurrence as ``_retarget_matches`` sees it, with what it consumes after it.
 
-    In order of preference, as probes.py decides: an attached port (``mlflow:5000``, or a
+    In order of preference, as the rules decide: an attached port (``mlflow:5000``, or a
     variable, ``mlflow:${MLFLOW_PORT}``), a port as the next word (``mlflow 5000``), the bare
-    host. The character after the host (the look-ahead in probes.py) is consumed; when it is a
+    host. The character after the host (the look-ahead in the rules) is consumed; when it is a
     label character the rest of that run is consumed too, since no host can start inside it
     (the look-behind).
     """
@@ -132,7 +133,7 @@ def host_token_re(hosts: Iterable[str]) -> str:
     # HOST+attached, HOST+variable, HOST+next word, HOST+bare in that order, at a fraction of
     # the length (the apiserver charges regex length times text length).
     attached_port = f"[:/][0-9]{{1,5}}(?:$|[^0-9{_LABEL_CHARS}]|[A-Za-z_.-][{_LABEL_CHARS}]*)"
-    # A variable standing for the port (`mlflow:${MLFLOW_PORT}`) ends where probes.py's does:
+    # A variable standing for the port (`mlflow:${MLFLOW_PORT}`) ends where the rules' one does:
     # nothing after it is looked at, and no host can start inside its name.
     variable_port = f"[:/]{VARIABLE_PORT_RE}"
     next_word_port = f"[{SPACE_CLASS}]+[0-9]{{1,5}}(?:$|[^\\w.:/-])"
@@ -158,7 +159,7 @@ def external_hosts_of(services: Sequence[Service]) -> list[str]:
 
 # Python's re.IGNORECASE also folds these to ASCII letters (its simple case folding plus the
 # special cases of re._casefix); RE2's (?i) folds only some of them, so the letters are spelled
-# out as classes instead. tests/test_policy.py checks the table against Python over all of
+# out as classes instead. tests/policy/test_policy.py checks the table against Python over all of
 # Unicode.
 PYTHON_IGNORECASE_EXTRAS = {"i": "\u0130\u0131", "k": "\u212a", "s": "\u017f"}
 _FOLDED = "".join(PYTHON_IGNORECASE_EXTRAS.values())
@@ -197,11 +198,11 @@ def status_list_re(key: str) -> str:
     return f'"{key}"\\s*:\\s*\\[[^\\]]*\\]'
 
 
-# A host part computed at run time, as probes.py's script scan sets it apart.
+# A host part computed at run time, as the rules' script scan sets it apart.
 COMPUTED_RE = f"\\.(?:{COMPUTED_PART})"
 # Variable references, resolved against the init container's literal env and the default as
-# probes.py does: in a probe's words when reading (probes._expand_word), and, quotes and all,
-# in a probe's text when retargeting (probes._expand_in_probe). A text is cut into tokens:
+# the rules do: in a probe's words when reading (variables.expand_word), and, quotes and all,
+# in a probe's text when retargeting (variables.expand_in_probe). A text is cut into tokens:
 # references (quoted ones first, for the text), runs without `$` (or `"`), single characters.
 VARIABLE_WHOLE_RE = f"^(?:{SHELL_VARIABLE_RE})$"
 QUOTED_VARIABLE_WHOLE_RE = f'^"(?:{SHELL_VARIABLE_RE})"$'
@@ -212,7 +213,7 @@ SAFE_VALUE_RE = SAFE_VALUE
 KUBELET_TOKENS_RE = "\\$\\$\\(|\\$\\([A-Za-z_][A-Za-z0-9_]*\\)|[^$]+|(?s:.)"
 KUBELET_WHOLE_RE = f"^(?:{KUBELET_VARIABLE})$"
 
-# An env value's address as probes._ADDRESS reads it: scheme, user, host, port; then its
+# An env value's address as hosts._ADDRESS reads it: scheme, user, host, port; then its
 # prefix (scheme and user) and its host apart.
 ADDRESS_RE = (
     "^(?:[A-Za-z][A-Za-z0-9+.-]*://)?(?:[^@/?#]*@)?[A-Za-z0-9][-A-Za-z0-9.]*(?::[0-9]{1,5})?"

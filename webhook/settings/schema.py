@@ -1,12 +1,12 @@
 """The configuration file's model, as a JSON Schema (draft 2020-12).
 
 This is the one description of what a ``--config`` file may hold: every key, its type, the
-values an enum allows, and what it means. ``config.py`` reads the file; this module only
+values an enum allows, and what it means. ``webhook.settings`` reads the file; this module only
 describes it, so it stays pure (no I/O, no import of the rest of the package, so that
-``config.py`` can import it). Other descriptions are generated from it:
+the rest of the wing can import it). Other descriptions are generated from it:
 ``charts/backend-injector/values.schema.json`` embeds it under ``config``
 (``python tools/gen-values-schema.py``), and tests check that the embedded default document
-validates against it and that ``config.py`` accepts every key and enum value declared here.
+validates against it and that the settings accept every key and enum value declared here.
 
 A file is merged over the embedded default key by key, so no key is required at any level
 except where a value makes no sense without it (an external address needs host and port).
@@ -14,9 +14,10 @@ Every object says ``additionalProperties: false``; the mappings whose keys the u
 (``services``, ``env``) constrain those keys with ``patternProperties``, so an unexpected key
 is still refused at every depth.
 
-Adding a key or an enum value: declare it here and teach ``config.py`` in the same change;
-``tests/test_config_schema.py`` fails until both agree, and the chart's values schema must be
-regenerated (its drift check fails otherwise).
+Adding a key or an enum value: declare it here and teach ``document.py`` (and ``layers.py``
+for a variable or a flag) in the same change; ``tests/settings/test_config_schema.py`` fails
+until both agree, and the chart's values schema must be regenerated (its drift check fails
+otherwise).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Final
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID: Final = "https://backend-injector.invalid/schemas/config.json"
 
-# Kubernetes name grammars (RFC 1123), and the variable-name grammar config.py checks.
+# Kubernetes name grammars (RFC 1123), and the variable-name grammar the settings check.
 DNS_LABEL: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 HOSTNAME: Final = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$"
