@@ -39,16 +39,14 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.e2e.harness.admission import chart_like_pod, new_namespace, opted_in_labels
 from tests.e2e.harness.controlplane import ControlPlane, build_binaries, running_control_plane
-from tests.e2e.test_webhook import (
+from tests.e2e.harness.deploy import (
     WEBHOOK_CONFIG,
     WEBHOOK_NAME,
     WEBHOOK_PORT,
     Deployment,
-    chart_like_pod,
     deployed_webhook,
-    new_namespace,
-    opted_in_labels,
 )
 from webhook.policy.objects import build_policy
 from webhook.rules.mutate import INJECT_KEY
@@ -91,7 +89,7 @@ async def create_pods(
     failures = 0
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     async with httpx.AsyncClient(
-        base_url=plane.server_url, verify=plane._admin_ssl_context(), limits=limits, timeout=30
+        base_url=plane.server_url, verify=plane.admin_ssl_context(), limits=limits, timeout=30
     ) as client:
         start = time.perf_counter() + 0.2
 

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from tests.e2e import buildcache
+from tests.e2e.harness import buildcache
 
 DAY = 86400.0
 

@@ -4,15 +4,15 @@ the seed's order, and in-cluster backend URLs."""
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.tool_binaries import find_helm
 
 CHART = Path(__file__).resolve().parent / "e2e" / "chart"
 
@@ -26,13 +26,6 @@ SEED_INIT_CONTAINERS = {
     "inference": ["wait-for-kafka", "wait-for-mlflow"],
     "preprocess": ["wait-for-fastapi", "wait-for-kafka"],
 }
-
-
-def find_helm() -> str | None:
-    candidates = [os.environ.get("HELM"), shutil.which("helm")]
-    # Built from the helm Go module by tools/build-binaries.sh.
-    candidates += sorted(glob.glob(os.path.expanduser("~/.cache/backend-injector/bin/helm-*/helm")))
-    return next((candidate for candidate in candidates if candidate), None)
 
 
 def helm_template(tmp_path: Path, *arguments: str) -> list[dict[str, Any]]:

@@ -10,29 +10,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.cli_process import kubeconfig_for, run_cli, unused_port
 from webhook.serving.logs import JsonFormatter, TextFormatter, configure_logging, resolve_format
-
-CLI_TIMEOUT_SECONDS = 60
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {key: value for key, value in os.environ.items()
-             if not key.startswith(("BACKEND_INJECTOR_", "KUBERNETES_", "KUBECONFIG"))}
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        input=stdin, capture_output=True, text=True, env={**clean, **(env or {})},
-        timeout=CLI_TIMEOUT_SECONDS, check=False,
-    )
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
@@ -42,24 +27,6 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def kubeconfig_for(path: Path, server: str, *, context: str = "docker-desktop") -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": server}}],
-        "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
-        "contexts": [{"name": context, "context": {"cluster": "c", "user": "u"}}],
-        "current-context": context,
-    }))
-    return path
 
 
 # --- the cluster ----------------------------------------------------------------------------

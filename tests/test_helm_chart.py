@@ -31,10 +31,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.tool_binaries import find_helm, find_kubectl
 from webhook.settings import default_document, load_settings
-
-from .test_chart import find_helm
-from .test_manifests import find_kubectl
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "backend-injector"

@@ -4,9 +4,6 @@ tools/check-manifests.sh)."""
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.tool_binaries import find_kubectl
 from webhook import certs
 from webhook.settings import load_settings
 
@@ -25,15 +23,6 @@ SERVING_LABELS = {
 }
 
 Objects = list[dict[str, Any]]
-
-
-def find_kubectl() -> str | None:
-    candidates = [os.environ.get("KUBECTL"), shutil.which("kubectl")]
-    # Built from the Kubernetes Go modules by tools/build-binaries.sh.
-    candidates += sorted(
-        glob.glob(os.path.expanduser("~/.cache/backend-injector/bin/kubectl-*/kubectl"))
-    )
-    return next((candidate for candidate in candidates if candidate), None)
 
 
 def render(kustomization: str) -> Objects:

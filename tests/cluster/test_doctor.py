@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.cli_process import kubeconfig_for, run_cli, unused_port
 from tests.cluster.memory_cluster import MemoryCluster
-from tests.test_cli import kubeconfig_for, run_cli, unused_port
 from webhook import certs
 from webhook.cluster import checks, doctor, endpoints
 from webhook.cluster.client import ClusterError, Created, namespace_path, webhook_configuration_path

@@ -1,4 +1,4 @@
-"""Fixtures for tests that run against a real control plane (see controlplane.py).
+"""Fixtures for tests that run against a real control plane (see harness/controlplane.py).
 
 Every test under tests/e2e is marked ``e2e``. The binaries are built (or found in the cache)
 once per session, right after collection and only when an e2e test was selected: a cold
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from .harness.controlplane import Binaries, ControlPlane, ControlPlaneError, build_binaries
+from .harness.deploy import Deployment, deployed_webhook
 from .harness.node import Node, NodeBinaries
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -110,3 +111,13 @@ def pytest_runtest_makereport(
         if isinstance(plane, ControlPlane):
             report.sections.append(("control-plane logs (tail)", plane.tail_logs()))
     return report
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    """The webhook deployed from the project's manifests (harness/deploy.py), once for each
+    module that asks for it and torn down at the module's end."""
+    with deployed_webhook(control_plane, tmp_path_factory.mktemp("webhook")) as deployed:
+        yield deployed

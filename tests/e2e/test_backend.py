@@ -9,38 +9,15 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from .harness.backend import BUCKET, Backend, Run, ensure_venv
 from .harness.controlplane import free_port
-
-STANDIN = Path(__file__).resolve().parents[2] / "tools" / "images" / "flts" / "standin.py"
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0,
-             running: Standin | None = None) -> T:
-    """Poll ``probe`` until it returns something true; fail early if ``running`` exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if running is not None and running.process.poll() is not None:
-            raise AssertionError(f"exited while waiting for {what}:\n{running.output()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+from .harness.standin import runs_of, standin, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -48,34 +25,6 @@ def backend() -> Iterator[Backend]:
     with Backend("127.0.0.1", mlflow_port=free_port(), s3_port=free_port(),
                  gateway_port=free_port()) as running:
         yield running
-
-
-@dataclass
-class Standin:
-    """One stand-in program running on the host, its output in a file."""
-
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM, as the kubelet sends it; the stand-in must exit promptly."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=20)
-
-
-def standin(args: list[str], env: dict[str, str], tmp: Path) -> Standin:
-    python = ensure_venv() / "bin" / "python"
-    base = {key: value for key, value in os.environ.items()
-            if not key.startswith(("MLFLOW_", "AWS_", "KAFKA_"))}
-    log = tmp / f"{args[0]}-{time.monotonic_ns()}.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen([str(python), str(STANDIN), *args], env=base | env,
-                                   stdin=subprocess.DEVNULL, stdout=output,
-                                   stderr=subprocess.STDOUT)
-    return Standin(process, log)
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +38,6 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         assert listener.stop() == 0, listener.output()
-
-
-def runs_of(backend: Backend, pod: str) -> list[Run]:
-    """The finished runs the stand-in in ``pod`` logged."""
-    return [run for run in backend.runs()
-            if run.tags.get("flts.pod") == pod and run.status == "FINISHED"]
 
 
 def artifact_key(run: Run, name: str) -> str:
@@ -184,7 +127,7 @@ def test_stop_ends_every_process_the_backend_started() -> None:
     started = Backend("127.0.0.1", mlflow_port=free_port(), s3_port=free_port(),
                       gateway_port=free_port())
     started.start()
-    groups = [process.pid for process in started._processes.values()]
+    groups = started.process_groups()
     members = _group_members(groups)
     # mlflow runs its uvicorn worker as a child in the same group: it must go too.
     assert len(members) > len(groups)

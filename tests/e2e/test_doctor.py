@@ -1,6 +1,6 @@
 """`backend-injector doctor` against a real kube-apiserver and a deployed webhook.
 
-The webhook is deployed as in test_webhook.py (the project's manifests, `certs`, `install`,
+The webhook is deployed as in harness/deploy.py (the project's manifests, `certs`, `install`,
 `serve` in a network namespace behind a hand-made EndpointSlice), with its external backend
 at the host side of the namespace's link, where this module listens on MLflow's, MinIO's and
 the gateway's ports. Doctor runs as a user runs it, with the admin kubeconfig. It is green on
@@ -22,23 +22,25 @@ from pathlib import Path
 
 import pytest
 
-from .harness.controlplane import ControlPlane
-from .harness.webhook_host import HOST_ADDRESS
-from .test_dev import DevProcess
-from .test_webhook import (
+from .harness.admission import (
     BACKEND_INJECTOR,
-    NAMESPACE,
-    WEBHOOK_CONFIG,
-    Deployment,
     apply,
     chart_like_pod,
-    deployed_webhook,
-    endpoint_slice,
     kubectl_ok,
     new_namespace,
     opted_in_labels,
     wait_for,
 )
+from .harness.controlplane import ControlPlane
+from .harness.deploy import (
+    NAMESPACE,
+    WEBHOOK_CONFIG,
+    Deployment,
+    deployed_webhook,
+    endpoint_slice,
+)
+from .harness.dev import DevProcess
+from .harness.webhook_host import HOST_ADDRESS
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ upgraded with ``--no-hooks``, and the test does what the post-install/post-upgra
 would do: it reads the hook's manifest from the release (``helm get hooks``) and runs
 ``backend-injector`` with exactly that Job's arguments, under the install ServiceAccount's own
 token (so the chart's RBAC is what is exercised, not the admin's rights). The webhook pods are
-stood in for as in test_webhook.py: ``backend-injector serve`` with the release's ConfigMap,
+stood in for as in harness/deploy.py: ``backend-injector serve`` with the release's ConfigMap,
 credentials Secret and TLS Secret, in a network namespace, behind the release's Service and a
 hand-made EndpointSlice. The node e2e runs the hook Jobs themselves on a real kubelet.
 
@@ -42,14 +42,10 @@ from typing import Any
 import pytest
 import yaml
 
-from .harness.controlplane import ControlPlane
-from .harness.webhook_host import NetworkNamespace, ServerProcess
-from .test_manifests_apply import STAND_IN_CRDS
-from .test_webhook import (
+from .harness.admission import (
     BACKEND_INJECTOR,
     chart_like_pod,
     create_pod,
-    endpoint_slice,
     is_mutated,
     kubectl_json,
     kubectl_ok,
@@ -60,6 +56,10 @@ from .test_webhook import (
     settle_namespace,
     wait_for,
 )
+from .harness.cert_manager import STAND_IN_CRDS
+from .harness.controlplane import ControlPlane
+from .harness.deploy import endpoint_slice
+from .harness.webhook_host import NetworkNamespace, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -219,7 +219,7 @@ def installed(
 @contextlib.contextmanager
 def chart_namespace(plane: ControlPlane) -> Iterator[None]:
     """The chart's Namespace for real (dry-run objects cannot go into a dry-run namespace)
-    and stand-ins for cert-manager's CRDs (see test_manifests_apply.py); the Namespace is
+    and stand-ins for cert-manager's CRDs (see harness/cert_manager.py); the Namespace is
     deleted, and gone, on exit, before the install test has Helm create it."""
     kubectl_ok(plane, "apply", "-f", "-",
                input=json.dumps({"apiVersion": "v1", "kind": "List", "items": STAND_IN_CRDS}))

@@ -20,7 +20,7 @@ import yaml
 from .harness import images
 from .harness.backend import Backend
 from .harness.controlplane import build_binaries, free_port
-from .test_backend import Standin, runs_of, wait_for
+from .harness.standin import Standin, runs_of, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

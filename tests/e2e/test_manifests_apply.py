@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from .harness.cert_manager import STAND_IN_CRDS
 from .harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
@@ -23,32 +24,6 @@ pytestmark = pytest.mark.e2e
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 KUSTOMIZATIONS = [MANIFESTS / "base", *sorted((MANIFESTS / "overlays").iterdir())]
 NAMESPACE = "backend-injector"
-
-# cert-manager cannot be downloaded here, so its CRDs are stood in for by minimal ones of the
-# same group, version, kinds and scope that accept any content: what this checks is the
-# project's own core objects (and that the cert-manager ones reach the apiserver), not
-# cert-manager's schema, which tools/check-manifests.sh does not cover either.
-STAND_IN_CRDS: list[dict[str, Any]] = [
-    {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.cert-manager.io"},
-        "spec": {
-            "group": "cert-manager.io",
-            "scope": "Namespaced",
-            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural,
-                      "singular": plural[:-1]},
-            "versions": [{
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-            }],
-        },
-    }
-    for kind, plural in (("Issuer", "issuers"), ("Certificate", "certificates"))
-]
 
 
 def _ok(plane: ControlPlane, *args: str, input: str | None = None) -> str:

@@ -12,7 +12,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -21,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from .harness import oci
 from .harness.controlplane import ControlPlane
+from .harness.host_lock import lock_host
 from .harness.kubectl import kubectl_json, kubectl_ok, pod_summary, wait_for, wait_for_pod_phase
 from .harness.node import (
     CGROUP_ROOT,
@@ -33,29 +32,14 @@ from .harness.node import (
     KUBELET_SYSCTLS,
     NODE_NAME,
     POD_SUBNET,
+    REDIRECTED_PATHS,
     Node,
     NodeBinaries,
 )
 from .harness.node_host import cgroup_hierarchies, nft_tables
-from .harness.webhook_host import _lock_host
+from .harness.smoke import PAGE_TOKEN, SMOKE_IMAGE, WEB_COMMAND, write_smoke_image
 
-SMOKE_IMAGE = "localhost/bi-e2e/smoke:1"
-# Written into the served page, so the answer cannot come from anything but this pod.
-PAGE_TOKEN = secrets.token_hex(8)
 POD_TIMEOUT = 120.0
-
-
-def write_smoke_image(archive: Path, binaries: NodeBinaries) -> Path:
-    """The probe program and a page carrying PAGE_TOKEN."""
-    return oci.write_image_archive(
-        archive,
-        name=SMOKE_IMAGE,
-        entries={
-            "/probe": oci.File(binaries.probe.read_bytes(), 0o755),
-            "/www/index.html": oci.File(f"smoke {PAGE_TOKEN}\n".encode()),
-        },
-        entrypoint=["/probe"],
-    )
 
 
 def pod_manifest(name: str, namespace: str, command: list[str], **spec: Any) -> str:
@@ -77,9 +61,6 @@ def pod_manifest(name: str, namespace: str, command: list[str], **spec: Any) -> 
         },
     }
     return json.dumps(pod)
-
-
-WEB_COMMAND = ["/probe", "serve", "8080", "/www/index.html"]
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +222,9 @@ def machine_state(binaries: NodeBinaries) -> dict[str, Any]:
         ),
         "paths": {
             directory: sorted(os.listdir(directory)) if os.path.isdir(directory) else None
-            for directory in (*LISTED_DIRS, *map(str, HIJACKED_PATHS))
+            # The default paths the node redirects are listed themselves: one that exists
+            # already would hide what is written inside it from its parent's listing.
+            for directory in (*LISTED_DIRS, *map(str, (*HIJACKED_PATHS, *REDIRECTED_PATHS)))
         },
         "processes": sorted(processes),
     }
@@ -251,7 +234,7 @@ def machine_state(binaries: NodeBinaries) -> dict[str, Any]:
 def quiet_host() -> Iterator[None]:
     """The webhook tests' host lock: no other session's test netns comes or goes meanwhile,
     so that every difference in the snapshot is this node's."""
-    lock = _lock_host(timeout=1200)
+    lock = lock_host(timeout=1200)
     try:
         yield
     finally:

@@ -1,4 +1,4 @@
-"""The seed's verification plan, walked on a real node (issue 11, item 4; figures of item 5).
+"""The project's verification walk on a real node, step by step, and the figures it gives.
 
 On the e2e node, with the webhook's image built from the project's Dockerfile and the chart's
 images as stand-ins (``images.py``), and the external backend on the host where
@@ -39,7 +39,7 @@ from .harness.backend import Backend
 from .harness.controlplane import REPO_ROOT, ControlPlane
 from .harness.kubectl import kubectl_json, kubectl_ok, pod_summary, wait_for
 from .harness.node import HOST_ADDRESS, HOST_DOCKER_INTERNAL, NODE_CPUS, Node
-from .test_node import SMOKE_IMAGE, WEB_COMMAND, write_smoke_image
+from .harness.smoke import SMOKE_IMAGE, WEB_COMMAND, write_smoke_image
 
 OVERLAY = REPO_ROOT / "manifests" / "overlays" / "docker-desktop"
 WEBHOOK_CHART = REPO_ROOT / "charts" / "backend-injector"

@@ -227,6 +227,10 @@ class Backend:
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
 
+    def process_groups(self) -> list[int]:
+        """The pids of the processes started (each leads a process group of its own)."""
+        return [process.pid for process in self._processes.values()]
+
     def client_env(self) -> dict[str, str]:
         """The variables a client of this backend needs, as the webhook would inject them."""
         return {

@@ -12,10 +12,7 @@ Everything listens on 127.0.0.1 at ports picked at start-up, lives in one tempor
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -33,10 +30,16 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+# KeyPair, write_kubeconfig and wait_while_running are made in pki.py and processes.py (the
+# "as" re-exports them): the node and the tests have always imported them from here.
+from .pki import CertificateAuthority, private_key_pem, write_file
+from .pki import KeyPair as KeyPair
+from .pki import write_kubeconfig as write_kubeconfig
+from .processes import ManagedProcess, die_with_parent_prefix, terminate
+from .processes import wait_while_running as wait_while_running
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "tools" / "build-binaries.sh"
@@ -125,162 +128,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# --- certificates ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    """A PEM certificate and its PEM private key."""
-
-    cert_pem: bytes
-    key_pem: bytes
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if organization is not None:
-        # Kubernetes maps the certificate's O= to the user's groups.
-        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-    return x509.Name(attributes)
-
-
-class CertificateAuthority:
-    """A one-day CA that signs the apiserver's serving cert and the client certs."""
-
-    def __init__(self) -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        subject = _name("backend-injector-e2e-ca")
-        self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            # Back-dated so that small clock differences never make it "not yet valid".
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self._key, hashes.SHA256())
-        )
-
-    @property
-    def cert_pem(self) -> bytes:
-        return self._cert.public_bytes(serialization.Encoding.PEM)
-
-    @property
-    def key_pem(self) -> bytes:
-        return _key_pem(self._key)
-
-    def issue(
-        self,
-        common_name: str,
-        *,
-        organization: str | None = None,
-        dns_names: Sequence[str] = (),
-        ip_addresses: Sequence[str] = (),
-        server: bool = False,
-    ) -> KeyPair:
-        """Sign a leaf certificate: a server cert when ``server``, else a client cert."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
-        if not server:
-            usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name, organization))
-            .issuer_name(self._cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        alt_names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-        alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-        if alt_names:
-            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        cert = builder.sign(self._key, hashes.SHA256())
-        return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
-
-
-def _write(path: Path, data: bytes, *, private: bool = False) -> Path:
-    path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
-    return path
-
-
-def write_kubeconfig(path: Path, *, server: str, ca_pem: bytes, client: KeyPair, user: str) -> Path:
-    """Write a kubeconfig with the CA and client certificate embedded.
-
-    JSON is valid YAML, so no YAML library is needed; embedding the PEMs keeps the file
-    usable after being copied elsewhere (e.g. into a log bundle).
-    """
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode("ascii")
-
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "e2e",
-                "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)},
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate-data": b64(client.cert_pem),
-                    "client-key-data": b64(client.key_pem),
-                },
-            }
-        ],
-        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
-        "current-context": "e2e",
-    }
-    return _write(path, json.dumps(config, indent=2).encode(), private=True)
-
-
 # --- processes ------------------------------------------------------------------------------
-
-
-def _die_with_parent_prefix() -> list[str]:
-    """A command prefix that makes Linux SIGKILL the child if the test process dies.
-
-    Without it a SIGKILLed pytest would leave etcd and the apiserver running and holding
-    their ports. setpriv (util-linux, on every Debian) sets the flag and execs the binary;
-    it is used instead of a Popen preexec_fn, which is unsafe once threads exist.
-    """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 DIR_PREFIX = "backend-injector-e2e-"
@@ -290,7 +138,7 @@ OWNER_FILE = "owner.pid"
 def _remove_stale_dirs() -> None:
     """Delete temp dirs left by test processes that were SIGKILLed (so never cleaned up).
 
-    Their children died with them (see _die_with_parent_prefix); a dir whose owner still
+    Their children died with them (see processes.die_with_parent_prefix); a dir whose owner still
     runs belongs to a concurrent session and is left alone.
     """
     for directory in Path(tempfile.gettempdir()).glob(DIR_PREFIX + "*"):
@@ -304,38 +152,6 @@ def _remove_stale_dirs() -> None:
             shutil.rmtree(directory, ignore_errors=True)
         except PermissionError:
             continue
-
-
-@dataclass
-class _Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-
-def wait_while_running(
-    processes: Sequence[_Process],
-    deadline: float,
-    what: str,
-    ready: Callable[[], bool],
-    *,
-    error: type[Exception],
-    logs: Callable[[], str],
-) -> None:
-    """Poll ``ready`` until it holds; raise ``error`` (with the logs' tail) when a process exits
-    first or ``deadline`` (time.monotonic) passes."""
-    while True:
-        for process in processes:
-            if process.popen.poll() is not None:
-                raise error(
-                    f"{process.name} exited with code {process.popen.returncode} while "
-                    f"waiting for {what}\n{logs()}"
-                )
-        if ready():
-            return
-        if time.monotonic() > deadline:
-            raise error(f"timed out waiting for {what}\n{logs()}")
-        time.sleep(0.5)
 
 
 class ControlPlane:
@@ -365,7 +181,7 @@ class ControlPlane:
         self.controller_manager_port = free_port()
         self.server_url = f"https://127.0.0.1:{self.apiserver_port}"
         self.kubeconfig = self.cert_dir / "admin.kubeconfig"
-        self._processes: list[_Process] = []
+        self._processes: list[ManagedProcess] = []
         self._stopped = False
         self._previous_sigterm: Callable[[int, FrameType | None], Any] | int | None = None
 
@@ -414,7 +230,7 @@ class ControlPlane:
         # Reverse start order: the controller-manager and apiserver shut down cleanly only
         # while etcd is still there.
         for process in reversed(self._processes):
-            self._terminate(process)
+            terminate(process)
         self._processes.clear()
         if not self.keep_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -436,23 +252,11 @@ class ControlPlane:
 
                 self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 
-    @staticmethod
-    def _terminate(process: _Process, grace: float = 15.0) -> None:
-        if process.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.popen.pid, signal.SIGTERM)
-            try:
-                process.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.popen.pid, signal.SIGKILL)
-                process.popen.wait(timeout=grace)
-
     def _spawn(self, name: str, argv: Sequence[str | os.PathLike[str]]) -> None:
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log:
             popen = subprocess.Popen(
-                [*_die_with_parent_prefix(), *(os.fspath(arg) for arg in argv)],
+                [*die_with_parent_prefix(), *(os.fspath(arg) for arg in argv)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -461,7 +265,7 @@ class ControlPlane:
                 # Ctrl-C in the terminal reaches pytest first (which then tears down).
                 start_new_session=True,
             )
-        self._processes.append(_Process(name, popen, log_path))
+        self._processes.append(ManagedProcess(name, popen, log_path))
 
     def _wait(self, deadline: float, what: str, ready: Callable[[], bool]) -> None:
         wait_while_running(self._processes, deadline, what, ready,
@@ -473,7 +277,7 @@ class ControlPlane:
         ca = CertificateAuthority()
         # Kept for components added later (the node's kubelet, scheduler and proxy).
         self.ca = ca
-        self.ca_path = _write(self.cert_dir / "ca.crt", ca.cert_pem)
+        self.ca_path = write_file(self.cert_dir / "ca.crt", ca.cert_pem)
         serving = ca.issue(
             "kube-apiserver",
             server=True,
@@ -486,14 +290,18 @@ class ControlPlane:
             ),
             ip_addresses=("127.0.0.1", KUBERNETES_SERVICE_IP),
         )
-        self.serving_cert = _write(self.cert_dir / "apiserver.crt", serving.cert_pem)
-        self.serving_key = _write(self.cert_dir / "apiserver.key", serving.key_pem, private=True)
+        self.serving_cert = write_file(self.cert_dir / "apiserver.crt", serving.cert_pem)
+        self.serving_key = write_file(
+            self.cert_dir / "apiserver.key", serving.key_pem, private=True
+        )
 
         # Service-account tokens are signed with an RSA key: RS256 is what every consumer of
         # those tokens is guaranteed to verify.
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.sa_key_path = _write(self.cert_dir / "sa.key", _key_pem(sa_key), private=True)
-        self.sa_pub_path = _write(
+        self.sa_key_path = write_file(
+            self.cert_dir / "sa.key", private_key_pem(sa_key), private=True
+        )
+        self.sa_pub_path = write_file(
             self.cert_dir / "sa.pub",
             sa_key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -501,8 +309,8 @@ class ControlPlane:
         )
 
         admin = ca.issue("backend-injector-e2e-admin", organization="system:masters")
-        self.admin_cert_path = _write(self.cert_dir / "admin.crt", admin.cert_pem)
-        self.admin_key_path = _write(self.cert_dir / "admin.key", admin.key_pem, private=True)
+        self.admin_cert_path = write_file(self.cert_dir / "admin.crt", admin.cert_pem)
+        self.admin_key_path = write_file(self.cert_dir / "admin.key", admin.key_pem, private=True)
         write_kubeconfig(
             self.kubeconfig,
             server=self.server_url,
@@ -524,19 +332,19 @@ class ControlPlane:
         # authentication ConfigMap, which the controller-manager's delegated authn reads
         # (and complains about every few seconds when it is missing).
         front_proxy_ca = CertificateAuthority()
-        self.front_proxy_ca_path = _write(
+        self.front_proxy_ca_path = write_file(
             self.cert_dir / "front-proxy-ca.crt", front_proxy_ca.cert_pem
         )
         proxy_client = front_proxy_ca.issue("front-proxy-client")
-        self.proxy_client_cert = _write(
+        self.proxy_client_cert = write_file(
             self.cert_dir / "front-proxy-client.crt", proxy_client.cert_pem
         )
-        self.proxy_client_key = _write(
+        self.proxy_client_key = write_file(
             self.cert_dir / "front-proxy-client.key", proxy_client.key_pem, private=True
         )
         # Client certificates for the kubelets and CSRs that never come: the CSR signer
         # controller refuses to start without a signing pair, so hand it the CA.
-        self.ca_key_path = _write(self.cert_dir / "ca.key", ca.key_pem, private=True)
+        self.ca_key_path = write_file(self.cert_dir / "ca.key", ca.key_pem, private=True)
 
     def _start_etcd(self) -> None:
         client_url = f"http://127.0.0.1:{self.etcd_client_port}"
@@ -630,7 +438,8 @@ class ControlPlane:
         except (OSError, ValueError):
             return False
 
-    def _admin_ssl_context(self) -> ssl.SSLContext:
+    def admin_ssl_context(self) -> ssl.SSLContext:
+        """The apiserver's CA and the admin's client certificate, as kubectl uses them."""
         context = ssl.create_default_context(cafile=str(self.ca_path))
         context.load_cert_chain(str(self.admin_cert_path), str(self.admin_key_path))
         return context
@@ -639,14 +448,14 @@ class ControlPlane:
         """GET an API path as the admin user and return the decoded JSON."""
         request = urllib.request.Request(self.server_url + path)
         with urllib.request.urlopen(
-            request, timeout=10, context=self._admin_ssl_context()
+            request, timeout=10, context=self.admin_ssl_context()
         ) as response:
             return json.load(response)
 
     def _apiserver_ready(self) -> bool:
         try:
             with urllib.request.urlopen(
-                self.server_url + "/readyz", timeout=5, context=self._admin_ssl_context()
+                self.server_url + "/readyz", timeout=5, context=self.admin_ssl_context()
             ) as response:
                 return bool(response.status == 200)
         except (OSError, ssl.SSLError, urllib.error.URLError):

@@ -27,9 +27,7 @@ so a warm run only reads a few small files:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 import re
 import shutil
@@ -39,13 +37,17 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
 from . import buildcache
+from .buildah import CONTAINERD_NAME, Buildah, Publish, run_logged
+
+# Made in buildah.py; the tests know them from here.
+from .buildah import Image as Image
+from .buildah import ImageError as ImageError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -58,10 +60,6 @@ RECIPE = "1"
 
 BASE_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv")
-# The machine's CA bundle and pip's configuration naming it: package registries are reached
-# through a TLS chain only this bundle trusts.
-BUILD_MOUNTS = (Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/pip.conf"))
-
 # The flts chart's images: each is the stand-in image of tools/images/flts with its own
 # configuration (the role as CMD), named as the chart's values.yaml names it at SECTION.KEY.
 FLTS_ROLES: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -73,34 +71,6 @@ FLTS_ROLES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "kafka": ("kafka", "image",
               {"Cmd": ["kafka"], "ExposedPorts": {"9092/tcp": {}, "9093/tcp": {}}}),
 }
-
-_REF_NAME = "org.opencontainers.image.ref.name"
-# containerd names an imported image after this annotation (the OCI one may be a bare tag).
-_CONTAINERD_NAME = "io.containerd.image.name"
-
-
-class ImageError(RuntimeError):
-    """An image could not be built."""
-
-
-@dataclass(frozen=True)
-class Publish:
-    """A locally built image to write into the archive as ``name``, its config amended."""
-
-    local: str
-    name: str
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Image:
-    """One image in an archive, by the fully qualified name containerd will list it under."""
-
-    name: str
-    archive: Path
-    config: dict[str, Any]
-    """The OCI image configuration's ``config`` object: User, Entrypoint, Cmd, Env..."""
-
 
 def qualified(name: str) -> str:
     """The reference as containerd's CRI normalises it: ``busybox:1.35`` ->
@@ -184,7 +154,7 @@ def _cached(entry: Path) -> list[Image] | None:
     return [Image(item["name"], entry / "images.tar", item["config"]) for item in listing]
 
 
-Recipe = Callable[["_Buildah", Path], list[Publish]]
+Recipe = Callable[["Buildah", Path], list[Publish]]
 """Builds images from a context directory; says what to publish under which names."""
 
 
@@ -217,7 +187,7 @@ def _build_group(kind: str, sources: dict[str, Path], keys: Sequence[str], build
             buildcache.fresh_entry(entry)
             print(f"images: building {kind} into {entry}", file=output, flush=True)
             started = time.monotonic()
-            with _Buildah(entry / "build.log") as builder:
+            with Buildah(entry / "build.log", _images_cache() / ".work") as builder:
                 images = builder.archive(build(builder, context), entry / "images.tar")
             (entry / "images.json").write_text(json.dumps(
                 [{"name": image.name, "config": image.config} for image in images], indent=1))
@@ -281,7 +251,7 @@ def base_rootfs(stream: IO[str] | None = None) -> Path:
         print(f"images: debootstrap {BASE_SUITE} from {mirror}", file=output, flush=True)
         started = time.monotonic()
         rootfs = entry / "rootfs"
-        _run(["nice", "-n", "10", "debootstrap", "--variant=minbase",
+        run_logged(["nice", "-n", "10", "debootstrap", "--variant=minbase",
               f"--include={','.join(BASE_PACKAGES)}", BASE_SUITE, str(rootfs), mirror],
              entry / "debootstrap.log")
         # What an image does not carry: package downloads and lists.
@@ -290,7 +260,7 @@ def base_rootfs(stream: IO[str] | None = None) -> Path:
                 if path.is_file():
                     path.unlink()
         (rootfs / "usr/bin/python").symlink_to("python3")
-        _run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(rootfs_tar), "."],
+        run_logged(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(rootfs_tar), "."],
              entry / "debootstrap.log")
         shutil.rmtree(rootfs)
         elapsed = time.monotonic() - started
@@ -307,7 +277,7 @@ def webhook_images(stream: IO[str] | None = None) -> list[Image]:
     base = base_rootfs(stream)
     names = webhook_names()
 
-    def build(builder: _Buildah, context: Path) -> list[Publish]:
+    def build(builder: Buildah, context: Path) -> list[Publish]:
         builder.load_base(base, dockerfile_base())
         builder.bud(context, context / DOCKERFILE.name, tag=names[0])
         return [Publish(names[0], name) for name in names]
@@ -333,7 +303,7 @@ def busybox_images(stream: IO[str] | None = None) -> list[Image]:
     name = qualified(chart_values()["images"]["busybox"])
     versions = [_package_version(package) for package in ("busybox", "libc6")]
 
-    def build(builder: _Buildah, context: Path) -> list[Publish]:
+    def build(builder: Buildah, context: Path) -> list[Publish]:
         _busybox_rootfs(context / "rootfs", context / "nc.c", builder.log)
         builder.bud(context, context / "Containerfile", tag=name)
         return [Publish(name, name)]
@@ -360,7 +330,7 @@ def _busybox_rootfs(rootfs: Path, nc_source: Path, log: Path) -> None:
         if applet not in ("busybox", "nc"):
             (bin_dir / applet).symlink_to("busybox")
     # Linked against the same glibc as the busybox beside it, whose libraries the image has.
-    _run(["gcc", "-Os", "-Wall", "-Wextra", "-Werror", "-o", str(bin_dir / "nc"),
+    run_logged(["gcc", "-Os", "-Wall", "-Wextra", "-Werror", "-o", str(bin_dir / "nc"),
           str(nc_source)], log)
     etc = rootfs / "etc"
     etc.mkdir()
@@ -399,7 +369,7 @@ def flts_images(stream: IO[str] | None = None) -> list[Image]:
              for section, key, config in FLTS_ROLES.values()}
     local = "localhost/flts-standin:build"
 
-    def build(builder: _Buildah, context: Path) -> list[Publish]:
+    def build(builder: Buildah, context: Path) -> list[Publish]:
         builder.load_base(base, dockerfile_base())
         builder.bud(context, context / "Containerfile", tag=local,
                     build_args={"BASE": dockerfile_base()})
@@ -440,7 +410,7 @@ def unpack(image: Image, rootfs: Path) -> None:
 
         index = json.load(_read_index(archive))
         [descriptor] = [d for d in index["manifests"]
-                        if d["annotations"].get("io.containerd.image.name") == image.name]
+                        if d["annotations"].get(CONTAINERD_NAME) == image.name]
         manifest = json.load(read(descriptor["digest"]))
         rootfs.mkdir(parents=True, exist_ok=True)
         for layer in manifest["layers"]:
@@ -479,134 +449,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
-
-
-# --- buildah --------------------------------------------------------------------------------
-
-
-class _Buildah:
-    """buildah with a storage of its own, removed on exit (the results are archives)."""
-
-    def __init__(self, log: Path) -> None:
-        self.log = log
-        work_root = _images_cache() / ".work"
-        # Only one build runs at a time (the images lock): anything here is a crashed one's.
-        shutil.rmtree(work_root, ignore_errors=True)
-        work_root.mkdir(parents=True)
-        self.work = Path(tempfile.mkdtemp(dir=work_root))
-
-    def __enter__(self) -> _Buildah:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
-
-    def run(self, *args: str) -> str:
-        command = ["nice", "-n", "10", "buildah", "--root", str(self.work / "root"),
-                   "--runroot", str(self.work / "run"), "--storage-driver", "vfs", *args]
-        return _run(command, self.log, env={"TMPDIR": str(self.work)})
-
-    def load_base(self, rootfs_tar: Path, name: str) -> None:
-        """Commit the base's root filesystem under the name the Dockerfile asks for."""
-        container = self.run("from", "scratch").strip().splitlines()[-1]
-        self.run("add", container, str(rootfs_tar), "/")
-        self.run("config", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                 "/sbin:/bin", "--env", "LANG=C.UTF-8", "--cmd", '["python3"]', container)
-        self.run("commit", "--quiet", container, name)
-        self.run("rm", container)
-
-    def bud(self, context: Path, containerfile: Path, *, tag: str,
-            build_args: dict[str, str] | None = None) -> None:
-        """Build ``containerfile`` with only local images, the CA bundle mounted for pip."""
-        args = ["bud", "--isolation", "chroot", "--pull=never", "--layers=false",
-                "--file", str(containerfile), "--tag", tag]
-        for mount in BUILD_MOUNTS:
-            if mount.exists():
-                args += ["--volume", f"{mount}:{mount}:ro"]
-        for name, value in (build_args or {}).items():
-            args += ["--build-arg", f"{name}={value}"]
-        self.run(*args, str(context))
-
-    def archive(self, published: list[Publish], archive: Path) -> list[Image]:
-        """Write the images into one OCI archive whose images share their blobs.
-
-        An image published with config changes gets a config and a manifest of its own over
-        the same layers: what a one-line ``CMD`` stage would give, without buildah copying
-        the whole root filesystem (vfs) to commit it.
-        """
-        layout = self.work / "layout"
-        for local in dict.fromkeys(item.local for item in published):
-            self.run("push", "--quiet", local, f"oci:{layout}:{local}")
-        index = json.loads((layout / "index.json").read_text())
-        pushed = {descriptor["annotations"][_REF_NAME]: descriptor
-                  for descriptor in index["manifests"]}
-        descriptors, images = [], []
-        for item in published:
-            source = pushed[item.local]
-            manifest = _blob(layout, source["digest"])
-            config = _blob(layout, manifest["config"]["digest"])
-            reference = {"digest": source["digest"], "size": source["size"]}
-            if item.config:
-                config = config | {"config": config.get("config", {}) | item.config}
-                manifest = manifest | {"config": manifest["config"] | _put_blob(layout, config)}
-                reference = _put_blob(layout, manifest)
-            descriptors.append({
-                "mediaType": source["mediaType"], **reference,
-                "annotations": {_REF_NAME: item.name, _CONTAINERD_NAME: item.name},
-                # So that `ctr import` matches the node's platform without reading configs.
-                "platform": {"architecture": config["architecture"], "os": config["os"]},
-            })
-            images.append(Image(item.name, archive, config.get("config", {})))
-        index["manifests"] = descriptors
-        (layout / "index.json").write_text(json.dumps(index))
-        _drop_unreferenced_blobs(layout, descriptors)
-        with tarfile.open(archive, "w") as tar:
-            for path in sorted(layout.iterdir()):
-                tar.add(path, arcname=path.name)
-        return images
-
-
-def _put_blob(layout: Path, document: dict[str, Any]) -> dict[str, Any]:
-    """Store a JSON document as a blob; return its digest and size for a descriptor."""
-    content = json.dumps(document, separators=(",", ":")).encode()
-    digest = hashlib.sha256(content).hexdigest()
-    (layout / "blobs" / "sha256" / digest).write_bytes(content)
-    return {"digest": f"sha256:{digest}", "size": len(content)}
-
-
-def _drop_unreferenced_blobs(layout: Path, descriptors: list[dict[str, Any]]) -> None:
-    """Remove the configs and manifests that only the pushed, unpublished images used."""
-    referenced = set()
-    for descriptor in descriptors:
-        manifest = _blob(layout, descriptor["digest"])
-        referenced |= {descriptor["digest"], manifest["config"]["digest"],
-                       *(layer["digest"] for layer in manifest["layers"])}
-    for path in (layout / "blobs" / "sha256").iterdir():
-        if f"sha256:{path.name}" not in referenced:
-            path.unlink()
-
-
-def _blob(layout: Path, digest: str) -> dict[str, Any]:
-    algorithm, value = digest.split(":", 1)
-    document: dict[str, Any] = json.loads((layout / "blobs" / algorithm / value).read_text())
-    return document
-
-
-def _run(command: list[str], log: Path, env: dict[str, str] | None = None) -> str:
-    """Run ``command``, its output appended to ``log``; on failure raise with the log's end."""
-    with open(log, "a") as output:
-        output.write(f"$ {' '.join(command)}\n")
-        output.flush()
-        started = time.monotonic()
-        result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=output, text=True, check=False,
-                                env=os.environ | (env or {}))
-        output.write(f"{result.stdout}# {time.monotonic() - started:.1f} s\n")
-    if result.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise ImageError(f"{command[0:5]}... failed with exit code {result.returncode}; "
-                         f"end of {log}:\n{tail}")
-    return result.stdout
 
 
 def main(argv: list[str]) -> int:

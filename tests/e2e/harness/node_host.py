@@ -1,49 +1,27 @@
 """The machine-level parts of the e2e node: commands, sysctls, iptables and nftables, cgroups,
-a machine-wide lock, and the TCP forwarder that puts the loopback apiserver behind a pod-reachable
-address. ``node.py`` composes them; the node tests read the machine's state with them.
+and the TCP forwarder that puts the loopback apiserver behind a pod-reachable address. The
+``node`` package composes them; the node tests read the machine's state with them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import selectors
 import shlex
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from .controlplane import ControlPlaneError
+from .processes import die_with_parent_prefix as die_with_parent_prefix
 
 
 class NodeError(ControlPlaneError):
     """The node could not be built, started or reached."""
-
-
-def lock_machine(timeout: float = 1200.0) -> int:
-    """Take the machine-wide node lock (the bridge, subnet and cgroup names are fixed).
-
-    Returns the locked descriptor; closing it releases the lock, and so does the kernel when
-    a session dies. Waits for another session's node rather than failing.
-    """
-    path = Path(tempfile.gettempdir()) / "backend-injector-e2e-node.lock"
-    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return descriptor
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(descriptor)
-                raise NodeError(f"{path} stayed locked for {timeout:.0f}s") from None
-            time.sleep(1)
 
 
 def run(argv: Sequence[str | os.PathLike[str]], *, check: bool = True) -> str:
@@ -58,12 +36,6 @@ def run(argv: Sequence[str | os.PathLike[str]], *, check: bool = True) -> str:
         command = " ".join(os.fspath(arg) for arg in argv)
         raise NodeError(f"{command}: exit {result.returncode}: {result.stderr.strip()}")
     return result.stdout
-
-
-def die_with_parent_prefix() -> list[str]:
-    # As in controlplane.py: a SIGKILLed pytest must not leave node processes behind.
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def read_sysctl(name: str) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -35,13 +34,15 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from .host_lock import NETWORK_NAMESPACE, lock_host
+from .processes import die_with_parent_prefix
 
 # A private /30 nothing else uses (NetworkNamespace.create checks that before taking it).
 SUBNET = ipaddress.IPv4Network("10.213.77.0/30")
@@ -72,12 +73,6 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def _die_with_parent_prefix() -> list[str]:
-    # As in controlplane.py: a SIGKILLed pytest must not leave a webhook holding the address.
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
-
-
 class NetworkNamespace:
     """A network namespace joined to the host by a veth pair on ``SUBNET``.
 
@@ -101,7 +96,7 @@ class NetworkNamespace:
         """Lock, remove what a killed session left, check the /30 is free, build the link."""
         if os.geteuid() != 0:
             raise HostError("network namespaces need root (run the e2e tests as root)")
-        netns = cls(_lock_host(lock_timeout))
+        netns = cls(lock_host(lock_timeout, NETWORK_NAMESPACE, error=HostError))
         try:
             netns._remove_links()
             _check_subnet_is_free()
@@ -143,22 +138,6 @@ class NetworkNamespace:
     def exec_prefix(self) -> list[str]:
         ip = shutil.which("ip") or "ip"
         return [ip, "netns", "exec", self.name]
-
-
-def _lock_host(timeout: float) -> int:
-    path = Path(tempfile.gettempdir()) / "backend-injector-e2e-netns.lock"
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return descriptor
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(descriptor)
-                raise HostError(f"{path} stayed locked by another test session for "
-                                f"{timeout:.0f}s") from None
-            time.sleep(0.5)
 
 
 def _check_subnet_is_free() -> None:
@@ -239,7 +218,7 @@ class ServerProcess:
             return
         with self.log_path.open("ab") as log:
             self._popen = subprocess.Popen(
-                [*_die_with_parent_prefix(), *self.netns.exec_prefix(), *self.argv],
+                [*die_with_parent_prefix(), *self.netns.exec_prefix(), *self.argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
