@@ -68,7 +68,7 @@ def encoded_size(obj: dict[str, Any]) -> int:
 
 
 def repeated_probe_pod(size: int, *, unit: str = PROBE, tag: str = "") -> dict[str, Any]:
-    """The seed's trainer whose wait-for-mlflow script repeats a probe to about ``size`` bytes.
+    """An flts trainer whose wait-for-mlflow script repeats a probe to about ``size`` bytes.
 
     ``tag`` goes into a comment at the top of the script, so that scripts can differ.
     """

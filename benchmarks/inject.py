@@ -1,7 +1,7 @@
 """``python -m benchmarks.inject``: ``backend-injector inject`` on a big ``helm template``.
 
 The input is what ``helm template`` of a large chart prints: 2,000 Deployments shaped like the
-seed chart's trainers (two waiters and the backend env), each behind a
+flts chart's trainers (two waiters and the backend env), each behind a
 ``# Source:`` comment, about 1.7 MB in all. It is injected in-process with PyYAML's libyaml
 loader and dumper (what ``inject`` uses when PyYAML has them) and with the pure-Python ones
 (the fallback, and what ``inject`` used before), alternating rounds; the figure is the ratio

@@ -2,7 +2,7 @@
 
 Standard-library json, a deep copy of the pod mutated in place, and the patch found by
 diffing the two pods with ``jsonpatch.make_patch``. It does the same job as backend-injector
-for the seed's pods (waiters by name, env replaced or added, the status annotation), so the
+for the flts chart's pods (waiters by name, env replaced or added, the status annotation), so the
 difference in cost is the way it is done, not what is done.
 """
 

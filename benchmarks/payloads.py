@@ -1,4 +1,4 @@
-"""The reviews the benchmarks send: a seed-like small pod and a large one.
+"""The reviews the benchmarks send: a small pod like the flts chart's trainers and a large one.
 
 The small one is the GRU trainer as the ReplicaSet controller creates it (~3 KB of JSON); the
 large one (~100 KB) has many containers and variables, to show how cost grows with size.

@@ -48,7 +48,7 @@ def pod(
     containers: list[dict[str, Any]] | None = None,
     annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A seed-like trainer pod: wait-for-mlflow and wait-for-kafka, in-cluster env."""
+    """An flts trainer pod: wait-for-mlflow and wait-for-kafka, in-cluster env."""
     spec: dict[str, Any] = {
         "containers": containers
         if containers is not None

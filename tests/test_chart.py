@@ -1,6 +1,6 @@
-"""The e2e copy of the seed's "flts" chart (tests/e2e/chart) renders with `helm template` and
-still has what makes its pods hang without backend-injector: the seed's init containers, in
-the seed's order, and in-cluster backend URLs."""
+"""The e2e copy of the "flts" chart (tests/e2e/chart) renders with `helm template` and
+still has what makes its pods hang without backend-injector: the chart's init containers, in
+their order, and in-cluster backend URLs."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from tests.tool_binaries import find_helm
 
 CHART = Path(__file__).resolve().parent / "e2e" / "chart"
 
-# Init containers per workload, in order; the seed's `kubectl get pods` shows Init:0/2 for the
-# trainers, Init:0/3 for eval, Init:1/2 for inference (Kafka is waited for first and answers).
-SEED_INIT_CONTAINERS = {
+# Init containers per workload, in order; its users' `kubectl get pods` showed Init:0/2 for
+# the trainers, Init:0/3 for eval, Init:1/2 for inference (Kafka is waited for first and answers).
+CHART_INIT_CONTAINERS = {
     "train-gru": ["wait-for-mlflow", "wait-for-kafka"],
     "train-lstm": ["wait-for-mlflow", "wait-for-kafka"],
     "nonml-prophet": ["wait-for-mlflow", "wait-for-kafka"],
@@ -51,7 +51,7 @@ def helm_template(tmp_path: Path, *arguments: str) -> list[dict[str, Any]]:
 
 def workload_name(item: dict[str, Any]) -> str:
     name: str = item["metadata"]["name"]
-    # The preprocess Job gets a random suffix per release, as in the seed (preprocess-043uf).
+    # The preprocess Job gets a random suffix per release (preprocess-043uf in its pod list).
     return "preprocess" if name.startswith("preprocess-") else name
 
 
@@ -67,7 +67,7 @@ def test_values_complete_keeps_the_pipeline_and_kafka_and_drops_the_backends(
     tmp_path: Path,
 ) -> None:
     objects = helm_template(tmp_path, "-f", str(CHART / "values-complete.yaml"))
-    assert set(pod_specs(objects)) == set(SEED_INIT_CONTAINERS) | {"kafka"}
+    assert set(pod_specs(objects)) == set(CHART_INIT_CONTAINERS) | {"kafka"}
     services = {item["metadata"]["name"] for item in objects if item["kind"] == "Service"}
     assert services == {"kafka", "inference"}
     assert not [item for item in objects if item["kind"] == "PersistentVolumeClaim"]
@@ -75,7 +75,7 @@ def test_values_complete_keeps_the_pipeline_and_kafka_and_drops_the_backends(
 
 def test_pods_wait_for_the_backends_in_the_seed_order(tmp_path: Path) -> None:
     specs = pod_specs(helm_template(tmp_path, "-f", str(CHART / "values-complete.yaml")))
-    for name, expected in SEED_INIT_CONTAINERS.items():
+    for name, expected in CHART_INIT_CONTAINERS.items():
         init_containers = specs[name]["initContainers"]
         assert [container["name"] for container in init_containers] == expected, name
         for container in init_containers:
@@ -85,7 +85,7 @@ def test_pods_wait_for_the_backends_in_the_seed_order(tmp_path: Path) -> None:
 
 def test_env_points_at_the_in_cluster_backends(tmp_path: Path) -> None:
     specs = pod_specs(helm_template(tmp_path, "-f", str(CHART / "values-complete.yaml")))
-    for name in SEED_INIT_CONTAINERS:
+    for name in CHART_INIT_CONTAINERS:
         env = {item["name"]: item["value"] for item in specs[name]["containers"][0]["env"]}
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000", name

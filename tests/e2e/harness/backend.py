@@ -1,6 +1,6 @@
-"""The external backend of the seed's Docker side, run on the host for the node e2e.
+"""The external backend of the user's Docker side, run on the host for the node e2e.
 
-The seed runs MLflow (:5000), MinIO (:9000) and a FastAPI gateway (:8000) in Docker Desktop,
+The user runs MLflow (:5000), MinIO (:9000) and a FastAPI gateway (:8000) in Docker Desktop,
 and the chart's pods reach them as ``host.docker.internal``. Here:
 
 - MLflow is the real tracking server from PyPI, on SQLite, with ``s3://mlflow/`` as its

@@ -157,7 +157,7 @@ def edge_pods() -> list[dict[str, Any]]:
         "kept-with-env": [sh("wait-for-kafka-too", "until nc -z kafka 9092; do sleep 2; done",
                              env=[env("MLFLOW_TRACKING_URI", "http://mlflow:5000"),
                                   env("OTHER", "x")])],
-        # Shapes of the rules v2 that the policy follows exactly (docs/policy.md).
+        # Shapes of the rules' second version that the policy follows exactly (docs/policy.md).
         "comments": [sh("probe", "# the tracking server; then (the gateway)\n\n"
                                  "until nc -z mlflow 5000; do # not yet\n  sleep 2\ndone\n"
                                  "nc -z fastapi-app 8000 # mlflow:5000 in a comment")],
