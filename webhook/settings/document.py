@@ -65,6 +65,7 @@ def default_document() -> dict[str, Any]:
 
 
 def read_configuration_file(path: Path) -> dict[str, Any]:
+    """The file as a mapping, refused with one line that says where when it cannot be used."""
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -77,18 +78,24 @@ def read_configuration_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"configuration file {path} must hold a mapping at the top level")
-    if "credentials" in loaded and isinstance(loaded["credentials"], dict):
-        for secret_field in ("access_key_id", "secret_access_key"):
-            if secret_field in loaded["credentials"]:
-                # Files end up in ConfigMaps and in git; values belong in a Secret.
-                raise ConfigError(
-                    f"credentials.{secret_field} may not be set in a configuration file; use "
-                    f"{ENV_PREFIX}{secret_field.upper()} or {ENV_PREFIX}{secret_field.upper()}_FILE"
-                )
+    _refuse_credential_values(loaded)
     problem = unknown_key(loaded, config_schema())
     if problem is not None:
         raise ConfigError(f"{path}: {problem}")
     return loaded
+
+
+def _refuse_credential_values(document: Mapping[str, Any]) -> None:
+    """Files end up in ConfigMaps and in git; credential values belong in a Secret."""
+    credentials = document.get("credentials")
+    if not isinstance(credentials, dict):
+        return
+    for secret_field in ("access_key_id", "secret_access_key"):
+        if secret_field in credentials:
+            raise ConfigError(
+                f"credentials.{secret_field} may not be set in a configuration file; use "
+                f"{ENV_PREFIX}{secret_field.upper()} or {ENV_PREFIX}{secret_field.upper()}_FILE"
+            )
 
 
 def yaml_problem(error: yaml.MarkedYAMLError) -> tuple[yaml.Mark | None, str]:

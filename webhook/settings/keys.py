@@ -18,31 +18,50 @@ def unknown_key(document: Any, schema: Mapping[str, Any], path: str = "") -> str
     NEAREST?)``; None when every key is known. Only keys are judged here; values are checked
     where settings are built, with messages of their own."""
     if isinstance(document, list) and isinstance(schema.get("items"), Mapping):
-        for index, item in enumerate(document):
-            if (problem := unknown_key(item, schema["items"], f"{path}[{index}]")) is not None:
-                return problem
-        return None
+        return _unknown_in_items(document, schema["items"], path)
     if not isinstance(document, Mapping):
         return None
     object_schema = _object_alternative(schema)
     if object_schema is None:
         return None
+    return _unknown_in_object(document, object_schema, path)
+
+
+def _unknown_in_items(items: list[Any], item_schema: Mapping[str, Any], path: str) -> str | None:
+    for index, item in enumerate(items):
+        if (problem := unknown_key(item, item_schema, f"{path}[{index}]")) is not None:
+            return problem
+    return None
+
+
+def _unknown_in_object(document: Mapping[Any, Any], object_schema: Mapping[str, Any],
+                       path: str) -> str | None:
     properties: Mapping[str, Any] = object_schema.get("properties") or {}
     patterns: Mapping[str, Any] = object_schema.get("patternProperties") or {}
     for key, value in document.items():
         where = f"{path}.{key}" if path else str(key)
-        child = properties.get(key)
+        child = _schema_of_key(str(key), object_schema, properties, patterns)
         if child is None:
-            child = next((sub for pattern, sub in patterns.items()
-                          if re.search(pattern, str(key))), None)
-        if child is None:
-            additional = object_schema.get("additionalProperties", True)
-            if additional is False:
-                return _unknown(where, str(key), properties, patterns)
-            child = additional if isinstance(additional, Mapping) else {}
+            return _unknown(where, str(key), properties, patterns)
         if (problem := unknown_key(value, child, where)) is not None:
             return problem
     return None
+
+
+def _schema_of_key(key: str, object_schema: Mapping[str, Any], properties: Mapping[str, Any],
+                   patterns: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The schema a key's value must follow: its property, else the first pattern it matches,
+    else additionalProperties; None when the object allows no such key."""
+    child = properties.get(key)
+    if child is not None:
+        return child  # type: ignore[no-any-return]
+    for pattern, sub in patterns.items():
+        if re.search(pattern, key):
+            return sub  # type: ignore[no-any-return]
+    additional = object_schema.get("additionalProperties", True)
+    if additional is False:
+        return None
+    return additional if isinstance(additional, Mapping) else {}
 
 
 def _object_alternative(schema: Mapping[str, Any]) -> Mapping[str, Any] | None:

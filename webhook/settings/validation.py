@@ -20,6 +20,22 @@ _ENV_NAME = re.compile(ENV_NAME)
 
 
 def validate(settings: Settings) -> None:
+    """Raise `ConfigError` for the first contradiction in settings built from every source."""
+    _validate_services(settings)
+    validate_endpoints(settings)
+    _validate_env_names(settings)
+    validate_numbers(settings)
+    if (settings.serving.tls_cert is None) != (settings.serving.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    credentials = settings.credentials
+    if credentials.mode is not CredentialMode.NONE and (
+        not credentials.access_key_id or not credentials.secret_access_key
+    ):
+        raise ConfigError("credentials may not be empty")
+
+
+def _validate_services(settings: Settings) -> None:
+    """At least one service, and no host claimed by two of them."""
     if not settings.services:
         raise ConfigError("services may not be empty")
     seen_hosts: dict[str, str] = {}
@@ -30,21 +46,15 @@ def validate(settings: Settings) -> None:
                     f"host {host!r} is claimed by both {seen_hosts[host]} and {service.name}"
                 )
             seen_hosts[host] = service.name
-    validate_endpoints(settings)
-    names = [name for name, _ in settings.env]
-    for name in names:
+
+
+def _validate_env_names(settings: Settings) -> None:
+    """Valid variable names, none of them a credential (those have a section of their own)."""
+    for name, _ in settings.env:
         if not _ENV_NAME.match(name):
             raise ConfigError(f"env: {name!r} is not a valid variable name")
         if name in (ACCESS_KEY_ENV, SECRET_KEY_ENV):
             raise ConfigError(f"env: {name} is a credential; it comes from the credentials section")
-    validate_numbers(settings)
-    if (settings.serving.tls_cert is None) != (settings.serving.tls_key is None):
-        raise ConfigError("--tls-cert and --tls-key go together")
-    credentials = settings.credentials
-    if credentials.mode is not CredentialMode.NONE and (
-        not credentials.access_key_id or not credentials.secret_access_key
-    ):
-        raise ConfigError("credentials may not be empty")
 
 
 def validate_numbers(settings: Settings) -> None:
