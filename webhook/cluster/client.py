@@ -343,20 +343,34 @@ def default_kubeconfig_paths(environ: Mapping[str, str] | None = None) -> list[P
 def connect(*, kubeconfig: str | None = None, context: str | None = None) -> KubernetesCluster:
     """The adapter for the chosen cluster. Explicit `kubeconfig`/`context` win; then the pod's
     service account when running in a cluster; then the default kubeconfig (as kubectl)."""
-    import yaml
-    from kubernetes import client, config  # imported here: `serve` never needs it
+    from kubernetes import client  # imported here: `serve` never needs it
 
     configuration = client.Configuration()
     if kubeconfig is None and context is None and running_in_a_pod():
-        try:
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-        except config.ConfigException as error:
-            raise ClusterError(f"cannot use the pod's service account: {error}") from None
-        return KubernetesCluster(configuration, context=None)
-
+        return _connect_in_cluster(configuration)
     paths = [Path(kubeconfig)] if kubeconfig else default_kubeconfig_paths()
+    return _connect_by_kubeconfig(configuration, paths, context)
+
+
+def _connect_in_cluster(configuration: Any) -> KubernetesCluster:
+    """With the pod's service account."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    except config.ConfigException as error:
+        raise ClusterError(f"cannot use the pod's service account: {error}") from None
+    return KubernetesCluster(configuration, context=None)
+
+
+def _connect_by_kubeconfig(configuration: Any, paths: list[Path],
+                           context: str | None) -> KubernetesCluster:
+    """With the kubeconfig files at `paths`, merged as kubectl merges them."""
+    import yaml
+    from kubernetes import config
+
     where = os.pathsep.join(str(path) for path in paths)
     existing = [path for path in paths if path.is_file()]
     if not existing:
