@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
@@ -53,6 +54,8 @@ NAMESPACE_ADDRESS = "10.213.77.2"
 NETNS_NAME = "bi-e2e-webhook"
 HOST_INTERFACE = "bi-e2e-host"
 NAMESPACE_INTERFACE = "bi-e2e-ns"
+# umount2(2) flag: detach the mount now, even if busy (linux/mount.h).
+MNT_DETACH = 2
 
 ADDED_CONTAINER = "added-later"
 
@@ -119,6 +122,7 @@ class NetworkNamespace:
         """Delete the namespace and the veth pair, then release the lock."""
         try:
             self._remove_links()
+            _remove_netns_directory_if_empty()
         finally:
             if self._lock is not None:
                 os.close(self._lock)  # closing the descriptor releases the flock
@@ -138,6 +142,26 @@ class NetworkNamespace:
     def exec_prefix(self) -> list[str]:
         ip = shutil.which("ip") or "ip"
         return [ip, "netns", "exec", self.name]
+
+
+def _remove_netns_directory_if_empty() -> None:
+    """Remove ``/run/netns`` once our namespace is gone and no other is left in it.
+
+    ``ip netns add`` creates the directory and mounts it on itself; left behind, it is a
+    mount and a directory that a machine which never ran these tests does not have. Called
+    with the host lock held, which every namespace of these tests is made under. The mount
+    is undone with the system call itself: umount(8) would write /run/mount/utab.
+    """
+    directory = Path("/run/netns")
+    try:
+        if not directory.is_dir() or any(directory.iterdir()):
+            return
+    except OSError:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.umount2(str(directory).encode(), MNT_DETACH)  # EINVAL when not a mount: fine
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def _check_subnet_is_free() -> None:
