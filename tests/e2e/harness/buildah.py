@@ -6,6 +6,7 @@ that ``ctr images import`` takes, every image under the name the kubelet will as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,27 @@ BUILD_MOUNTS = (Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/pip.conf"
 REF_NAME = "org.opencontainers.image.ref.name"
 # containerd names an imported image after this annotation (the OCI one may be a bare tag).
 CONTAINERD_NAME = "io.containerd.image.name"
+# What an image build writes outside its own directories whatever it is told: buildah's
+# network backend run directory and the blob-info cache of containers/image, and libmount's
+# /run/mount/utab (debootstrap mounts /proc in the new root with mount(8)). buildah's network
+# configuration (/etc/cni/net.d by default) goes to its work directory through
+# CONTAINERS_CONF. A build removes those of these it created (`machine_as_found`), so that
+# image builds, like the node, leave a machine as they found it.
+MACHINE_PATHS = (Path("/run/containers"), Path("/var/lib/containers"), Path("/run/mount"))
+
+
+@contextlib.contextmanager
+def machine_as_found() -> Iterator[None]:
+    """Remove, on the way out, those of ``MACHINE_PATHS`` that did not exist on the way in.
+
+    Builds run one at a time (the images lock), so nothing else is using what goes.
+    """
+    absent = [path for path in MACHINE_PATHS if not path.exists()]
+    try:
+        yield
+    finally:
+        for path in absent:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class ImageError(RuntimeError):
@@ -59,17 +82,25 @@ class Buildah:
         shutil.rmtree(work_root, ignore_errors=True)
         work_root.mkdir(parents=True)
         self.work = Path(tempfile.mkdtemp(dir=work_root))
+        self._undo = contextlib.ExitStack()
+        self._undo.enter_context(machine_as_found())
+        self._containers_conf = self.work / "containers.conf"
+        network = self.work / "network"
+        network.mkdir()
+        self._containers_conf.write_text(f'[network]\nnetwork_config_dir = "{network}"\n')
 
     def __enter__(self) -> Buildah:
         return self
 
     def __exit__(self, *_: object) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
+        self._undo.close()
 
     def run(self, *args: str) -> str:
         command = ["nice", "-n", "10", "buildah", "--root", str(self.work / "root"),
                    "--runroot", str(self.work / "run"), "--storage-driver", "vfs", *args]
-        return run_logged(command, self.log, env={"TMPDIR": str(self.work)})
+        return run_logged(command, self.log, env={"TMPDIR": str(self.work),
+                                                  "CONTAINERS_CONF": str(self._containers_conf)})
 
     def load_base(self, rootfs_tar: Path, name: str) -> None:
         """Commit the base's root filesystem under the name the Dockerfile asks for."""

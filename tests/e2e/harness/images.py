@@ -43,7 +43,7 @@ from typing import IO, Any
 import yaml
 
 from . import buildcache
-from .buildah import CONTAINERD_NAME, Buildah, Publish, run_logged
+from .buildah import CONTAINERD_NAME, Buildah, Publish, machine_as_found, run_logged
 
 # Made in buildah.py; the tests know them from here.
 from .buildah import Image as Image
@@ -251,9 +251,10 @@ def base_rootfs(stream: IO[str] | None = None) -> Path:
         print(f"images: debootstrap {BASE_SUITE} from {mirror}", file=output, flush=True)
         started = time.monotonic()
         rootfs = entry / "rootfs"
-        run_logged(["nice", "-n", "10", "debootstrap", "--variant=minbase",
-              f"--include={','.join(BASE_PACKAGES)}", BASE_SUITE, str(rootfs), mirror],
-             entry / "debootstrap.log")
+        with machine_as_found():
+            run_logged(["nice", "-n", "10", "debootstrap", "--variant=minbase",
+                        f"--include={','.join(BASE_PACKAGES)}", BASE_SUITE, str(rootfs), mirror],
+                       entry / "debootstrap.log")
         # What an image does not carry: package downloads and lists.
         for leftovers in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for path in (rootfs / leftovers).glob("*"):
