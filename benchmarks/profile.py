@@ -34,7 +34,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics", ("prometheus_client", "webhook/serving/metrics.py")),
     ("JSON parse and encode", ("orjson",)),
     ("base64 of the patch", ("binascii", "base64.py")),
-    ("rules", ("webhook/rules/mutate.py", "webhook/rules/programs.py", "webhook/rules/grammar.py")),
+    ("rules", ("webhook/rules/",)),
     ("review cache", ("webhook/serving/review_cache.py", "blake2")),
     ("envelope and answer", ("webhook/serving/admission.py",)),
     ("TLS", ("libssl", "libcrypto", "_ssl", "ssl.py", "SSLProtocol")),
