@@ -81,6 +81,18 @@ class Binaries:
     helm: Path
 
 
+def built_paths() -> dict[str, str]:
+    """Each binary's name and path in the cache, as the build script prints them."""
+    listing = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--print-paths"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(line.split("=", 1) for line in listing.splitlines() if "=" in line)
+
+
 def build_binaries(*, stream: IO[str] | None = None) -> Binaries:
     """Build whatever binary is missing from the cache, then return all their paths.
 
@@ -96,14 +108,7 @@ def build_binaries(*, stream: IO[str] | None = None) -> Binaries:
     )
     if result.returncode != 0:
         raise ControlPlaneError(f"{BUILD_SCRIPT} failed with exit code {result.returncode}")
-    listing = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--print-paths"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    paths = dict(line.split("=", 1) for line in listing.splitlines() if "=" in line)
+    paths = built_paths()
     binaries = Binaries(
         etcd=Path(paths["etcd"]),
         kube_apiserver=Path(paths["kube-apiserver"]),

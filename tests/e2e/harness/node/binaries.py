@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..controlplane import BUILD_SCRIPT
+from ..controlplane import built_paths
 from ..node_host import NodeError
 
 
@@ -30,14 +29,7 @@ class NodeBinaries:
     @classmethod
     def from_cache(cls) -> NodeBinaries:
         """Read the paths from the build script; the build itself ran at collection."""
-        listing = subprocess.run(
-            ["bash", str(BUILD_SCRIPT), "--print-paths"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        paths = dict(line.split("=", 1) for line in listing.splitlines() if "=" in line)
+        paths = built_paths()
         binaries = cls(
             **{field: Path(paths[field.replace("_", "-")]).resolve() for field in cls.fields()}
         )
