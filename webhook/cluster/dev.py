@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import tempfile
 import threading
 import time
@@ -39,6 +38,7 @@ from typing import Any
 
 from webhook import certs
 from webhook.cluster.client import Cluster, ClusterError, JsonObject, webhook_configuration_path
+from webhook.cluster.served import fetch_served, unverified_tls_context
 from webhook.rules.mutate import INJECT_KEY
 from webhook.settings import Settings
 
@@ -55,7 +55,6 @@ STARTED_ANNOTATION = "backend-injector/dev-started"
 # The certificate lives as long as a working day or two; dev mode makes a new one each start.
 CERTIFICATE_DAYS = 2
 LISTEN_TIMEOUT_SECONDS = 30.0
-LIVENESS_TIMEOUT_SECONDS = 3.0
 
 # The same selectors as manifests/base/mutatingwebhookconfiguration.yaml (a test holds them
 # equal): opted-in namespaces only, never the webhook's own or kube-system, and pods that opt
@@ -200,7 +199,8 @@ class DevRegistration:
             socket.getaddrinfo(host, port)
         except OSError:
             return self._process_liveness()
-        return Liveness.LIVE if _presents_certificate(host, port) else Liveness.STALE
+        served = fetch_served(host, port, hostname=host, where=self.url or "?")
+        return Liveness.LIVE if served.cert_pem is not None else Liveness.STALE
 
     def _process_liveness(self) -> Liveness:
         if self.host != socket.gethostname():
@@ -219,24 +219,6 @@ class DevRegistration:
 
 def _or_unknown(value: str | None) -> str:
     return "?" if value is None else value
-
-
-def _unverified_context() -> ssl.SSLContext:
-    """TLS that accepts any certificate: only whether something answers is asked here."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _presents_certificate(host: str, port: int) -> bool:
-    """Whether a TLS server at host:port (SNI `host`) completes a handshake with a certificate."""
-    try:
-        with socket.create_connection((host, port), timeout=LIVENESS_TIMEOUT_SECONDS) as raw, \
-                _unverified_context().wrap_socket(raw, server_hostname=host) as tls:
-            return tls.getpeercert(binary_form=True) is not None
-    except (OSError, ssl.SSLError):
-        return False
 
 
 def register(cluster: Cluster, body: JsonObject) -> bool:
@@ -289,7 +271,7 @@ def wait_until_listening(target: Target, *, timeout: float = LISTEN_TIMEOUT_SECO
                          stopped: Callable[[], bool] = lambda: False) -> bool:
     """Until a TLS handshake succeeds on the listening address; False on timeout or stop."""
     address = "127.0.0.1" if target.listen_host in ("0.0.0.0", "") else target.listen_host
-    context = _unverified_context()
+    context = unverified_tls_context()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stopped():
         try:

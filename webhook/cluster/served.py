@@ -27,14 +27,19 @@ class Served:
     error: str | None = None
 
 
-def fetch_served(address: str, port: int, *, hostname: str, where: str) -> Served:
-    """The certificate served at address:port for SNI `hostname`, without trusting it yet."""
+def unverified_tls_context() -> ssl.SSLContext:
+    """TLS that accepts any certificate: for asking what is served, or whether anything is."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def fetch_served(address: str, port: int, *, hostname: str, where: str) -> Served:
+    """The certificate served at address:port for SNI `hostname`, without trusting it yet."""
     try:
         with socket.create_connection((address, port), timeout=TLS_TIMEOUT_SECONDS) as raw, \
-                context.wrap_socket(raw, server_hostname=hostname) as tls:
+                unverified_tls_context().wrap_socket(raw, server_hostname=hostname) as tls:
             der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError) as error:
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__

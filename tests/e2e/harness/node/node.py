@@ -56,27 +56,6 @@ class Node:
         self._started = False
         self._stopped = False
 
-    # Where the node keeps its parts' files, by the names the tests have always used.
-    @property
-    def containerd_dir(self) -> Path:
-        return self.runtime.directory
-
-    @property
-    def containerd_socket(self) -> Path:
-        return self.runtime.socket
-
-    @property
-    def pause_image(self) -> str:
-        return self.runtime.pause_image
-
-    @property
-    def kubelet_dir(self) -> Path:
-        return self.kubelet.directory
-
-    @property
-    def pod_logs_dir(self) -> Path:
-        return self.kubelet.pod_logs_dir
-
     def __enter__(self) -> Node:
         self.start()
         return self
