@@ -102,6 +102,7 @@ from webhook.rules.mutate import (
     STATUS_LISTS,
     managed_env_entries,
 )
+from webhook.rules.status import escape_pointer
 from webhook.settings import Service, Settings
 
 # --- the operations -------------------------------------------------------------------------
@@ -358,7 +359,7 @@ def patch_expression() -> Expr:
     """The JSON Patch: each operation line decoded, then the status annotation, written only
     with another operation and only when it differs."""
     v = variable
-    status_path = "/metadata/annotations/" + STATUS_KEY.replace("~", "~0").replace("/", "~1")
+    status_path = "/metadata/annotations/" + escape_pointer(STATUS_KEY)
 
     def decoded(fields: Expr) -> Expr:
         kind, path, argument = fields[KIND], fields[PATH], fields[FIRST_ARGUMENT]

@@ -87,7 +87,7 @@ def status_operation(
     elif metadata.get("annotations") is None:
         path, value = "/metadata/annotations", {STATUS_KEY: encoded}
     else:
-        path, value = "/metadata/annotations/" + _escape_pointer(STATUS_KEY), encoded
+        path, value = "/metadata/annotations/" + escape_pointer(STATUS_KEY), encoded
     return {"op": "add", "path": path, "value": value}
 
 
@@ -97,7 +97,7 @@ def annotations_of(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
     return annotations if isinstance(annotations, dict) else {}
 
 
-def _escape_pointer(token: str) -> str:
+def escape_pointer(token: str) -> str:
     """A JSON Pointer reference token (RFC 6901): `~` and `/` are escaped."""
     return token.replace("~", "~0").replace("/", "~1")
 
@@ -113,4 +113,5 @@ def _union(earlier: list[str], now: Sequence[str]) -> list[str]:
     return union
 
 
-__all__ = ["STATUS_KEY", "STATUS_LISTS", "annotations_of", "read_status", "status_operation"]
+__all__ = ["STATUS_KEY", "STATUS_LISTS", "annotations_of", "escape_pointer", "read_status",
+           "status_operation"]
