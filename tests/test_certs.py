@@ -233,3 +233,104 @@ def accept_one(listener: socket.socket, context: ssl.SSLContext) -> None:
             tls.recv(1)
     except (ssl.SSLError, OSError):
         pass  # the client side reports the failure that matters
+
+
+# --- what a user hands over: host names and PEM files ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host", ["svc", "svc.example.org", "*.example.org", "xn--bcher-kva.example", "10.0.0.1",
+             "::1", "fd00::a:1", "a-b.c", "UPPER.example", "a" * 63 + ".example"])
+def test_dns_names_and_ip_addresses_are_hosts(host: str) -> None:
+    assert certs.host_problem(host) is None
+
+
+@pytest.mark.parametrize(
+    "host", ["not a host!", "", "-svc", "svc-", "a..b", "host.", "a_b", "a" * 64, "*",
+             "a.*.b", "bücher.example", "10.0.0.300", "1.2.3", ("a" * 60 + ".") * 5])
+def test_anything_else_is_refused_with_what_it_is_not(host: str) -> None:
+    problem = certs.host_problem(host)
+    assert problem is not None and repr(host) in problem
+
+
+def test_a_near_address_is_called_a_mistyped_address() -> None:
+    assert "not an IP address" in str(certs.host_problem("10.0.0.300"))
+
+
+def test_every_accepted_host_makes_a_certificate(ca: certs.KeyPair) -> None:
+    hosts = ["*.example.org", "xn--bcher-kva.example", "fd00::a:1", "UPPER.example"]
+    assert all(certs.host_problem(host) is None for host in hosts)
+    certs.build_serving_certificate(ca=ca, hostnames=hosts, days=1, now=NOW)
+
+
+def test_certificates_and_bundles_are_certificates(ca: certs.KeyPair,
+                                                   serving: certs.KeyPair) -> None:
+    assert certs.certificate_problem(serving.cert_pem) is None
+    assert certs.certificate_problem(serving.cert_pem + ca.cert_pem) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "is empty"),
+        (b"  \n", "is empty"),
+        (b"hello", "is not PEM: it has no -----BEGIN CERTIFICATE----- line"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+         "holds a CERTIFICATE block that does not parse as a certificate"),
+    ],
+)
+def test_what_is_not_a_certificate_is_said(content: bytes, problem: str) -> None:
+    assert certs.certificate_problem(content) == problem
+
+
+def test_a_key_where_a_certificate_belongs_is_called_a_key(serving: certs.KeyPair) -> None:
+    assert certs.certificate_problem(serving.key_pem) == "holds a private key, not a certificate"
+    assert certs.private_key_problem(serving.cert_pem) == (
+        "holds a certificate, not a private key")
+
+
+def test_private_keys_in_every_usual_encoding_are_keys(serving: certs.KeyPair) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ec_key = serialization.load_pem_private_key(serving.key_pem, password=None)
+    traditional = ec_key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.TraditionalOpenSSL,
+                                       serialization.NoEncryption())
+    assert traditional.startswith(b"-----BEGIN EC PRIVATE KEY-----")
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption())
+    for key in (serving.key_pem, traditional, rsa_key):
+        assert certs.private_key_problem(key) is None
+
+
+def test_an_encrypted_key_is_called_encrypted(serving: certs.KeyPair) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(serving.key_pem, password=None)
+    encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.BestAvailableEncryption(b"passphrase"))
+    assert "is encrypted with a passphrase" in str(certs.private_key_problem(encrypted))
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "is empty"),
+        (b"hello", "is not PEM: it has no -----BEGIN ... PRIVATE KEY----- line"),
+        (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+         "holds a PRIVATE KEY block that does not parse as a key"),
+    ],
+)
+def test_what_is_not_a_key_is_said(content: bytes, problem: str) -> None:
+    assert certs.private_key_problem(content) == problem
+
+
+def test_a_key_belongs_only_to_its_own_certificate(ca: certs.KeyPair,
+                                                  serving: certs.KeyPair) -> None:
+    assert certs.key_belongs_to(serving.cert_pem, serving.key_pem)
+    assert certs.key_belongs_to(ca.cert_pem, ca.key_pem)
+    assert not certs.key_belongs_to(serving.cert_pem, ca.key_pem)
+    # A chain is judged by its first certificate, the one served.
+    assert certs.key_belongs_to(serving.cert_pem + ca.cert_pem, serving.key_pem)

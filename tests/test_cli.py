@@ -98,6 +98,35 @@ def test_an_unwritable_out_directory_is_named(tmp_path: Path) -> None:
     assert "--out" in line
 
 
+def test_a_san_that_is_no_host_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    line = one_line_error(run_cli("certs", "--san", "not a host!", "--out", str(tmp_path / "c")),
+                          2)
+    assert line == ("backend-injector certs: argument --san: 'not a host!' is neither a DNS "
+                    "name nor an IP address (see backend-injector certs --help)")
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_existing_ca_is_kept_unless_forced(tmp_path: Path) -> None:
+    out = tmp_path / "certs"
+    first = run_cli("certs", "--out", str(out), "--san", "10.0.0.7", "--san", "*.example.org")
+    assert first.returncode == 0, first.stderr
+    ca = (out / "ca.crt").read_bytes(), (out / "ca.key").read_bytes()
+    line = one_line_error(run_cli("certs", "--out", str(out)), 1)
+    assert line.startswith(f"backend-injector certs: {out / 'ca.crt'} exists: ")
+    assert "--force" in line and "--out" in line
+    assert ((out / "ca.crt").read_bytes(), (out / "ca.key").read_bytes()) == ca
+    forced = run_cli("certs", "--out", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (out / "ca.crt").read_bytes() != ca[0]
+
+
+def test_a_ca_key_alone_is_an_existing_ca_too(tmp_path: Path) -> None:
+    (tmp_path / "ca.key").write_text("a key kept elsewhere")
+    line = one_line_error(run_cli("certs", "--out", str(tmp_path)), 1)
+    assert f"{tmp_path / 'ca.key'} exists" in line
+    assert (tmp_path / "ca.key").read_text() == "a key kept elsewhere"
+
+
 def test_zero_days_is_refused_before_anything_is_made(tmp_path: Path) -> None:
     line = one_line_error(run_cli("certs", "--days", "0", "--out", str(tmp_path / "c")), 2)
     assert "--days: must be at least 1 day, not 0" in line
@@ -131,6 +160,78 @@ def test_a_port_in_use_is_one_line() -> None:
     line = one_line_error(result, 1)
     assert line.startswith(f"backend-injector serve: cannot listen on 127.0.0.1:{port}: ")
     assert "choose another port" in line
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with a pair that serves (tls.crt, tls.key, ca.crt) and wrong files beside."""
+    from cryptography.hazmat.primitives import serialization
+
+    from webhook import certs
+
+    directory = tmp_path_factory.mktemp("tls")
+    ca = certs.build_ca(common_name="test CA", days=1)
+    serving = certs.build_serving_certificate(ca=ca, hostnames=["localhost"], days=1)
+    certs.write_bundle(directory, ca=ca, serving=serving)
+    (directory / "other.key").write_bytes(certs.build_self_signed().key_pem)
+    (directory / "notes.txt").write_text("certificate goes here\n")
+    key = serialization.load_pem_private_key(serving.key_pem, password=None)
+    (directory / "encrypted.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase")))
+    (directory / "a-directory").mkdir()
+    return directory
+
+
+def serve_with(*files: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("--log-level", "error", "serve", "--host", "127.0.0.1",
+                   "--port", str(unused_port()), *files)
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "expected"),
+    [
+        ("absent.crt", "tls.key",
+         "cannot read the TLS certificate {d}/absent.crt: No such file or directory; give "
+         "--tls-cert a readable PEM file"),
+        ("tls.crt", "a-directory",
+         "cannot read the TLS key {d}/a-directory: Is a directory; give --tls-key a readable "
+         "PEM file"),
+        ("notes.txt", "tls.key",
+         "the TLS certificate {d}/notes.txt is not PEM: it has no -----BEGIN CERTIFICATE----- "
+         "line; give --tls-cert a PEM certificate"),
+        ("tls.key", "tls.crt",
+         "the TLS certificate {d}/tls.key holds a private key, not a certificate; give "
+         "--tls-cert a PEM certificate"),
+        ("tls.crt", "encrypted.key",
+         "the TLS key {d}/encrypted.key is encrypted with a passphrase, which a server cannot "
+         "be asked for; give --tls-key an unencrypted PEM private key"),
+        ("tls.crt", "other.key",
+         "the TLS key {d}/other.key does not belong to the certificate {d}/tls.crt; give "
+         "--tls-key the key the certificate was issued for"),
+    ],
+)
+def test_a_tls_file_that_cannot_serve_is_named_with_what_is_wrong(
+    tls_files: Path, cert: str, key: str, expected: str
+) -> None:
+    result = serve_with("--tls-cert", str(tls_files / cert), "--tls-key", str(tls_files / key))
+    line = one_line_error(result, 2)
+    assert line == "backend-injector serve: " + expected.format(d=tls_files)
+
+
+def test_a_client_ca_that_is_not_certificates_is_named(tls_files: Path) -> None:
+    line = one_line_error(serve_with(
+        "--tls-cert", str(tls_files / "tls.crt"), "--tls-key", str(tls_files / "tls.key"),
+        "--client-ca", str(tls_files / "tls.key")), 2)
+    assert line == (f"backend-injector serve: the client CA {tls_files}/tls.key holds a private "
+                    "key, not a certificate; give --client-ca the PEM certificate of the CA")
+
+
+def test_tls_files_named_by_the_environment_are_checked_as_well(tls_files: Path) -> None:
+    result = run_cli("--log-level", "error", "serve", "--port", str(unused_port()), env={
+        "BACKEND_INJECTOR_TLS_CERT": str(tls_files / "absent.crt"),
+        "BACKEND_INJECTOR_TLS_KEY": str(tls_files / "tls.key")})
+    assert "cannot read the TLS certificate" in one_line_error(result, 2)
 
 
 def test_a_missing_command_is_one_line() -> None:

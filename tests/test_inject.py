@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,15 +134,27 @@ def test_no_diff_when_nothing_changes() -> None:
     assert report.diff == ""
 
 
-def test_cli_inject_diff_prints_only_the_changed_documents(tmp_path: Path) -> None:
+def test_cli_inject_diff_prints_only_the_changed_documents_and_exits_1(tmp_path: Path) -> None:
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(RENDERED)
     result = subprocess.run(
         [sys.executable, "-m", "webhook", "inject", "-f", str(rendered), "--diff"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True,
     )
+    assert result.returncode == 1, result.stderr  # as diff(1): there are differences
     assert result.stdout.startswith(f"--- {rendered}: Deployment/train-gru (as given)")
     assert "Service" not in result.stdout
+
+
+def test_cli_inject_diff_exits_0_when_nothing_changes(tmp_path: Path) -> None:
+    once, _ = inject_manifests(RENDERED, Rules(make_settings()))
+    injected = tmp_path / "injected.yaml"
+    injected.write_text(once)
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook", "inject", "-f", str(injected), "--diff"],
+        capture_output=True, text=True,
+    )
+    assert (result.returncode, result.stdout) == (0, ""), result.stderr
 
 
 def test_a_yaml_error_names_its_line_in_the_whole_stream() -> None:
@@ -193,3 +206,123 @@ def test_cli_policy_prints_the_policy_and_its_binding() -> None:
         ("admissionregistration.k8s.io/v1beta1", "MutatingAdmissionPolicy"),
         ("admissionregistration.k8s.io/v1beta1", "MutatingAdmissionPolicyBinding"),
     ]
+
+
+# --- the chart's own credentials ------------------------------------------------------------
+
+CHART_WITH_CREDENTIALS = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: train-gru}
+spec:
+  template:
+    spec:
+      initContainers:
+        - name: wait-for-mlflow
+          image: busybox:1.35
+          command: ['sh', '-c', 'until nc -z mlflow 5000; do sleep 2; done']
+          env:
+            - {name: AWS_SECRET_ACCESS_KEY, value: waiter-own-secret}
+      containers:
+        - name: trainer
+          image: flts/train
+          env:
+            - {name: AWS_ACCESS_KEY_ID, value: chart-own-key}
+            - {name: AWS_SECRET_ACCESS_KEY, value: minioadmin}
+        - name: sidecar
+          image: flts/sidecar
+"""
+
+
+def test_replacing_a_charts_own_credential_is_a_warning_naming_variable_and_container() -> None:
+    out, report = inject_manifests(CHART_WITH_CREDENTIALS, Rules(make_settings()))
+    assert report.replaced_credentials == ["Deployment/train-gru"]
+    warnings = [note for note in report.notes if note.warning]
+    # The secret key already had the webhook's value, and the waiter that had its own is gone:
+    # only the access key of the trainer was replaced.
+    assert [str(note) for note in warnings] == [
+        "Deployment/train-gru: replaced the chart's own AWS_ACCESS_KEY_ID in trainer"]
+    assert "chart-own-key" not in "".join(report.warnings)
+    trainer = documents(out)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "AWS_ACCESS_KEY_ID", "value": "minioadmin"} in trainer["env"]
+
+
+def test_credentials_the_chart_already_has_right_are_not_reported() -> None:
+    text = CHART_WITH_CREDENTIALS.replace("chart-own-key", "minioadmin")
+    _, report = inject_manifests(text, Rules(make_settings()))
+    assert report.mutated == ["Deployment/train-gru"]
+    assert report.replaced_credentials == []
+    assert not [note for note in report.notes if note.warning]
+
+
+def test_secret_key_references_replacing_values_are_reported(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, credentials={"mode": "secretKeyRef"})
+    _, report = inject_manifests(CHART_WITH_CREDENTIALS, Rules(settings))
+    assert [str(note) for note in report.notes if note.warning] == [
+        "Deployment/train-gru: replaced the chart's own AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY in trainer"]
+
+
+def test_credentials_left_alone_are_never_reported(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, credentials={"mode": "none"})
+    _, report = inject_manifests(CHART_WITH_CREDENTIALS, Rules(settings))
+    assert report.mutated == ["Deployment/train-gru"]
+    assert report.replaced_credentials == []
+
+
+def run_inject(*args: str, stdin: str, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    clean = {key: value for key, value in os.environ.items()
+             if not key.startswith("BACKEND_INJECTOR_")}
+    return subprocess.run([sys.executable, "-m", "webhook", "inject", *args], input=stdin,
+                          capture_output=True, text=True, env={**clean, **(env or {})})
+
+
+def test_cli_warns_as_serve_does_when_development_credentials_replace_the_charts() -> None:
+    result = run_inject(stdin=CHART_WITH_CREDENTIALS)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert ("backend-injector: Deployment/train-gru: replaced the chart's own "
+            "AWS_ACCESS_KEY_ID in trainer") in lines
+    assert lines[-1].startswith(
+        "backend-injector: the S3 credentials are MinIO's development default; set "
+        "BACKEND_INJECTOR_ACCESS_KEY_ID_FILE")
+    assert "chart-own-key" not in result.stderr
+
+
+def test_cli_names_the_replacement_but_not_development_credentials_when_given_real_ones(
+) -> None:
+    result = run_inject(stdin=CHART_WITH_CREDENTIALS, env={
+        "BACKEND_INJECTOR_ACCESS_KEY_ID": "team-key", "BACKEND_INJECTOR_SECRET_ACCESS_KEY": "s3"})
+    assert result.returncode == 0, result.stderr
+    assert "replaced the chart's own AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY" in result.stderr
+    assert "development default" not in result.stderr
+    assert "team-key" not in result.stderr
+
+
+def test_cli_says_nothing_of_development_credentials_when_no_chart_credential_is_replaced(
+) -> None:
+    result = run_inject(stdin=RENDERED)
+    assert result.returncode == 0, result.stderr
+    assert "development default" not in result.stderr
+
+
+def test_inject_without_a_file_reads_stdin_as_helm_runs_a_post_renderer() -> None:
+    result = run_inject(stdin=RENDERED)
+    assert result.returncode == 0, result.stderr
+    assert documents(result.stdout) == documents(inject_manifests(
+        RENDERED, Rules(make_settings()))[0])
+
+
+def test_multi_line_strings_are_written_as_blocks_and_read_back_the_same() -> None:
+    script = "set -e\nuntil nc -z mlflow 5000; do\n  sleep 2\ndone\nmigrate  \n"
+    text = yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [
+            {"name": "a", "image": "x", "command": ["sh", "-c", script]},
+            {"name": "b", "image": "x", "command": ["sh", "-c", "echo one\necho two\n"]}]}})
+    out, _ = inject_manifests(text, Rules(make_settings()))
+    pod = documents(out)[0]
+    # The first keeps its trailing spaces, which a block cannot hold: quoted, not lost.
+    assert pod["spec"]["containers"][0]["command"][2] == script
+    assert "- |\n" in out and "echo one\n" in out

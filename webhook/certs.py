@@ -2,8 +2,9 @@
 
 Everything here is pure (PEM bytes in, PEM bytes out, or an answer about them) except
 `write_bundle`, which writes a bundle to disk. It is the one module that handles X.509: making
-certificates, and the checks `install` and `doctor` make on them (does a key belong to a
-certificate, did a CA issue it, what a caBundle trusts).
+certificates, and the checks `install`, `doctor` and `serve` make on them (does a key belong
+to a certificate, did a CA issue it, what a caBundle trusts, what a PEM file holds instead),
+and on the host names `certs` is asked to cover.
 
 The kube-apiserver only talks to admission webhooks over TLS and verifies the serving
 certificate against the `caBundle` of the MutatingWebhookConfiguration, so a deployment needs
@@ -22,6 +23,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,13 @@ KEY_FILE = "tls.key"
 
 _SECRET_FILE_MODE = 0o600
 _PUBLIC_FILE_MODE = 0o644
+
+# A PEM file's blocks open with these (`BEGIN EC PRIVATE KEY`, `BEGIN ENCRYPTED PRIVATE KEY`
+# and the like all end in the second).
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+_PEM_PRIVATE_KEY = b"PRIVATE KEY-----"
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?")
+_MAX_DNS_NAME = 253
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -86,6 +95,26 @@ def service_hostnames(service: str, namespace: str, extra: Iterable[str] = ()) -
         *extra,
     ]
     return list(dict.fromkeys(names))
+
+
+def host_problem(text: str) -> str | None:
+    """Why `text` cannot be a subject alternative name (a DNS name or an IP address), or None.
+
+    A DNS name is dot-separated labels of letters, digits and inner hyphens, each at most 63
+    characters and 253 in all, the first of which may be the wildcard `*`. A last label of
+    digits only is refused: no top-level domain is numeric, so `10.0.0.300` is a mistyped
+    address rather than a name.
+    """
+    if _as_ip_address(text) is not None:
+        return None
+    labels = text.split(".")
+    if text.startswith("*."):
+        labels = labels[1:]
+    if not text or len(text) > _MAX_DNS_NAME or not all(map(_DNS_LABEL.fullmatch, labels)):
+        return f"{text!r} is neither a DNS name nor an IP address"
+    if labels[-1].isdigit():
+        return f"{text!r} is not an IP address, and a DNS name does not end in digits only"
+    return None
 
 
 def build_ca(*, common_name: str, days: int, now: dt.datetime | None = None) -> KeyPair:
@@ -137,6 +166,49 @@ def build_self_signed(
 def not_after(cert_pem: bytes) -> dt.datetime:
     """When the (first) certificate in `cert_pem` expires, as an aware UTC datetime."""
     return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+
+
+def certificate_problem(pem: bytes) -> str | None:
+    """What is wrong with bytes meant to hold PEM certificates (a certificate, its chain, a CA
+    bundle), phrased to follow the file's name, or None when they hold at least one."""
+    if not pem.strip():
+        return "is empty"
+    if _PEM_CERTIFICATE not in pem:
+        if _PEM_PRIVATE_KEY in pem:
+            return "holds a private key, not a certificate"
+        return f"is not PEM: it has no {_PEM_CERTIFICATE.decode()} line"
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        return "holds a CERTIFICATE block that does not parse as a certificate"
+    return None
+
+
+def private_key_problem(pem: bytes) -> str | None:
+    """What is wrong with bytes meant to hold an unencrypted PEM private key, phrased to follow
+    the file's name, or None."""
+    if not pem.strip():
+        return "is empty"
+    if _PEM_PRIVATE_KEY not in pem:
+        if _PEM_CERTIFICATE in pem:
+            return "holds a certificate, not a private key"
+        return "is not PEM: it has no -----BEGIN ... PRIVATE KEY----- line"
+    try:
+        serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        # The only TypeError here: a key that needs a password nobody can type to a server.
+        return "is encrypted with a passphrase, which a server cannot be asked for"
+    except (ValueError, UnsupportedAlgorithm):
+        return "holds a PRIVATE KEY block that does not parse as a key"
+    return None
+
+
+def key_belongs_to(cert_pem: bytes, key_pem: bytes) -> bool:
+    """Whether the private key is the one the (first) certificate was issued for. Both must
+    parse (see `certificate_problem`, `private_key_problem`)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return _same_public_key(key.public_key(), cert.public_key())
 
 
 @dataclass(frozen=True)

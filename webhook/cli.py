@@ -7,8 +7,9 @@ Settings are built here, once, from flags, environment, file and the embedded de
 Every failure a user can cause or fix (a bad flag, a broken file, a stopped cluster) is
 reported as one line, ``backend-injector COMMAND: what failed: what to do``, with a non-zero
 exit, never as a traceback: exit 2 for a bad command line or configuration, 1 for a failure
-met while doing the work. Abbreviated long options are refused, so that a flag added later
-can never change what an existing command line means.
+met while doing the work (and, as ``diff`` does, for ``inject --diff`` that shows changes).
+Abbreviated long options are refused, so that a flag added later can never change what an
+existing command line means.
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from webhook import __version__
 from webhook.serving.logs import LOG_FORMATS, configure_logging
 from webhook.settings import ConfigError, Settings, describe, load_settings
 
+if TYPE_CHECKING:
+    from webhook.inject import InjectReport
+
 logger = logging.getLogger("webhook.cli")
 
 USAGE_ERROR = 2
 FAILURE = 1
+DIFFERENCES = 1  # `inject --diff` showed changes, as diff(1) exits
 PROG = "backend-injector"
 
 
@@ -107,6 +112,15 @@ def _port(text: str) -> int:
     return port
 
 
+def _host(text: str) -> str:
+    from webhook.certs import host_problem
+
+    problem = host_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def _whole_number(text: str) -> int:
     try:
         return int(text)
@@ -149,12 +163,21 @@ def _parser() -> argparse.ArgumentParser:
     review.set_defaults(run=_review)
 
     inject = _command(
-        commands, "inject", "mutate every pod and pod template in rendered manifests"
+        commands, "inject",
+        "mutate every pod and pod template in rendered manifests or a KRM ResourceList",
+    )
+    inject.epilog = (
+        "Without -f it reads stdin, so it is a Helm post-renderer: helm install RELEASE CHART "
+        "--post-renderer backend-injector --post-renderer-args inject. Given a ResourceList "
+        "(config.kubernetes.io/v1) it answers one, as a KRM function for kustomize and kpt, "
+        "configured by the list's functionConfig."
     )
     _add_config_arguments(inject)
-    inject.add_argument("-f", "--filename", required=True, help="YAML file, or - for stdin")
+    inject.add_argument("-f", "--filename", default="-",
+                        help="YAML file, or - for stdin (the default)")
     inject.add_argument("--diff", action="store_true",
-                        help="print only what the webhook changed, as a unified diff")
+                        help="print only what the webhook changed, as a unified diff; "
+                        "exit 1 when there is any, as diff does")
     inject.set_defaults(run=_inject)
 
     policy = _command(
@@ -175,8 +198,11 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("--out", type=Path, default=Path("certs"), help="directory (certs/)")
     certs.add_argument("--days", type=_positive_days, default=365,
                        help="validity in days (365)")
-    certs.add_argument("--san", action="append", default=[],
+    certs.add_argument("--san", action="append", default=[], type=_host,
                        help="an extra DNS name or IP address (repeatable)")
+    certs.add_argument("--force", action="store_true",
+                       help="replace a CA already in --out (what trusts the old one will not "
+                       "trust certificates of the new one)")
     certs.set_defaults(run=_certs)
 
     install = _command(
@@ -255,22 +281,33 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {
+    return load_settings(config_file=args.config, overrides=_flags(args))
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
         name: getattr(args, name, None)
         for name in ("action", "external_host", "host", "port", "workers", "tls_cert", "tls_key",
                      "client_ca", "shutdown_delay_seconds")
     }
-    return load_settings(config_file=args.config, overrides=flags)
 
 
 def _announce(settings: Settings) -> None:
     logger.info("configuration", extra={"fields": describe(settings)})
-    if settings.credentials.is_development_default:
-        logger.warning(
-            "the S3 credentials are MinIO's development default; set "
-            "BACKEND_INJECTOR_ACCESS_KEY_ID_FILE and BACKEND_INJECTOR_SECRET_ACCESS_KEY_FILE "
-            "(or the variables without _FILE) for anything but a local cluster"
-        )
+    if (warning := _development_credentials_warning(settings)) is not None:
+        logger.warning(warning)
+
+
+def _development_credentials_warning(settings: Settings) -> str | None:
+    """What serve says at start, and inject when it replaced a chart's own credentials, while
+    the credentials are MinIO's development default."""
+    if not settings.credentials.is_development_default:
+        return None
+    return (
+        "the S3 credentials are MinIO's development default; set "
+        "BACKEND_INJECTOR_ACCESS_KEY_ID_FILE and BACKEND_INJECTOR_SECRET_ACCESS_KEY_FILE "
+        "(or the variables without _FILE) for anything but a local cluster"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -296,25 +333,74 @@ def _review(args: argparse.Namespace) -> int:
 
 
 def _inject(args: argparse.Namespace) -> int:
+    from webhook import krm
     from webhook.inject import ManifestError, inject_manifests
     from webhook.rules.mutate import Rules
 
-    settings = _settings(args)
-    name = "stdin" if args.filename == "-" else args.filename
+    name, text = _read_manifests(args.filename)
+    diff_name = name if args.diff else None
     try:
-        text = sys.stdin.read() if args.filename == "-" else Path(name).read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        raise CommandError(f"cannot read {name}: {reason}") from error
-    try:
-        injected, report = inject_manifests(text, Rules(settings), diff_name=name if args.diff
-                                            else None)
+        resource_list = krm.read_resource_list(text)
+        if resource_list is not None:
+            return _inject_resource_list(args, resource_list, diff_name)
+        settings = _settings(args)
+        injected, report = inject_manifests(text, Rules(settings), diff_name=diff_name)
     except ManifestError as error:
         raise CommandError(error.located(name)) from error
     sys.stdout.write(report.diff if args.diff else injected)
-    for warning in report.warnings:
+    _tell_notes(report, settings)
+    return DIFFERENCES if report.diffs else 0
+
+
+def _inject_resource_list(args: argparse.Namespace, resource_list: dict[str, Any],
+                          diff_name: str | None) -> int:
+    """inject as a KRM function: the answer is a ResourceList, a bad configuration included
+    (as an error result, items unchanged), since the orchestrator reads stdout either way."""
+    from webhook import krm
+    from webhook.rules.mutate import Rules
+
+    try:
+        settings = krm.load_function_settings(krm.configuration_of(resource_list),
+                                              config_file=args.config, overrides=_flags(args))
+    except ConfigError as error:
+        krm.add_configuration_error(resource_list, error)
+        sys.stdout.write(krm.render(resource_list))
+        raise
+    report = krm.answer(resource_list, Rules(settings), diff_name=diff_name)
+    warning = _development_credentials_warning(settings)
+    if report.replaced_credentials and warning is not None:
+        krm.add_result(resource_list, warning, "warning")
+    sys.stdout.write(report.diff if diff_name is not None else krm.render(resource_list))
+    _tell_notes(report, settings)
+    return DIFFERENCES if report.diffs else 0
+
+
+def _read_manifests(filename: str) -> tuple[str, str]:
+    """(the name errors give it, the text) of a file, or of stdin for ``-``."""
+    if filename != "-":
+        try:
+            return filename, Path(filename).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise CommandError(f"cannot read {filename}: {reason}") from error
+    if sys.stdin.isatty():
+        # Run by hand with nothing piped in, it would otherwise seem to hang.
+        print(f"{PROG} inject: reading manifests from stdin (end with Ctrl-D; -f FILE reads a "
+              "file)", file=sys.stderr)
+    try:
+        return "stdin", sys.stdin.read()
+    except UnicodeDecodeError as error:
+        raise CommandError(f"cannot read stdin: {error}") from error
+
+
+def _tell_notes(report: InjectReport, settings: Settings) -> None:
+    """Each note on stderr, and serve's warning about development credentials when a chart's
+    own credentials were replaced by them."""
+    for line in report.warnings:
+        print(f"{PROG}: {line}", file=sys.stderr)
+    warning = _development_credentials_warning(settings)
+    if report.replaced_credentials and warning is not None:
         print(f"{PROG}: {warning}", file=sys.stderr)
-    return 0
 
 
 def _policy(args: argparse.Namespace) -> int:
@@ -328,6 +414,13 @@ def _certs(args: argparse.Namespace) -> int:
     from webhook import certs
 
     started = time.perf_counter()
+    existing = [path for path in (args.out / certs.CA_CERT_FILE, args.out / certs.CA_KEY_FILE)
+                if path.exists()]
+    if existing and not args.force:
+        raise CommandError(
+            f"{existing[0]} exists: a new CA would not be trusted where this one is; keep it, "
+            "pass --force to replace it, or choose another --out"
+        )
     hostnames = certs.service_hostnames(args.service, args.namespace, args.san)
     ca = certs.build_ca(common_name=f"{args.service} CA", days=args.days)
     serving = certs.build_serving_certificate(ca=ca, hostnames=hostnames, days=args.days)

@@ -4,13 +4,17 @@ Like ``istioctl kube-inject``: feed it ``helm template`` output and see (or appl
 webhook would do, without a cluster. Each pod spec is handed to the same rules the webhook
 uses, wrapped as a pod, and the resulting patch is applied to it. Documents that hold no pod,
 or whose pods need nothing, are written back byte for byte, comments included.
+
+``inject_object`` does the same for one loaded object; the KRM function (``krm.py``) uses it
+on each item of a ResourceList. Where a pod carried credential variables of its own that the
+patch changed, the report says so: the chart's own credentials are then gone from it.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +22,7 @@ import jsonpatch
 import yaml
 
 from webhook.rules.mutate import PodShapeError, Rules
-from webhook.settings import yaml_problem
+from webhook.settings import ACCESS_KEY_ENV, SECRET_KEY_ENV, yaml_problem
 
 # Where each workload kind keeps its pod template.
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -31,12 +35,28 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
 }
 _DOCUMENT_START = re.compile(r"^---[ \t]*(?:#.*)?$", re.MULTILINE)
+_CREDENTIAL_NAMES = (ACCESS_KEY_ENV, SECRET_KEY_ENV)
+_CONTAINER_LISTS = ("initContainers", "containers")
 
 
 # libyaml's loader and dumper are about ten times faster than PyYAML's pure-Python ones on a
 # big `helm template`; the pure ones are the fallback where PyYAML was built without libyaml.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    # A script or a kustomize id spread over lines reads as it was written (`|`), not as one
+    # quoted line with its breaks doubled; the emitter quotes what a block cannot hold.
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
+    """The safe dumper, multi-line strings in block style."""
+
+
+_Dumper.add_representer(str, _represent_str)
 
 
 class ManifestError(ValueError):
@@ -51,13 +71,37 @@ class ManifestError(ValueError):
         return f"{name}:{self.line}: {self}" if self.line is not None else f"{name}: {self}"
 
 
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One thing said of one pod holder ("Kind/name"): a change made, or a warning (a pod left
+    unchanged, the chart's own credentials replaced). Names only, never values."""
+
+    holder: str
+    text: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.holder}: {self.text}"
+
+
 @dataclass(slots=True)
 class InjectReport:
-    """What was changed, by document: names only; ``diff`` when one was asked for."""
+    """What was changed, by pod holder: names only; the diff when one was asked for."""
 
     mutated: list[str] = field(default_factory=list)  # "Kind/name" of each changed pod holder
-    warnings: list[str] = field(default_factory=list)
-    diff: str = ""
+    notes: list[Note] = field(default_factory=list)
+    # "Kind/name" of each holder whose own credential variables the patch replaced.
+    replaced_credentials: list[str] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every note as the line the CLI writes to stderr."""
+        return [str(note) for note in self.notes]
+
+    @property
+    def diff(self) -> str:
+        return "".join(self.diffs)
 
 
 def inject_manifests(
@@ -65,26 +109,38 @@ def inject_manifests(
 ) -> tuple[str, InjectReport]:
     """Mutate every pod and pod template in a multi-document YAML stream.
 
-    With ``diff_name`` the report also holds a unified diff of the changed documents only,
-    each side written by the same dumper: the diff then shows what the webhook changed and
-    not how the dumper's quoting, indentation or flow style differs from the input's.
+    With ``diff_name`` the report also holds a unified diff of the changed documents only
+    (see ``inject_object``).
     """
     report = InjectReport()
     out = []
-    diffs = []
     for number, (first_line, document) in enumerate(_split_documents(text), start=1):
-        loaded = _load(document, number=number, first_line=first_line)
-        before = _dump(loaded) if diff_name is not None and isinstance(loaded, dict) else ""
-        if not isinstance(loaded, dict) or not _mutate_object(loaded, rules, report):
+        loaded = load_document(document, number=number, first_line=first_line)
+        if not isinstance(loaded, dict) or not inject_object(loaded, rules, report,
+                                                             diff_name=diff_name):
             out.append(document)
             continue
-        after = _dump(loaded)
-        out.append(_leading_comments(document) + after)
-        if diff_name is not None:
-            label = f"{diff_name}: {loaded.get('kind')}/{_name_of(loaded)}"
-            diffs.append(_unified(before, after, f"{label} (as given)", f"{label} (injected)"))
-    report.diff = "".join(diffs)
+        out.append(_leading_comments(document) + dump_document(loaded))
     return "---\n".join(out) if len(out) > 1 else "".join(out), report
+
+
+def inject_object(
+    obj: dict[str, Any], rules: Rules, report: InjectReport, *, diff_name: str | None = None
+) -> bool:
+    """Mutate every pod in one loaded object, in place; True when anything changed.
+
+    With ``diff_name`` a unified diff of the object is added to the report when it changed,
+    each side written by the same dumper: the diff then shows what the webhook changed and not
+    how the dumper's quoting, indentation or flow style differs from the input's.
+    """
+    before = dump_document(obj) if diff_name is not None else ""
+    if not _mutate_object(obj, rules, report):
+        return False
+    if diff_name is not None:
+        label = f"{diff_name}: {holder_label(obj)}"
+        report.diffs.append(_unified(before, dump_document(obj), f"{label} (as given)",
+                                     f"{label} (injected)"))
+    return True
 
 
 def unified_diff(before: str, after: str, name: str) -> str:
@@ -103,7 +159,9 @@ def _unified(before: str, after: str, from_label: str, to_label: str) -> str:
     )
 
 
-def _load(document: str, *, number: int, first_line: int) -> Any:
+def load_document(document: str, *, number: int = 1, first_line: int = 1) -> Any:
+    """One YAML document, loaded safely; ``ManifestError`` names the line in the whole input
+    (``first_line`` is where the document starts in it, ``number`` its place)."""
     try:
         return yaml.load(document, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.MarkedYAMLError as error:
@@ -116,7 +174,8 @@ def _load(document: str, *, number: int, first_line: int) -> Any:
                             line=first_line) from error
 
 
-def _dump(loaded: Any) -> str:
+def dump_document(loaded: Any) -> str:
+    """One document as YAML, keys in their order."""
     return yaml.dump(loaded, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
@@ -129,16 +188,60 @@ def _mutate_object(obj: dict[str, Any], rules: Rules, report: InjectReport) -> b
         try:
             mutation = rules.mutate_pod(pod_like)
         except PodShapeError as error:
-            report.warnings.append(f"{holder}: left unchanged: {error}")
+            report.notes.append(Note(holder, f"left unchanged: {error}", warning=True))
             continue
         if not mutation.changed:
             continue
         patched = jsonpatch.apply_patch(pod_like, mutation.operations)
+        replaced = _replaced_credentials(pod_like, patched)
         write_back(patched)
         report.mutated.append(holder)
-        report.warnings.extend(f"{holder}: {line}" for line in mutation.describe())
+        report.notes.extend(Note(holder, line) for line in mutation.describe())
+        if replaced:
+            report.replaced_credentials.append(holder)
+            report.notes.append(Note(holder, replaced, warning=True))
         changed = True
     return changed
+
+
+def _replaced_credentials(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """The note `replaced the chart's own NAMES in CONTAINERS` when containers that carried
+    credential variables before the patch carry other entries for them after it; else None.
+
+    Read from the pod itself, before and after, rather than from the rules' account, which
+    says what was set but not whether the pod had a value of its own.
+    """
+    names: dict[str, None] = {}
+    containers: dict[str, None] = {}
+    for listed in _CONTAINER_LISTS:
+        after_env = dict(_envs(after, listed))
+        for container_name, env in _envs(before, listed):
+            kept = after_env.get(container_name)
+            if kept is None:
+                continue  # the container went (a waiter): nothing of it was replaced
+            for name in _CREDENTIAL_NAMES:
+                if name in env and env[name] != kept.get(name):
+                    names[name] = None
+                    containers[container_name] = None
+    if not names:
+        return None
+    return f"replaced the chart's own {', '.join(names)} in {', '.join(containers)}"
+
+
+def _envs(pod: dict[str, Any], listed: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(container name, its env as name -> entry) for each container of a list; of duplicate
+    names the last entry, the one Kubernetes uses."""
+    spec = pod.get("spec")
+    containers = spec.get(listed) if isinstance(spec, dict) else None
+    for container in containers if isinstance(containers, list) else ():
+        if not isinstance(container, dict) or not isinstance(container.get("name"), str):
+            continue
+        env = container.get("env")
+        entries: dict[str, dict[str, Any]] = {}
+        for entry in env if isinstance(env, list) else ():
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                entries[entry["name"]] = entry
+        yield container["name"], entries
 
 
 PodSite = tuple[str, dict[str, Any], Callable[[dict[str, Any]], None]]
@@ -156,7 +259,7 @@ def _pods_in(obj: dict[str, Any]) -> Iterator[PodSite]:
             if isinstance(item, dict):
                 yield from _pods_in(item)
         return
-    label = f"{kind}/{_name_of(obj)}"
+    label = holder_label(obj)
     if kind == "Pod":
 
         def write_pod(patched: dict[str, Any]) -> None:
@@ -187,7 +290,12 @@ def _follow(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
     return node
 
 
-def _name_of(obj: dict[str, Any]) -> str:
+def holder_label(obj: Mapping[str, Any]) -> str:
+    """``Kind/name``, as notes and diffs name an object (``?`` for a missing name)."""
+    return f"{obj.get('kind')}/{_name_of(obj)}"
+
+
+def _name_of(obj: Mapping[str, Any]) -> str:
     metadata = obj.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
     return str(name) if name else "?"

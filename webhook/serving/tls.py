@@ -3,7 +3,9 @@
 The context allows TLS 1.2 and 1.3 with forward-secret AEAD suites only, offers HTTP/1.1 by
 ALPN and, given a client CA, admits only clients holding a certificate that CA signed. The
 pair is the one the settings name or, when they name none, a throw-away self-signed one for
-localhost that lives as long as the server.
+localhost that lives as long as the server. Named files are checked before anything listens,
+so that a missing, unreadable or wrong file is one line naming it and what is wrong with it
+rather than an error from deep inside the TLS library.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from webhook.certs import build_self_signed
-from webhook.settings import Serving
+from webhook.certs import (
+    build_self_signed,
+    certificate_problem,
+    key_belongs_to,
+    private_key_problem,
+)
+from webhook.settings import ConfigError, Serving
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,47 @@ class CertificatePair:
 
     cert: Path
     key: Path
+
+
+class TLSFileError(ConfigError):
+    """A certificate, key or client CA file that cannot be served with, named, with what is
+    wrong with it and what to do (a configuration error: exit 2)."""
+
+
+def check_tls_files(serving: Serving) -> None:
+    """Raise `TLSFileError` unless the certificate and key ``serving`` names can be read, are
+    PEM, and belong together, and its client CA, if any, holds certificates."""
+    if serving.tls_cert is not None and serving.tls_key is not None:
+        cert_pem = _read("TLS certificate", serving.tls_cert, "--tls-cert")
+        key_pem = _read("TLS key", serving.tls_key, "--tls-key")
+        _refuse("TLS certificate", serving.tls_cert, certificate_problem(cert_pem),
+                "--tls-cert", "a PEM certificate")
+        _refuse("TLS key", serving.tls_key, private_key_problem(key_pem),
+                "--tls-key", "an unencrypted PEM private key")
+        if not key_belongs_to(cert_pem, key_pem):
+            raise TLSFileError(
+                f"the TLS key {serving.tls_key} does not belong to the certificate "
+                f"{serving.tls_cert}; give --tls-key the key the certificate was issued for"
+            )
+    if serving.client_ca is not None:
+        ca_pem = _read("client CA", serving.client_ca, "--client-ca")
+        _refuse("client CA", serving.client_ca, certificate_problem(ca_pem),
+                "--client-ca", "the PEM certificate of the CA")
+
+
+def _read(what: str, path: Path, flag: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise TLSFileError(
+            f"cannot read the {what} {path}: {error.strerror or error}; give {flag} a "
+            "readable PEM file"
+        ) from error
+
+
+def _refuse(what: str, path: Path, problem: str | None, flag: str, wanted: str) -> None:
+    if problem is not None:
+        raise TLSFileError(f"the {what} {path} {problem}; give {flag} {wanted}")
 
 
 def build_tls_context(pair: CertificatePair, client_ca: Path | None) -> ssl.SSLContext:
@@ -51,7 +99,9 @@ def build_tls_context(pair: CertificatePair, client_ca: Path | None) -> ssl.SSLC
 
 @contextlib.contextmanager
 def served_pair(serving: Serving) -> Iterator[CertificatePair]:
-    """The pair ``serving`` names, or a throw-away self-signed one, removed on leaving."""
+    """The pair ``serving`` names, checked, or a throw-away self-signed one, removed on
+    leaving."""
+    check_tls_files(serving)
     if serving.tls_cert is not None and serving.tls_key is not None:
         yield CertificatePair(serving.tls_cert, serving.tls_key)
         return
