@@ -180,6 +180,7 @@ def coalesce(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         ("config.action=delete", "action"),
         ("config.services.mlflow.colour=blue", "colour"),
         ("config.credentials.mode=plain", "mode"),
+        ("config.safety_net.addresses.host\\.docker\\.internal=nowhere", "addresses"),
         ("certificates.method=vault", "method"),
         ("replicas=0", "replicas"),
         ("webhook.timeoutSeconds=60", "timeoutSeconds"),
@@ -334,6 +335,17 @@ def test_null_in_the_values_drops_a_variable_and_an_external_address(tmp_path: P
     assert "GATEWAY_URL" not in dict(settings.env)
     assert next(s for s in settings.services if s.name == "fastapi").external is None
     assert next(s for s in settings.services if s.name == "mlflow").external is not None
+
+
+def test_the_safety_net_settings_reach_the_webhook(tmp_path: Path) -> None:
+    default = settings_of(template(tmp_path), tmp_path)
+    assert default.safety_net.host_aliases and default.safety_net.addresses == ()
+    address = "config.safety_net.addresses.host\\.docker\\.internal=192.168.65.254"
+    objects = template(tmp_path, "--set-string", address,
+                       "--set", "config.safety_net.host_aliases=false")
+    settings = settings_of(objects, tmp_path)
+    assert settings.safety_net.addresses == (("host.docker.internal", "192.168.65.254"),)
+    assert settings.safety_net.host_aliases is False
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)

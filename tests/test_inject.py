@@ -315,11 +315,13 @@ def test_inject_without_a_file_reads_stdin_as_helm_runs_a_post_renderer() -> Non
 
 
 def test_multi_line_strings_are_written_as_blocks_and_read_back_the_same() -> None:
-    script = "set -e\nuntil nc -z mlflow 5000; do\n  sleep 2\ndone\nmigrate  \n"
+    script = "set -e\nuntil nc -z kafka 9092; do\n  sleep 2\ndone\nmigrate  \n"
     text = yaml.safe_dump({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"containers": [
-            {"name": "a", "image": "x", "command": ["sh", "-c", script]},
+            # Its env uses the backend, so the pod is changed and written out again.
+            {"name": "a", "image": "x", "command": ["sh", "-c", script],
+             "env": [{"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"}]},
             {"name": "b", "image": "x", "command": ["sh", "-c", "echo one\necho two\n"]}]}})
     out, _ = inject_manifests(text, Rules(make_settings()))
     pod = documents(out)[0]

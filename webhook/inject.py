@@ -186,7 +186,7 @@ def _mutate_object(obj: dict[str, Any], rules: Rules, report: InjectReport) -> b
         if namespace in rules.settings.excluded_namespaces:
             continue
         try:
-            mutation = rules.mutate_pod(pod_like)
+            mutation = rules.mutate_pod(pod_like, namespace=namespace or None)
         except PodShapeError as error:
             report.notes.append(Note(holder, f"left unchanged: {error}", warning=True))
             continue

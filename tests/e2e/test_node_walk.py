@@ -8,8 +8,13 @@ a. ``kubectl apply -k manifests/overlays/docker-desktop``: the install Job compl
    cluster, the webhook Deployment is 2/2 Ready (its readiness probes pass); then the same
    from the Helm chart (its post-install hook Job), which the rest of the walk uses;
 b. a labelled namespace, ``helm install`` of the unmodified flts chart with
-   ``values-complete.yaml``: every pod Running or Completed, none left in Init;
-c. each trainer's run is in MLflow (its REST API) and its artifact in the S3 bucket;
+   ``values-complete.yaml`` (and the inference pod's further waiter, ``backendCheck``, written
+   as other public charts write theirs): every pod Running or Completed, none left in Init;
+c. each trainer's run is in MLflow (its REST API) and its artifact in the S3 bucket; then a
+   pod whose only init container is a Python socket loop for ``mlflow:5000``, which no reader
+   of shell understands and the webhook keeps, goes Running: the webhook, resolving
+   ``host.docker.internal`` through the cluster's DNS, gave it ``hostAliases`` that point
+   ``mlflow`` at the host, where the external MLflow listens (the safety net);
 d. ``kubectl scale deployment/inference --replicas=5``: 5 Running, the same injected env;
 e. the same chart in an unlabelled namespace stays in Init (``Init:0/2``; the inference pod
    ``Init:1/2``, its wait-for-kafka passing against the in-cluster Kafka);
@@ -156,7 +161,9 @@ def describe(plane: ControlPlane, node: Node, namespace: str) -> str:
 
 
 def helm_install(plane: ControlPlane, namespace: str) -> None:
-    result = plane.helm("install", "flts", str(FLTS_CHART), "-f", str(FLTS_VALUES), "-n", namespace)
+    # With the inference pod's further waiter, written in the shapes of other public charts.
+    result = plane.helm("install", "flts", str(FLTS_CHART), "-f", str(FLTS_VALUES),
+                        "--set", "backendCheck.enabled=true", "-n", namespace)
     assert result.returncode == 0, result.stderr
 
 
@@ -300,6 +307,94 @@ def test_c_each_trainer_logged_its_run_and_artifact(
         assert run.artifact_uri.startswith("s3://mlflow/"), run
         prefix = run.artifact_uri.removeprefix("s3://mlflow/")
         assert [key for key in objects if key.startswith(prefix + "/")], (run, objects)
+
+
+# A waiter in Python: the rules read shell, so it is kept as written and would wait for
+# mlflow:5000 forever, but for the hostAliases the webhook adds. It prints where it connected.
+PYTHON_WAITER_SCRIPT = """\
+import socket, time
+while True:
+    try:
+        connection = socket.create_connection(("mlflow", 5000), timeout=2)
+    except OSError as error:
+        print("waiting for mlflow:", error, flush=True)
+        time.sleep(1)
+        continue
+    print("connected to %s:%d" % connection.getpeername()[:2], flush=True)
+    connection.close()
+    break
+"""
+PYTHON_WAITER = "wait-for-tracking"
+SAFETY_NET_POD = "python-waiter"
+
+
+def python_waiter_pod() -> dict[str, Any]:
+    """One of the flts images (they have python3) as both the waiter and the app."""
+    image = images.chart_values()["images"]["train"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": SAFETY_NET_POD, "namespace": LABELLED},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "initContainers": [{
+                "name": PYTHON_WAITER, "image": image, "imagePullPolicy": "Never",
+                "command": ["python3", "-c", PYTHON_WAITER_SCRIPT],
+            }],
+            "containers": [{
+                "name": "main", "image": image, "imagePullPolicy": "Never",
+                "command": ["python3", "-c", "import time; time.sleep(86400)"],
+            }],
+        },
+    }
+
+
+def safety_net_account(plane: ControlPlane, node: Node) -> str:
+    """What the pod was given, and what the webhook's pods said of the addresses they found."""
+    pod = kubectl_json(plane, "get", "pod", SAFETY_NET_POD, "-n", LABELLED)
+    lines = [f"--- {SAFETY_NET_POD}: hostAliases {pod['spec'].get('hostAliases')}, "
+             f"status {pod['metadata'].get('annotations', {}).get(STATUS)}"]
+    for webhook in webhook_pods(plane):
+        name = webhook["metadata"]["name"]
+        log = node.container_log(WEBHOOK_NAMESPACE, name, "webhook")
+        lines.append(f"--- {name}")
+        lines += [line for line in log.splitlines() if "safety net" in line]
+    return "\n" + "\n".join(lines)
+
+
+def test_c_a_python_waiter_reaches_the_external_mlflow_through_host_aliases(
+    cluster: ControlPlane, node: Node
+) -> None:
+    started = time.monotonic()
+    kubectl_ok(cluster, "apply", "-f", "-", input=json.dumps(python_waiter_pod()))
+
+    def running() -> dict[str, Any] | None:
+        pod = kubectl_json(cluster, "get", "pod", SAFETY_NET_POD, "-n", LABELLED)
+        return pod if pod_state(pod) == "Running" else None
+
+    pod = wait_for(
+        "the pod with the Python waiter Running",
+        running,
+        timeout=ROLLOUT_TIMEOUT,
+        interval=1,
+        describe=lambda: describe(cluster, node, LABELLED) + safety_net_account(cluster, node),
+    )
+    record("python waiter: create to Running (s)", round(time.monotonic() - started, 1))
+    # Kept as written (nothing the rules can read), and it completed.
+    (kept,) = pod["spec"]["initContainers"]
+    assert kept["name"] == PYTHON_WAITER and kept["command"][2] == PYTHON_WAITER_SCRIPT
+    (waited,) = pod["status"]["initContainerStatuses"]
+    assert waited["state"]["terminated"]["exitCode"] == 0, waited
+    # The webhook in the cluster asked its DNS for host.docker.internal: the host's address.
+    names = [f"{host}{suffix}" for host in ("mlflow", "minio", "fastapi-app", "fastapi")
+             for suffix in ("", f".{LABELLED}", f".{LABELLED}.svc",
+                            f".{LABELLED}.svc.cluster.local")]
+    assert pod["spec"]["hostAliases"] == [{"ip": HOST_ADDRESS, "hostnames": names}]
+    status = json.loads(pod["metadata"]["annotations"][STATUS])
+    assert status["aliased"] == ["mlflow", "minio", "fastapi-app", "fastapi"]
+    # It connected to mlflow:5000 and reached the host's port 5000, the external MLflow's.
+    log = node.container_log(LABELLED, SAFETY_NET_POD, PYTHON_WAITER)
+    assert f"connected to {HOST_ADDRESS}:5000" in log, log
 
 
 def test_d_inference_scales_to_five_with_the_same_env(cluster: ControlPlane, node: Node) -> None:

@@ -26,7 +26,7 @@ from webhook.policy import layout as cel_layout
 from webhook.policy import objects as policy
 from webhook.policy import regex as policy_regex
 from webhook.policy.mutation import policy_regexes
-from webhook.rules.grammar import host_form
+from webhook.rules.grammar import CONNECTING_SCHEMES, JDBC_PREFIX, host_form
 from webhook.rules.mutate import INJECT_KEY
 from webhook.rules.programs import (
     HostPattern,
@@ -204,15 +204,72 @@ def test_host_search_twin_agrees_with_probes(word: str) -> None:
         assert bool(re.search(policy_regex.host_search_re(service), word)) == expected
 
 
-@settings(max_examples=400, deadline=None)
+def connects_twin(prefix: str) -> bool:
+    """policy_urls.connects run in Python."""
+    scheme = prefix.split("://")[0]
+    name = (scheme[len(JDBC_PREFIX):] if scheme.startswith(JDBC_PREFIX) else scheme).lower()
+    return name.split("+")[0] in CONNECTING_SCHEMES and not name.endswith("+srv")
+
+
+def address_twin(text: str) -> tuple[str, str, str] | None:
+    """policy_urls.with_address run by Python's `re` on the same regexes: the address, its
+    prefix and its host when ``text`` starts with an address whose host is a host."""
+    found = re.search(policy_regex.ADDRESS_RE, text)
+    address = found.group(0) if found else ""
+    if not address or not (len(text) == len(address)
+                           or re.search(policy_regex.ADDRESS_END_RE, text[len(address):])):
+        return None
+    prefix_match = re.search(policy_regex.ADDRESS_PREFIX_RE, address)
+    assert prefix_match is not None
+    prefix = prefix_match.group(0)
+    host_match = re.search(policy_regex.ADDRESS_HOST_RE, address[len(prefix):])
+    host = host_match.group(0) if host_match else ""
+    names_host = connects_twin(prefix) if "://" in prefix else (
+        len(prefix) + len(host) < len(address))
+    return (address, prefix, host) if names_host else None
+
+
+def retargeted_address_twin(text: str, services: tuple[Service, ...]) -> str:
+    """policy_urls.retargeted_address run in Python."""
+    parts = address_twin(text)
+    if parts is None:
+        return text
+    address, prefix, host = parts
+    service = next((s for s in services if s.external is not None
+                    and re.search(policy_regex.whole_host_re(s), host)), None)
+    if service is None or service.external is None:
+        return text
+    return prefix + str(service.external) + text[len(address):]
+
+
+def is_url_twin(token: str) -> bool:
+    return ":" in token and bool(re.search(policy_regex.WHOLE_URL_RE, token))
+
+
+def word_services_twin(word: str, services: tuple[Service, ...]) -> list[str]:
+    """policy_program.word_tags' services, run by Python's `re` on the same regexes."""
+    may_hold_url = ":" in word and any(start in word for start in "/?#")
+    hosts = [host for s in services for host in s.hosts]
+    tokens = re.findall(policy_regex.retarget_token_re(hosts), word) if may_hold_url else [word]
+    outside = "".join(" " if is_url_twin(token) else token for token in tokens)
+    url_hosts = [parts[2] if (parts := address_twin(token)) else ""
+                 for token in tokens if is_url_twin(token)]
+    return [s.name for s in services
+            if re.search(policy_regex.host_search_re(s), outside)
+            or any(re.search(policy_regex.whole_host_re(s), host) for host in url_hosts)]
+
+
+@settings(max_examples=600, deadline=None)
 @given(st.lists(st.sampled_from(["mlflow", "postgres", "minio", "fastapi", "fastapi-app", "http://",
                                  ":5000", "/ready", "?db=", ".flts", ".svc", "'", "-", "_", "x",
-                                 "."]), max_size=8).map("".join))
+                                 ".", "s3://", "tcp://", "@", ",", ":", "/", "$P", "#"]),
+                max_size=8).map("".join))
 def test_a_word_counts_every_service_it_names_as_in_probes(word: str) -> None:
-    """The twin names every service whose RE2 regex matches, in the order of the services, as
-    ProgramReader.managed_services_in does (not only the first one)."""
+    """The twin names every service the word names as a host, in the order of the services,
+    as ProgramReader.managed_services_in does (not only the first one; a URL by its
+    authority only)."""
     reader = ProgramReader(DEFAULT.services)
-    twin = [s.name for s in DEFAULT.services if re.search(policy_regex.host_search_re(s), word)]
+    twin = word_services_twin(word, DEFAULT.services)
     assert twin == [s.name for s in reader.managed_services_in(word)]
 
 
@@ -260,16 +317,16 @@ def test_the_case_folding_table_is_pythons() -> None:
 SCRIPT = st.lists(
     st.sampled_from(["nc -z mlflow 5000", " ", ";", "&&", "&", "||", "|", "\n", "(", ")", "`",
                      "$(", "2>&1", ">&2", "&>/dev/null", ">&-", "&1", "<&0", "sleep 1", "'",
-                     "x", "\u00a0", "\t", "#", "# wait; for (mlflow)", "x#y"]),
+                     "x", "\t", "#", "# wait; for (mlflow)", "x#y"]),
     max_size=12,
 ).map("".join)
 
 
 def marked(script: str) -> str:
-    """policy_program.marked run by Python's `re` on the same regexes: comments set apart,
-    then the separators that need it hidden."""
+    """script_text.marked run by Python's `re` on the same regexes: continuations taken out,
+    comments set apart, then the separators that need it hidden."""
     lines = []
-    for line in script.split("\n"):
+    for line in script.replace("\\\n", policy_regex.CONTINUATION_MARK).split("\n"):
         prefix = re.search(policy_regex.COMMENT_PREFIX_RE, line)
         assert prefix is not None
         comment = line[prefix.end():]
@@ -284,7 +341,9 @@ def marked(script: str) -> str:
 
 @settings(max_examples=400, deadline=None)
 @given(SCRIPT)
-def test_script_splitting_twin_agrees_with_probes(script: str) -> None:
+def test_script_splitting_twin_agrees_with_the_separators(script: str) -> None:
+    """The policy splits a script at the separators segments.py knows (the shapes of the
+    grammar; white space is the shell parser's, ASCII, which the alphabet keeps to)."""
     expected = [list(s.words) for s in segments(["sh", "-c", script]) if s.words]
     tokens = re.findall(policy_regex.SEGMENT_RE, marked(script))
     assert "".join(tokens) == marked(script)
@@ -315,7 +374,10 @@ def retarget_twin(text: str, services: tuple[Service, ...]) -> str:
     space = f"[{policy_regex.SPACE_CLASS}]"
     tokens = re.findall(policy_regex.retarget_token_re(hosts), text)
     out = []
-    for index, token in enumerate(tokens):
+    for token in tokens:
+        if is_url_twin(token):
+            out.append(retargeted_address_twin(token, services))
+            continue
         if not (any(token.startswith(host) for host in hosts)
                 and re.search(f"^(?:{policy_regex.host_token_re(hosts)})$", token)):
             out.append(token)
@@ -327,15 +389,14 @@ def retarget_twin(text: str, services: tuple[Service, ...]) -> str:
         found = re.search("^" + host_form(service.hosts), token)
         assert found is not None
         rest = token[len(found.group()):]
-        after_url = "".join(tokens[max(0, index - 3) : index]).endswith("://")
         if re.search("^[:/][0-9]", rest):
             number = re.search("^[:/][0-9]{1,5}", rest)
             assert number is not None
             out.append(host + rest[0] + port + rest[len(number.group()):])
         elif re.search("^[:/][$]", rest):
-            out.append(host + rest[0] + port)
-        elif after_url:
-            out.append(host + ":" + port + rest)
+            variable = re.search(policy_regex.VARIABLE_PORT_AT_START_RE, rest)
+            assert variable is not None
+            out.append(host + rest[0] + port + rest[len(variable.group()):])
         elif re.search(f"^{space}+[0-9]", rest):
             gap = re.search(f"^{space}+", rest)
             assert gap is not None
@@ -350,7 +411,8 @@ def retarget_twin(text: str, services: tuple[Service, ...]) -> str:
 PROBE_TEXT = st.lists(
     st.sampled_from(["mlflow", "minio", "fastapi-app", "fastapi", "postgres", ".flts", ".svc",
                      ".cluster.local", ":", "/", " ", "\t", "\x1f", "5000", "123456", "80x",
-                     "$", "${", "}", "P", "_x", ".", "-", "'", '"', "http://", "@", "x", "9"]),
+                     "$", "${", "}", "P", "_x", ".", "-", "'", '"', "http://", "@", "x", "9",
+                     "s3://", "tcp://", "?", "#", ",", ";", "/minio"]),
     max_size=10,
 ).map("".join)
 
@@ -433,38 +495,19 @@ def test_cel_string_escapes_what_cel_needs() -> None:
 
 
 def value_twin(value: str, services: tuple[Service, ...]) -> str | None:
-    """policy_mutation.retarget_value run by Python's `re` on the same regexes, step for
-    step."""
+    """policy_env.retarget_value run by Python's `re` on the same regexes, step for step."""
     if ":" not in value or re.search(f"[{policy_regex.SPACE_CLASS}]", value):
         return None
-    items = []
-    for item in value.split(","):
-        found = re.search(policy_regex.ADDRESS_RE, item)
-        matched = found.group(0) if found else ""
-        rest = item[len(matched):]
-        if not matched or not (rest == "" or re.search("^[/?#]", rest)) or not (
-            "://" in matched or re.search(":[0-9]{1,5}$", matched)
-        ):
-            items.append(item)
-            continue
-        prefix = re.search(policy_regex.ADDRESS_PREFIX_RE, matched)
-        assert prefix is not None
-        host_match = re.search(policy_regex.ADDRESS_HOST_RE, matched[prefix.end():])
-        host = host_match.group(0) if host_match else ""
-        service = next((s for s in services if re.search(f"^(?:{host_form(s.hosts)})$", host)),
-                       None)
-        if service is None or service.external is None:
-            items.append(item)
-        else:
-            items.append(prefix.group(0) + str(service.external) + rest)
-    rewritten = ",".join(items)
+    rewritten = ",".join(retargeted_address_twin(item, services) for item in value.split(","))
     return rewritten if rewritten != value else None
 
 
 value_parts = st.lists(
     st.sampled_from(["http://", "tcp://", "s3://", "", "user@", "u:p@", "mlflow", "minio",
                      "fastapi-app", "postgres", "kafka", "mlflow.flts.svc", "mlflowx", ":5000",
-                     ":9", ":123456", "/api", "?q=mlflow", "#x", ",", " ", "@", "/", ":"]),
+                     ":9", ":123456", "/api", "?q=mlflow", "#x", ",", " ", "@", "/", ":",
+                     "jdbc:", "postgresql+psycopg2://", "mongodb+srv://", "HTTP://", "gs://",
+                     "${P}", "$"]),
     max_size=8,
 ).map("".join)
 

@@ -103,13 +103,25 @@ def test_retarget_points_probes_at_the_external_address(
     assert READER.retarget(argv) == expected
 
 
-def test_retarget_leaves_work_and_messages_alone() -> None:
+def test_retarget_moves_the_urls_of_work_and_leaves_messages_alone() -> None:
     script = "echo waiting for mlflow; until nc -z mlflow 5000; do sleep 1; done; " \
-             "python migrate.py --uri http://mlflow:5000"
+             "python migrate.py --uri http://mlflow:5000 --bucket mlflow"
     assert READER.retarget(sh(script)) == sh(
         "echo waiting for mlflow; until nc -z host.docker.internal 5000; do sleep 1; done; "
-        "python migrate.py --uri http://mlflow:5000"
+        "python migrate.py --uri http://host.docker.internal:5000 --bucket mlflow"
     )
+
+
+def test_work_against_a_service_without_an_external_address_is_left_and_named() -> None:
+    argv = sh("psql postgresql://app@postgres:5432/app -c 'CREATE TABLE runs (id int)'")
+    assert READER.retarget(argv) is None
+    assert READER.unreachable_in_work(argv) == ["postgres"]
+
+
+def test_mc_alias_follows_minio_and_the_bucket_named_like_a_service_stays() -> None:
+    argv = sh("mc alias set local http://minio:9000 \"$U\" \"$P\" && mc mb local/mlflow")
+    assert READER.retarget(argv) == sh(
+        "mc alias set local http://host.docker.internal:9000 \"$U\" \"$P\" && mc mb local/mlflow")
 
 
 def test_retarget_keeps_hosts_without_an_external_address() -> None:
@@ -161,8 +173,11 @@ def test_a_retargeted_probe_is_recognised_as_external(script: str) -> None:
 
 
 def test_a_word_naming_two_services_counts_both() -> None:
-    reading = READER.read(["wget", "-q", "http://mlflow:5000/ready?db=postgres"])
+    reading = READER.read(["wait-for", "mlflow:5000,postgres:5432"])
     assert reading.managed == ["mlflow", "postgres"]
+    # A URL names its authority only: the query's `postgres` is not a host.
+    reading = READER.read(["wget", "-q", "http://mlflow:5000/ready?db=postgres"])
+    assert reading.managed == ["mlflow"]
 
 
 NAMESPACE_FILE = "$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)"
@@ -266,7 +281,7 @@ def test_work_and_other_hosts_beside_the_new_shapes_keep_the_container(
          ["dockerize", "-wait", "tcp://host.docker.internal:8000", "-timeout", "60s"]),
         (["wait-for-it", "mlflow:5000", "--", "python", "migrate.py", "--uri", "http://mlflow"],
          {}, ["wait-for-it", "host.docker.internal:5000", "--", "python", "migrate.py", "--uri",
-              "http://mlflow"]),
+              "http://host.docker.internal:5000"]),
         # Comments keep their text, even when they name a host.
         (sh("# wait for mlflow:5000\nuntil nc -z mlflow 5000; do sleep 2; done"), {},
          sh("# wait for mlflow:5000\nuntil nc -z host.docker.internal 5000; do sleep 2; done")),
@@ -292,7 +307,9 @@ def test_a_program_over_the_limit_is_not_read() -> None:
     reading = READER.read(sh(script))
     assert reading.not_read and not reading.only_waits_for_managed
     assert READER.retarget(sh(script)) is None
-    assert READER.read(sh(script[:MAX_PROGRAM_CHARS - 10])).only_waits_for_managed
+    loop = "until nc -z mlflow 5000; do sleep 2; done;"
+    under_the_limit = loop * ((MAX_PROGRAM_CHARS - 10) // len(loop))
+    assert READER.read(sh(under_the_limit)).only_waits_for_managed
 
 
 def test_env_values_that_are_addresses_of_managed_hosts_are_retargeted() -> None:

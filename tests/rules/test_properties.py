@@ -130,21 +130,24 @@ def test_patch_applies_is_idempotent_and_keeps_what_is_not_a_waiter(
         assert mutation.operations == []
         return
     # Removed init containers were in the pod; every other init container is still there, in
-    # order, with only its env and (when retargeted) its command/args changed.
+    # order, with only its env and (when its probes or its work's URLs were retargeted) its
+    # command/args changed.
     before = pod["spec"].get("initContainers", [])
     after = result["spec"].get("initContainers", [])
     kept = [c for i, c in enumerate(before)
             if i not in _removed_indexes(mutation.operations)]
     assert [c["name"] for c in after] == [c["name"] for c in kept]
     for old, new in zip(kept, after, strict=True):
-        strip = {"env", "command", "args"} if old["name"] in mutation.rewritten else {"env"}
+        moved = {*mutation.rewritten, *mutation.retargeted}
+        strip = {"env", "command", "args"} if old["name"] in moved else {"env"}
         assert {k: v for k, v in old.items() if k not in strip} == {
             k: v for k, v in new.items() if k not in strip
         }
     assert managed_names_are_unique(result)
     status = (pod["metadata"].get("annotations") or {}).get("backend-injector/status", "")
-    waited = bool(mutation.removed or mutation.rewritten or mutation.kept_waiting
-                  or '"removed":["x"]' in status)
+    init_names = {c["name"] for c in before}
+    waited = bool(mutation.removed or set(mutation.rewritten) & init_names
+                  or mutation.kept_waiting or '"removed":["x"]' in status)
     for old, new in zip(pod["spec"]["containers"], result["spec"]["containers"], strict=True):
         names_before = {e["name"] for e in old.get("env") or []}
         names_after = {e["name"] for e in new.get("env") or []}

@@ -18,7 +18,9 @@ import contextlib
 import json
 import ssl
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +31,8 @@ import orjson
 import pytest
 
 from benchmarks import adversarial as attacks
+from benchmarks.loadgen import build_request
+from webhook.serving.app import DEFAULT_BODY_LIMIT
 from webhook.serving.logs import MOST_LISTED, NAME_LENGTH
 
 MIB = attacks.MIB
@@ -372,7 +376,7 @@ def test_a_100_mb_body_is_refused_without_being_read(
     figure(f"a 100 MB body ({'chunked' if chunked else 'Content-Length'})",
            f"status {status}; the server read {read / MIB:.1f} MiB")
     assert status == 413
-    assert read < 12 * MIB  # the 7 MiB limit, and what was in flight when it was reached
+    assert read < DEFAULT_BODY_LIMIT + 5 * MIB  # the limit, and what was in flight past it
 
 
 @pytest.mark.parametrize(
@@ -395,3 +399,107 @@ def bytes_read(pid: int) -> int:
             return int(line.split()[1])
     raise AssertionError("no rchar")
 
+
+
+# -- bodies no CREATE review can reach ---------------------------------------------------------
+
+# Larger than any CREATE review the apiserver can send (the body limit: its 3 MiB object limit
+# and a generous envelope), and smaller than the old limit, which let such bodies wait for the
+# review process among the real big reviews.
+OVERSIZE = DEFAULT_BODY_LIMIT + MIB
+# How far a sender that waits for the answer goes into its body before it does.
+BODY_START = 64 * 1024
+
+
+class OversizeFlood:
+    """Threads sending oversize reviews back to back, each on a new connection, until stopped.
+
+    Half the sends are the whole request at once (whose answer may be lost when the server cuts
+    the connection under the rest of the body); the other half send the head and the first
+    64 KiB and then wait for the answer, which a server that refuses at once gives, and one
+    that reads the body first gives only after its request time limit (408).
+    """
+
+    def __init__(self, port: int, body: bytes, *, senders: int) -> None:
+        self._port = port
+        self._request = build_request(body)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.statuses: Counter[int] = Counter()
+        self.cut = 0
+        self._threads = [threading.Thread(target=self._send, args=(whole,), daemon=True)
+                         for whole in [True, False] * (senders // 2)]
+
+    def start(self) -> OversizeFlood:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _send(self, whole: bool) -> None:
+        while not self._stop.is_set():
+            status = 0
+            with contextlib.suppress(OSError, ConnectionError), \
+                    attacks.tls_connect(self._port, 15) as connection:
+                with contextlib.suppress(OSError):
+                    connection.sendall(
+                        self._request if whole
+                        else self._request[:self._request.index(b"\r\n\r\n") + 4 + BODY_START])
+                status, _ = attacks.read_response(connection)
+            with self._lock:
+                if status:
+                    self.statuses[status] += 1
+                else:
+                    self.cut += 1
+
+
+def errors_counted(port: int) -> dict[str, float]:
+    """The server's ``backend_injector_errors_total`` by kind."""
+    status, body = attacks.request_once(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 10)
+    assert status == 200
+    counted = {}
+    for line in body.decode().splitlines():
+        if line.startswith("backend_injector_errors_total{"):
+            labels, _, value = line.partition("} ")
+            counted[labels.split('kind="', 1)[1].rstrip('"')] = float(value)
+    return counted
+
+
+def test_bodies_no_create_review_can_reach_get_413_while_a_real_big_review_is_served(
+    default_server: attacks.Running,
+) -> None:
+    legit_obj = attacks.repeated_probe_pod(1_200_000, tag="legit-big")
+    legit = attacks.body_of(legit_obj, uid="legit-big")
+    oversize = attacks.body_of(attacks.repeated_probe_pod(OVERSIZE, tag="oversize"))
+    assert 1_100_000 < len(legit) < DEFAULT_BODY_LIMIT < len(oversize)
+    before = errors_counted(default_server.port)
+    flood = OversizeFlood(default_server.port, oversize, senders=6).start()
+    try:
+        time.sleep(0.5)  # the flood is on before the reviews that must get through
+        small = attacks.SmallReviews(default_server.port).start(seconds=3.0)
+        answers = [attacks.timed_review(default_server.port, legit, timeout=30)
+                   for _ in range(3)]
+        small_result = small.result()
+    finally:
+        flood.stop()
+    after = errors_counted(default_server.port)
+    refused = after.get("body-too-large", 0) - before.get("body-too-large", 0)
+    figure("oversize flood (6 senders) beside a 1.2 MB review and small ones",
+           f"oversize answered {dict(flood.statuses)}, {flood.cut} cut, {refused:.0f} refused "
+           f"in all; the 1.2 MB review: {[a.status for a in answers]} in "
+           f"{[round(a.seconds * 1000) for a in answers]} ms; small p99 "
+           f"{small_result.percentile(0.99) * 1000:.1f} ms")
+    assert set(flood.statuses) == {413}, flood.statuses
+    assert flood.statuses[413] >= 10
+    assert refused >= sum(flood.statuses.values())
+    for answer in answers:
+        response = answer_of(answer)
+        assert "wait-for-mlflow" not in init_names(patched(legit_obj, response))
+    assert small_result.failed == 0, (small_result.statuses, small_result.errors)
+    assert small_result.answered >= 200
+    # None of the oversize bodies took a place among the big reviews waiting.
+    assert after.get("busy", 0) == before.get("busy", 0)

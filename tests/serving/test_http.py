@@ -22,6 +22,7 @@ from tests.server_process import (
     unverified_context,
     write_pair,
 )
+from webhook.serving.app import DEFAULT_BODY_LIMIT
 
 
 def test_mutate_over_tls_returns_a_patch_that_applies(server: Server) -> None:
@@ -72,10 +73,19 @@ def test_bad_requests_get_clear_errors(
     assert response.headers["content-type"].startswith("application/json")
 
 
-def test_oversized_body_is_refused_from_its_header(server: Server) -> None:
+def test_a_body_larger_than_any_create_review_is_refused_from_its_header(
+    server: Server,
+) -> None:
     with server.client() as client:
-        response = client.post("/mutate", content=b"x" * (7 * 1024 * 1024 + 1))
+        response = client.post("/mutate", content=b"x" * (DEFAULT_BODY_LIMIT + 1))
     assert response.status_code == 413
+    assert response.json() == {"error": f"body exceeds {DEFAULT_BODY_LIMIT} bytes"}
+
+
+def test_a_body_of_the_largest_create_review_is_read(server: Server) -> None:
+    with server.client() as client:
+        response = client.post("/mutate", content=b" " * (DEFAULT_BODY_LIMIT - 2) + b"{}")
+    assert response.status_code == 400  # read, parsed, and found not to be a review
 
 
 def test_plain_http_on_the_tls_port_is_refused(server: Server) -> None:

@@ -1,13 +1,21 @@
-"""The review process of a server (webhook/serving/offload.py) never outlives the server."""
+"""The review process of a server (webhook/serving/offload.py) never outlives the server, and
+logs as the server does."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.server_process import start_server, stop
+from tests.conftest import make_settings, pod
+from tests.server_process import review_body, start_server, stop
+from webhook.rules.mutate import Mutation, Rules
+from webhook.serving.admission import AdmissionHandler
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -56,3 +64,44 @@ def test_a_killed_server_leaves_no_review_process(tmp_path: Path) -> None:
         assert not [pid for pid in workers if _alive(pid)], "a review process outlived its server"
     finally:
         stop(server)
+
+
+class FailingRules(Rules):
+    """Rules with a bug: every pod makes them raise."""
+
+    def mutate_pod(self, obj: Any) -> Mutation:
+        raise RuntimeError("a bug in the rules")
+
+
+def failing_handler() -> AdmissionHandler:
+    return AdmissionHandler(FailingRules(make_settings()))
+
+
+# Run in a process of its own, whose stderr is all the test reads: JSON logging, as `serve`
+# sets it up, and one review answered in a review process by rules that fail.
+REVIEW_IN_A_REVIEW_PROCESS = """
+import asyncio, sys
+from tests.serving.test_review_processes import failing_handler
+from webhook.serving.logs import configure_logging
+from webhook.serving.offload import ReviewProcesses
+configure_logging("INFO", "json")
+processes = ReviewProcesses(failing_handler())
+outcome = asyncio.run(processes.review(sys.stdin.buffer.read()))
+processes.stop(wait=True)
+print(outcome.result)
+"""
+
+
+def test_what_a_review_process_logs_is_json_like_the_server() -> None:
+    body = json.dumps(review_body(pod(), uid="failing")).encode()
+    process = subprocess.Popen([sys.executable, "-c", REVIEW_IN_A_REVIEW_PROCESS],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    stdout, stderr = process.communicate(body, timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode().strip() == "internal-error"
+    records = [json.loads(line) for line in stderr.decode().splitlines()]
+    (failed,) = [record for record in records if record["message"] == "rules failed"]
+    assert failed["level"] == "error" and failed["uid"] == "failing"
+    assert "a bug in the rules" in failed["exception"]
+    assert failed["pid"] != process.pid  # written by the review process itself

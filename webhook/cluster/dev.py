@@ -40,7 +40,7 @@ from webhook import certs
 from webhook.cluster.client import Cluster, ClusterError, JsonObject, webhook_configuration_path
 from webhook.cluster.served import fetch_served, unverified_tls_context
 from webhook.rules.mutate import INJECT_KEY
-from webhook.settings import Settings
+from webhook.settings import Settings, hosts_without_address
 
 logger = logging.getLogger(__name__)
 
@@ -335,6 +335,11 @@ def run_dev(
         ))
         helper = threading.Thread(target=register_when_listening, name="dev-register",
                                   daemon=True)
+        if unaddressed := hosts_without_address(settings):
+            # This machine resolves them differently from the pods (or not at all).
+            logger.warning("safety net off for external hosts without a configured address: "
+                           "pods get no hostAliases for them (set safety_net.addresses)",
+                           extra={"fields": {"hosts": unaddressed}})
         previous = _stop_on_signals()
         try:
             helper.start()
@@ -375,8 +380,9 @@ SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 def _stop_on_signals() -> dict[int, SignalHandler]:
     """SIGINT and SIGTERM end `run_dev` through its finally (the default SIGTERM would kill
-    the process without removing the registration). The server replaces these handlers while
-    it runs and raises the signal again once it has shut down, which lands here."""
+    the process without removing the registration). While the server runs it handles them
+    itself and returns once drained, and `run_dev`'s finally removes the registration; before
+    it starts and after it returns, they land here."""
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         raise _Stopped(signum)

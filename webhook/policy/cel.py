@@ -127,11 +127,17 @@ class Expr:
     def lower_ascii(self) -> Expr:
         return self.call("lowerAscii")
 
+    def upper_ascii(self) -> Expr:
+        return self.call("upperAscii")
+
     def trim(self) -> Expr:
         return self.call("trim")
 
     def index_of(self, item: Operand) -> Expr:
         return self.call("indexOf", item)
+
+    def last_index_of(self, item: Operand) -> Expr:
+        return self.call("lastIndexOf", item)
 
     def last(self) -> Expr:
         """The last element of a list that is known not to be empty."""

@@ -35,17 +35,9 @@ from webhook.policy.operations import (
     index_text,
     operation,
 )
-from webhook.policy.regex import (
-    ADDRESS_END_RE,
-    ADDRESS_HOST_RE,
-    ADDRESS_PREFIX_RE,
-    ADDRESS_RE,
-    ANY_SPACE_RE,
-    TRAILING_PORT_RE,
-    host_search_re,
-    whole_host_re,
-)
-from webhook.rules.grammar import URL_SCHEME_END
+from webhook.policy.regex import ANY_SPACE_RE, host_search_re
+from webhook.policy.urls import retargeted_address
+from webhook.rules.grammar import ADDRESS_SEPARATOR
 from webhook.settings import EnvScope, Service, Settings
 
 
@@ -64,10 +56,6 @@ def args_of(container: Expr) -> Expr:
 def as_strings(items: Expr) -> Expr:
     """The pod's typed list as a plain list of strings, comparable with the policy's own."""
     return items.map("element", lambda element: element)
-
-
-def init_env(index: Expr) -> Expr:
-    return env_of(variable("inits")[index])
 
 
 def is_native_sidecar(container: Expr) -> Expr:
@@ -151,36 +139,12 @@ def env_changes(container: Expr, values: Expr, *, add_absent: Expr) -> Expr:
 
 def retarget_value(value: Expr, services: Sequence[Service]) -> Expr:
     """ProgramReader.retarget_value: an env value's addresses of managed hosts pointed at the
-    external address, or "" when nothing changes. Each comma-separated item is matched from
-    its start; RE2's leftmost-first match, followed by one of `/?#` or the end, is the one
-    the look-ahead of hosts._ADDRESS admits (the host and port runs are maximal)."""
-
-    def of_item(item: Expr) -> Expr:
-        def with_address(address: Expr) -> Expr:
-            def with_prefix(prefix: Expr) -> Expr:
-                def with_host(host: Expr) -> Expr:
-                    choice = item
-                    for service in reversed(services):
-                        replaced = item if service.external is None else add(
-                            prefix, str(service.external), item.substring(address.size()))
-                        choice = cond(host.matches(whole_host_re(service)), replaced, choice)
-                    return choice
-
-                return let(address.substring(prefix.size()).find(ADDRESS_HOST_RE), "host",
-                           with_host)
-
-            is_address = all_of(
-                any_of(item.size().eq(address.size()),
-                       item.substring(address.size()).matches(ADDRESS_END_RE)),
-                any_of(address.contains(URL_SCHEME_END), address.matches(TRAILING_PORT_RE)),
-            )
-            return cond(any_of(address.eq(""), not_(is_address)), item,
-                        let(address.find(ADDRESS_PREFIX_RE), "prefix", with_prefix))
-
-        return let(item.find(ADDRESS_RE), "address", with_address)
-
-    rewritten = let(value.split(",").map("item", of_item).join(","), "rewritten",
-                    lambda rewritten: cond(rewritten.eq(value), "", rewritten))
+    external address, or "" when nothing changes. Each comma-separated item is read from its
+    start as urls.value_addresses reads it (see webhook.policy.urls): a bucket, a path or a
+    user name that spells a managed host stays as written."""
+    rewritten = let(value.split(ADDRESS_SEPARATOR).map(
+        "item", lambda item: retargeted_address(item, services)).join(ADDRESS_SEPARATOR),
+        "rewritten", lambda rewritten: cond(rewritten.eq(value), "", rewritten))
     return cond(any_of(not_(value.contains(":")), value.matches(ANY_SPACE_RE)), "", rewritten)
 
 

@@ -1,14 +1,18 @@
 """The policy twin's mutation: its variables, its JSON Patch and its match condition, in CEL.
 
-``mutate.Rules`` step by step: which init containers are waiters (from the facts of
-``webhook.policy.program``), their probes retargeted (both per container in
-``webhook.policy.init_programs``), env set (``webhook.policy.env``), and the
+``mutate.Rules`` step by step: the programs of the init containers, and of the app
+containers that name a service, read (``webhook.policy.container_programs``); which init
+containers are waiters (from the facts of ``webhook.policy.program``, per container in
+``webhook.policy.init_programs``); the probes and the URLs of work retargeted in the kept
+init containers and the app containers; env set (``webhook.policy.env``), and the
 ``backend-injector/status`` annotation merged with an earlier one (read back with regexes,
 since CEL cannot parse JSON). The variables come in groups, in the order the policy lists
-them: the pod read, its programs read, the waiters, the retargeting, the patch, the status.
+them: the pod read, its programs read, the waiters, the retargeting, the patch, the safety
+net's hostAliases (``webhook.policy.host_aliases``, when an IP is known), the status.
 
 The patch is built like the webhook's: per-index operations in the same order (init
-containers in place, removals from the back, app containers, the annotation), carried as
+containers in place, removals from the back, app containers' programs and env, the
+annotation), carried as
 ``webhook.policy.operations`` lines. Every value in it is a literal of the policy or a list
 of strings: the pod reaches CEL as typed values, and a sub-object copied from it cannot be
 marshalled into a patch. Every operation is guarded on equality, so a second pass changes
@@ -41,24 +45,45 @@ from webhook.policy.cel import (
     sub,
     variable,
 )
+from webhook.policy.container_programs import (
+    APP_PROGRAMS,
+    INIT_PROGRAMS,
+    ProgramGroup,
+    argv_words,
+    expanded_programs,
+    is_computed,
+    is_unreadable,
+    new_argv,
+    program_kinds,
+    program_pieces,
+    program_records,
+    program_segments,
+    program_writes,
+    retarget_input,
+    retarget_output,
+    works,
+    written_programs,
+)
 from webhook.policy.env import (
     args_of,
     as_strings,
     command_of,
     env_changes,
     env_operations,
-    init_env,
     is_native_sidecar,
     retargeted_values,
     uses_backend,
 )
+from webhook.policy.host_aliases import (
+    has_host_aliases,
+    host_alias_patches,
+    host_alias_variables,
+)
 from webhook.policy.init_programs import (
     is_removed,
-    new_argv,
+    is_retargeted,
+    probes_managed,
     program_facts,
-    program_segments,
-    retarget_input,
-    retarget_output,
 )
 from webhook.policy.operations import (
     ADD_ENV_LIST,
@@ -71,6 +96,8 @@ from webhook.policy.operations import (
     OPERATION_SEPARATOR,
     PATH,
     REMOVE,
+    REPLACE_APP_ARGS,
+    REPLACE_APP_COMMAND,
     REPLACE_ARGS,
     REPLACE_COMMAND,
     REPLACE_MANAGED_ENV,
@@ -81,18 +108,11 @@ from webhook.policy.operations import (
     init_path,
     operation,
 )
-from webhook.policy.program import (
-    SERVICE_TAG_PREFIX,
-    CommandRecord,
-    command_record,
-    kubelet_expanded,
-    retargetable_probe,
-    script_index,
-)
+from webhook.policy.program import SERVICE_TAG_PREFIX, script_index
 from webhook.policy.regex import (
-    COMPUTED_RE,
     QUOTED_NAME_RE,
     STATUS_SHAPE_RE,
+    host_search_re,
     status_list_re,
 )
 from webhook.rules.mutate import (
@@ -102,7 +122,7 @@ from webhook.rules.mutate import (
     STATUS_LISTS,
     managed_env_entries,
 )
-from webhook.rules.status import escape_pointer
+from webhook.rules.status import ALIASED, escape_pointer
 from webhook.settings import Service, Settings
 
 # --- the operations -------------------------------------------------------------------------
@@ -116,16 +136,6 @@ def sidecar_uses(settings: Settings, container: Expr) -> Expr:
 
 def is_kept(index: Expr, _: Expr) -> Expr:
     return not_(variable("removeInit")[index])
-
-
-def argv_words(index: Expr, container: Expr, *, of_command: bool) -> Expr:
-    """The new program's words where the written command was (``of_command``), or the rest:
-    an init container's new command or its new args."""
-    command_size = command_of(container).size()
-    return variable("newArgvs")[index].transform_list(
-        "position", "element", lambda _, element: element,
-        where=lambda position, _: (position.lt(command_size) if of_command
-                                   else position.ge(command_size)))
 
 
 def init_operations(settings: Settings, index: Expr, container: Expr) -> Expr:
@@ -142,10 +152,26 @@ def init_operations(settings: Settings, index: Expr, container: Expr) -> Expr:
 
 
 def container_operations(settings: Settings, index: Expr, container: Expr) -> Expr:
-    """An app container's operations: its env."""
-    return env_operations(container, index, container_path(index), variable("appValues")[index],
-                          APP_CONTAINERS, add_absent=uses_backend(settings, container)
-                          ).join(OPERATION_SEPARATOR)
+    """An app container's operations: its command and args (the URLs of its work
+    retargeted), then its env."""
+    program: Expr = EMPTY_LIST
+    if retargets_programs(settings.services):
+        command = cond(variable("appNewCommands")[index].ne(as_strings(command_of(container))),
+                       list_of(operation(REPLACE_APP_COMMAND, add(container_path(index),
+                                                                  "/command"),
+                                         index_text(index))), EMPTY_LIST)
+        args = cond(variable("appNewArgs")[index].ne(as_strings(args_of(container))),
+                    list_of(operation(REPLACE_APP_ARGS, add(container_path(index), "/args"),
+                                      index_text(index))), EMPTY_LIST)
+        program = add(command, args)
+    env = env_operations(container, index, container_path(index), variable("appValues")[index],
+                         APP_CONTAINERS, add_absent=uses_backend(settings, container))
+    return add(program, env).join(OPERATION_SEPARATOR)
+
+
+def retargets_programs(services: Sequence[Service]) -> bool:
+    """Whether any service has an external address to retarget programs at."""
+    return any(service.external is not None for service in services)
 
 
 def removals() -> Expr:
@@ -207,12 +233,17 @@ def init_names(where: Callable[[Expr, Expr], Expr]) -> Expr:
         "index", "container", lambda _, container: container.field("name"), where=where)
 
 
-def status_json() -> Expr:
-    """The status annotation: each list merged with the earlier one, as compact JSON."""
+def status_json(*, aliases: bool = False) -> Expr:
+    """The status annotation: each list merged with the earlier one, as compact JSON; with
+    ``aliases``, ``aliased`` after them when it names anything (as the webhook writes it)."""
     parts: list[Expr | str] = []
     for position, key in enumerate(STATUS_LISTS):
         parts += [("{" if position == 0 else ",") + f'"{key}":',
                   json_list(merged(variable("earlier")[position], variable(key + "Names")))]
+    if aliases:
+        parts.append(let(merged(variable("earlierAliased"), variable("aliasedNames")), "aliased",
+                         lambda names: cond(names.size().gt(0),
+                                            add(f',"{ALIASED}":', json_list(names)), "")))
     return add(*parts, "}")
 
 
@@ -222,41 +253,71 @@ Variables = list[tuple[str, Expr]]
 
 
 def pod_variables(settings: Settings) -> Variables:
-    """The managed env, the containers, and each init container's program as written and as
-    the kubelet runs it."""
+    """The managed env and the containers."""
     entries = managed_env_entries(settings)
     return [
         ("managedEnv", map_of({name: literal(entry) for name, entry in entries.items()})),
         ("managedOrder", list_of(*(string(name) for name in entries))),
         ("inits", OBJECT.field("spec").optional_field("initContainers").or_value(EMPTY_LIST)),
         ("containers", OBJECT.field("spec").optional_field("containers").or_value(EMPTY_LIST)),
-        ("written", variable("inits").map("container", lambda container: add(
-            command_of(container), args_of(container)))),
-        # The program as the kubelet runs it: `$(NAME)` expanded from the literal env.
-        ("argvs", variable("inits").transform_list("index", "container", lambda index, _: (
-            variable("written")[index].map("element", lambda element: kubelet_expanded(
-                element, init_env(index)))))),
-        ("scriptIndex", variable("argvs").map("argv", script_index)),
+    ]
+
+
+def reading_variables(group: ProgramGroup, read: Expr | None = None) -> Variables:
+    """A group's programs read: as written, as the kubelet runs them (`$(NAME)` expanded from
+    the literal env; with ``read``, only those of the containers it names), the script's
+    position, its segments as text and as words, each command's record and kind, whether the
+    script can be read at all, and whether a host part is computed at run time."""
+    argvs = group.var("argvs")
+    return [
+        (group.name("written"), written_programs(group)),
+        *([(group.name("read"), read)] if read is not None else []),
+        (group.name("argvs"), expanded_programs(group, group.var("read") if read is not None
+                                                else None)),
+        (group.name("scriptIndex"), argvs.map("argv", script_index)),
+        (group.name("pieces"), argvs.transform_list(
+            "index", "argv", lambda index, argv: program_pieces(group, index, argv))),
+        (group.name("segments"), argvs.transform_list(
+            "index", "argv", lambda index, argv: program_segments(group, index, argv))),
+        (group.name("records"), group.var("segments").transform_list(
+            "index", "program_segments", lambda index, segments: program_records(
+                group, index, segments))),
+        (group.name("kinds"), group.var("records").transform_list(
+            "index", "program_records", lambda index, records: program_kinds(
+                group, index, records))),
+        (group.name("writes"), group.var("records").transform_list(
+            "index", "program_records", lambda index, records: program_writes(
+                group, index, records))),
+        (group.name("unreadable"), group.var("records").transform_list(
+            "index", "program_records", lambda index, records: is_unreadable(
+                group, index, records))),
+        (group.name("computed"), argvs.map("argv", is_computed)),
     ]
 
 
 def program_variables(services: Sequence[Service]) -> Variables:
-    """Each program read: its commands, which of them are probes to retarget, its facts."""
-    return [
-        ("segments", variable("argvs").transform_list("index", "argv", program_segments)),
-        ("records", variable("segments").map("program_segments", lambda segments: segments.map(
-            "words", command_record))),
-        # Probes to retarget: not those whose port or command the policy cannot follow.
-        ("probeFlags", variable("records").transform_list(
-            "index", "program_records", lambda _, records: records.map(
-                "record", lambda record: retargetable_probe(CommandRecord(record))))),
+    """The init containers' programs read, and their facts; when there is an external address
+    to retarget at, the app containers' programs that name one of its services (the webhook
+    retargets the URLs of their work), and whether each does work."""
+    init = [
+        *reading_variables(INIT_PROGRAMS),
         ("facts", variable("records").transform_list(
             "index", "program_records", lambda index, records: program_facts(
                 services, index, records))),
-        # A host part computed at run time (`mlflow.$(...)`): the policy splits the script
-        # there, so it cannot tell the host; the container is kept as it is.
-        ("computed", variable("argvs").map("argv", lambda argv: argv.exists(
-            "element", lambda element: element.matches(COMPUTED_RE)))),
+    ]
+    if not retargets_programs(services):
+        return init
+    retargetable = [service for service in services if service.external is not None]
+    app = APP_PROGRAMS
+    names_a_host = variable(app.containers).transform_list(
+        "index", "container", lambda index, _: app.var("written")[index].exists(
+            "part", lambda part: any_of(*(part.matches(host_search_re(service))
+                                          for service in retargetable))))
+    return [
+        *init,
+        *reading_variables(app, names_a_host),
+        (app.name("works"), app.var("records").transform_list(
+            "index", "program_records", lambda index, records: works(app, index, records))),
     ]
 
 
@@ -288,15 +349,31 @@ def retargeting_variables(services: Sequence[Service]) -> Variables:
         ("initValues", retargeted_values(variable("inits"), services)),
         ("appValues", retargeted_values(variable("containers"), services)),
     ]
-    if not any(s.external is not None for s in services):
+    if not retargets_programs(services):
         return [*values, ("newArgvs", variable("written"))]
+    app = APP_PROGRAMS
     return [
         *values,
-        ("retargetInput", variable("inits").transform_list("index", "container",
-                                                           retarget_input)),
-        ("retargetOutput", variable("retargetInput").transform_list(
-            "index", "pieces", lambda index, pieces: retarget_output(services, index, pieces))),
-        ("newArgvs", variable("argvs").transform_list("index", "argv", new_argv)),
+        *program_retargeting(INIT_PROGRAMS, services, is_retargeted),
+        *program_retargeting(app, services, lambda index: all_of(
+            app.var("works")[index], not_(app.var("computed")[index]),
+            not_(app.var("unreadable")[index]))),
+    ]
+
+
+def program_retargeting(group: ProgramGroup, services: Sequence[Service],
+                        retargeted: Callable[[Expr], Expr]) -> Variables:
+    """A group's programs retargeted where ``retargeted`` holds for the container: the pieces
+    to retarget, the text they make, the new programs."""
+    return [
+        (group.name("retargetInput"), variable(group.containers).transform_list(
+            "index", "container", lambda index, _: retarget_input(
+                group, index, retargeted(index)))),
+        (group.name("retargetOutput"), group.var("retargetInput").transform_list(
+            "index", "pieces", lambda index, pieces: retarget_output(
+                group, services, index, pieces))),
+        (group.name("newArgvs"), group.var("argvs").transform_list(
+            "index", "argv", lambda index, argv: new_argv(group, index, argv))),
     ]
 
 
@@ -304,11 +381,10 @@ def patch_variables(settings: Settings) -> Variables:
     """The new commands and args, then every operation as a line: kept init containers in
     place, the removals, the app containers."""
     inits = variable("inits")
+    groups = ((INIT_PROGRAMS, APP_PROGRAMS) if retargets_programs(settings.services)
+              else (INIT_PROGRAMS,))
     return [
-        ("newCommands", inits.transform_list("index", "container", lambda index, container: (
-            argv_words(index, container, of_command=True)))),
-        ("newArgs", inits.transform_list("index", "container", lambda index, container: (
-            argv_words(index, container, of_command=False)))),
+        *(variable_ for group in groups for variable_ in new_programs(group)),
         ("initOperations", inits.transform_list(
             "index", "container", lambda index, container: init_operations(
                 settings, index, container), where=is_kept).join(OPERATION_SEPARATOR)),
@@ -323,19 +399,39 @@ def patch_variables(settings: Settings) -> Variables:
     ]
 
 
+def new_programs(group: ProgramGroup) -> Variables:
+    """A group's new commands and new args, cut from its new programs where they were."""
+    containers = variable(group.containers)
+    return [
+        (group.name("newCommands"), containers.transform_list(
+            "index", "container", lambda index, container: argv_words(
+                group, index, container, of_command=True))),
+        (group.name("newArgs"), containers.transform_list(
+            "index", "container", lambda index, container: argv_words(
+                group, index, container, of_command=False))),
+    ]
+
+
 def status_variables(settings: Settings) -> Variables:
-    """The names for the status annotation, and the annotation itself."""
+    """The names for the status annotation (with the safety net's, an earlier pass's aliased
+    hosts), and the annotation itself."""
     remove_init = variable("removeInit")
     changed = variable("envChanged")
+    aliases = has_host_aliases(settings)
     return [
         ("removedNames", init_names(lambda index, _: remove_init[index])),
+        # Only a container that probed a managed service counts as rewritten: the names say
+        # the pod waited, which work alone does not.
         ("rewrittenNames", init_names(lambda index, _: all_of(
-            not_(remove_init[index]), variable("newArgvs")[index].ne(variable("written")[index])))),
+            not_(remove_init[index]), probes_managed(index),
+            variable("newArgvs")[index].ne(variable("written")[index])))),
         ("envChanged", env_changed(settings)),
         ("envNames", changed.transform_list(
             "position", "name", lambda _, name: name,
             where=lambda position, name: changed.index_of(name).eq(position))),
-        ("status", status_json()),
+        *([("earlierAliased", cond(variable("currentStatus").matches(STATUS_SHAPE_RE),
+                                   earlier_status(ALIASED), EMPTY_LIST))] if aliases else []),
+        ("status", status_json(aliases=aliases)),
     ]
 
 
@@ -347,6 +443,7 @@ def policy_variables(settings: Settings) -> Variables:
         *waiting_variables(settings),
         *retargeting_variables(settings.services),
         *patch_variables(settings),
+        *host_alias_variables(settings),
         *status_variables(settings),
     ]
     return [(name, check_closed(expression)) for name, expression in variables]
@@ -355,9 +452,10 @@ def policy_variables(settings: Settings) -> Variables:
 # --- the patch and the match condition ------------------------------------------------------
 
 
-def patch_expression() -> Expr:
-    """The JSON Patch: each operation line decoded, then the status annotation, written only
-    with another operation and only when it differs."""
+def patch_expression(settings: Settings | None = None) -> Expr:
+    """The JSON Patch: each operation line decoded, the hostAliases entries (when ``settings``
+    know an IP), then the status annotation, written only with another operation and only
+    when it differs."""
     v = variable
     status_path = "/metadata/annotations/" + escape_pointer(STATUS_KEY)
 
@@ -383,9 +481,17 @@ def patch_expression() -> Expr:
                 "name", lambda name: v("managedEnv")[name]))),
             (REPLACE_COMMAND, json_patch("replace", path,
                                          v("newCommands")[function("int", argument)])),
+            (REPLACE_ARGS, json_patch("replace", path, v("newArgs")[function("int", argument)])),
         ]
-        chosen = json_patch("replace", path, v("newArgs")[function("int", argument)])
-        for case_kind, patch in reversed(cases):
+        if settings is not None and retargets_programs(settings.services):
+            cases += [
+                (REPLACE_APP_COMMAND, json_patch("replace", path,
+                                                 v("appNewCommands")[function("int", argument)])),
+                (REPLACE_APP_ARGS, json_patch("replace", path,
+                                              v("appNewArgs")[function("int", argument)])),
+            ]
+        chosen = cases[-1][1]
+        for case_kind, patch in reversed(cases[:-1]):
             chosen = cond(kind.eq(case_kind), patch, chosen)
         return chosen
 
@@ -395,11 +501,15 @@ def patch_expression() -> Expr:
         list_of(json_patch("add", "/metadata/annotations",
                            map_of({STATUS_KEY: v("status")}, dynamic=False))),
     )
+    aliases = settings is not None and has_host_aliases(settings)
+    nothing_else = v("operations").size().eq(0)
+    if aliases:
+        nothing_else = all_of(nothing_else, v("hostAliasEntries").size().eq(0))
     return check_closed(add(
         v("operations").map("operation", lambda line: let(
             line.split(FIELD_SEPARATOR), "fields", decoded)),
-        cond(any_of(v("operations").size().eq(0), v("currentStatus").eq(v("status"))),
-             EMPTY_LIST, annotation),
+        *([host_alias_patches()] if aliases else []),
+        cond(any_of(nothing_else, v("currentStatus").eq(v("status"))), EMPTY_LIST, annotation),
     ))
 
 
@@ -418,7 +528,7 @@ def opted_in() -> Expr:
 def policy_regexes(settings: Settings) -> frozenset[str]:
     """Every regular expression the policy's expressions match with."""
     expressions = [expression for _, expression in policy_variables(settings)]
-    expressions += [patch_expression(), opted_in()]
+    expressions += [patch_expression(settings), opted_in()]
     return frozenset().union(*(expression.regexes for expression in expressions))
 
 

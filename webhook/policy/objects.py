@@ -84,7 +84,7 @@ def build_policy(
                           for name, expression in policy_variables(settings)],
             "mutations": [{
                 "patchType": "JSONPatch",
-                "jsonPatch": {"expression": pretty(patch_expression().text)},
+                "jsonPatch": {"expression": pretty(patch_expression(settings).text)},
             }],
         },
     }

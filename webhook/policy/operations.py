@@ -22,15 +22,14 @@ ADD_MANAGED_ENV = "A"  # ARGUMENT: the variable's name
 ADD_ENV_LIST = "L"  # a container without env gets all the managed variables at once
 REPLACE_COMMAND = "C"  # ARGUMENT: the init container's index (into newCommands)
 REPLACE_ARGS = "G"  # ARGUMENT: the init container's index (into newArgs)
+REPLACE_APP_COMMAND = "M"  # ARGUMENT: the app container's index (into appNewCommands)
+REPLACE_APP_ARGS = "N"  # ARGUMENT: the app container's index (into appNewArgs)
 INIT_CONTAINERS = "I"
 APP_CONTAINERS = "C"
 FIELD_SEPARATOR = " "
 OPERATION_SEPARATOR = "\n"
 # The fields of a decoded operation.
 KIND, PATH, FIRST_ARGUMENT = 0, 1, 2
-# A retargeted probe's pieces travel as [text, IS_PROBE or NOT_PROBE]: CEL lists are of one
-# type, and so is the flag.
-IS_PROBE, NOT_PROBE = "1", "0"
 
 
 def operation(kind: str, path: Expr, *arguments: Expr | str) -> Expr:

@@ -1,13 +1,15 @@
-"""The policy twin's reading of init container programs, as CEL built with ``webhook.policy.cel``.
+"""One simple command of a program in the policy twin, as CEL built with ``webhook.policy.cel``.
 
-The twin of ``probes.ProgramReader``: a program is split into simple commands (``sh -c``
-scripts at the separators of ``grammar.SEPARATOR_TOKENS``), each command's word is found past
-keywords, assignments, redirections and wrappers, probes and liveness queries are told from
-work, and the words of probes are matched against the managed hosts (``policy_regex``).
-What one command says is a list of *facts* (see the tags below); retargeting rewrites the
-host tokens of a probe's text.
+The twin of ``programs.ProgramReader`` for one command (``commands.classify`` and what it
+reads): its command word is found past keywords, assignments, redirections and wrappers,
+probes and liveness queries are told from work and idle glue (with
+``webhook.policy.command_kinds``), and the words of probes are matched against the managed
+hosts (``webhook.policy.regex``). What one command says is a list of *facts* (see the tags
+below) and a *kind*; retargeting rewrites the host tokens of a probe's text, or the URLs in
+the text of a command that does work.
 
-Each function here takes and returns ``Expr`` values; the policy's variables that hold the
+Each function here takes and returns ``Expr`` values; the programs are cut into commands in
+``webhook.policy.container_programs``, and the policy's variables that hold the
 per-container results are assembled in ``webhook.policy.mutation``.
 """
 
@@ -19,57 +21,42 @@ from webhook.policy.cel import (
     EMPTY_LIST,
     FALSE,
     Expr,
-    Operand,
     add,
     all_of,
     any_of,
     cond,
-    function,
     let,
     list_of,
     map_of,
     not_,
-    replaced_all,
-    string,
     strings,
     sub,
 )
+from webhook.policy.command_kinds import http_sends, is_idle, redirection_flags
 from webhook.policy.regex import (
-    AMPERSAND_MARK,
     ASSIGNMENT_RE,
     ATTACHED_PORT_RE,
     ATTACHED_PORT_START_RE,
-    BASENAME_RE,
     COMMAND_PREFIX_RE,
-    COMMENT_MARK,
-    COMMENT_PREFIX_RE,
     DEV_TCP_RE,
-    HIDDEN,
-    IN_COMMENT,
     KEYWORD_CLASS,
-    KUBELET_TOKENS_RE,
-    KUBELET_WHOLE_RE,
     LEADING_PORT_RE,
     LEADING_SPACE_RE,
     NEXT_WORD_PORT_START_RE,
     OPTION_CLASS,
     OPTION_DASHES_RE,
     OTHER_CLASS,
-    QUOTED_VARIABLE_WHOLE_RE,
-    READ_TOKENS_RE,
     REDIRECTION_RE,
     RSTRIP_RE,
-    SAFE_VALUE_RE,
     SHELL_VARIABLE_RE,
-    TEXT_TOKENS_RE,
-    UNQUOTE_RE,
+    SUBSTITUTION_OPENERS,
+    TRAILING_SPACE_RE,
     URL_HOST_RE,
-    VARIABLE_DEFAULT_RE,
-    VARIABLE_NAME_RE,
+    VARIABLE_PORT_AT_START_RE,
     VARIABLE_PORT_START_RE,
-    VARIABLE_WHOLE_RE,
     WITHOUT_TRAILING_SEMICOLON_RE,
     WORD_RE,
+    WORK_TOKENS_RE,
     WRAPPER_CLASS,
     WRAPPER_OPTION_RE,
     external_hosts_of,
@@ -78,8 +65,12 @@ from webhook.policy.regex import (
     host_search_re,
     retarget_token_re,
     service_start_re,
+    whole_host_re,
     whole_host_token_re,
 )
+from webhook.policy.script_text import basename, unquote
+from webhook.policy.urls import is_url, named_host, retargeted_address
+from webhook.policy.variables import expanded_word
 from webhook.rules.grammar import (
     CLIENTS,
     COMMAND_AFTER_DOUBLE_DASH,
@@ -88,12 +79,12 @@ from webhook.rules.grammar import (
     DOCKERIZE,
     DOCKERIZE_VALUE_OPTIONS,
     DOCKERIZE_WORK_OPTIONS,
-    IDLE_COMMANDS,
     LIVENESS_QUERIES,
     LOOP_HEADERS,
     MYSQLADMIN,
     MYSQLADMIN_COMMANDS,
     MYSQLADMIN_LIVENESS,
+    PATH_STARTS,
     PORT_LAST_TOOLS,
     PORT_OPTIONS,
     PROBE_COMMANDS,
@@ -102,14 +93,13 @@ from webhook.rules.grammar import (
     REDIS_LIVENESS,
     SHELL_KEYWORDS,
     SHELLS,
-    URL_SCHEME_END,
     WRAPPERS,
 )
 from webhook.settings import Service
 
 # --- facts ----------------------------------------------------------------------------------
 #
-# What the simple commands of one init container say is gathered as a list of strings: the
+# What the simple commands of one program say is gathered as a list of strings: the
 # lists of all its commands are joined with commas and split again, which is how CEL here
 # flattens a list of lists (the lists library's flatten() only arrived in Kubernetes 1.34,
 # and the v1beta1 policy must also run there at CEL compatibility level 1.33). A fact is:
@@ -120,6 +110,12 @@ WORK_TAG = "!w"  # a command that does work
 PORT_APART_TAG = "!p"  # a probe whose port is given apart from its host (not retargeted)
 FACT_SEPARATOR = ","
 
+# What one simple command is, for its facts and for retargeting (command_kind):
+PROBE_KIND = "p"  # a probe, retargeted where it stands
+HELD_PROBE_KIND = "q"  # a probe whose port or own command the policy does not follow: as written
+WORK_KIND = "w"  # work: the URLs in it are retargeted (hosts.retarget_urls)
+NO_KIND = ""  # glue, a comment, nothing
+
 
 def service_tag(index: int) -> str:
     return f"{SERVICE_TAG_PREFIX}{index}"
@@ -127,8 +123,10 @@ def service_tag(index: int) -> str:
 
 class CommandRecord:
     """One simple command as a CEL map: ``command`` (its command word's base name, "" when
-    there is none), ``arguments`` (the words after it, unquoted), ``written`` (the same as
-    written, quotes and all) and ``words`` (all its words)."""
+    there is none), ``arguments`` (the words after it that are not redirections, unquoted),
+    ``written`` (the same as written, quotes and all), ``words`` (all its words) and ``plain``
+    (its words that are not redirections; a bash connection, `>/dev/tcp/h/p`, is one of
+    them, as the rules' reader makes its target a word of the command), and ``head``."""
 
     def __init__(self, record: Expr) -> None:
         self.record = record
@@ -149,47 +147,17 @@ class CommandRecord:
     def words(self) -> Expr:
         return self.record.field("words")
 
+    @property
+    def plain(self) -> Expr:
+        return self.record.field("plain")
 
-# --- splitting ------------------------------------------------------------------------------
-
-
-def commented(script: Expr) -> Expr:
-    """``script`` with each comment marked and its separators hidden (see COMMENT_MARK)."""
-
-    def marked_line(line: Expr) -> Expr:
-        def with_prefix(before_comment: Expr) -> Expr:
-            comment = let(line.substring(before_comment.size()), "comment",
-                          lambda comment: replaced_all(comment, IN_COMMENT.items()))
-            return cond(before_comment.size().eq(line.size()), line,
-                        add(before_comment, string(COMMENT_MARK), comment))
-
-        return let(line.find(COMMENT_PREFIX_RE), "before_comment", with_prefix)
-
-    return script.split("\n").map("line", marked_line).join("\n")
+    @property
+    def head(self) -> Expr:
+        """The index of its command word (the number of words when there is none)."""
+        return self.record.field("head")
 
 
-def uncommented(text: Expr) -> Expr:
-    """The inverse of ``commented``."""
-    text = text.replace(COMMENT_MARK, "")
-    return replaced_all(text, ((stand_in, char) for char, stand_in in IN_COMMENT.items()))
-
-
-def marked(script: Expr) -> Expr:
-    """``script`` with comments set apart, and `$(`, `&&` and the `&` of redirections hidden,
-    ready to be split."""
-    return replaced_all(commented(script), HIDDEN)
-
-
-def unmarked_ampersands(text: Expr) -> Expr:
-    return text.replace(AMPERSAND_MARK, "&")
-
-
-def unquote(word: Expr) -> Expr:
-    return word.find(UNQUOTE_RE)
-
-
-def basename(word: Expr) -> Expr:
-    return word.find(BASENAME_RE)
+# --- the program ------------------------------------------------------------------------
 
 
 def script_index(argv: Expr) -> Expr:
@@ -228,32 +196,45 @@ def word_class(word: Expr) -> Expr:
     return let(unquote(word), "unquoted", classed)
 
 
-def command_record(words: Expr) -> Expr:
+def command_record(words: Expr, in_script: Expr) -> Expr:
     """The CommandRecord of one simple command's ``words``, as segments.command_index finds
-    its command word."""
+    its command word; in a script, redirections are not its arguments (the parse tree keeps
+    them apart)."""
     prefix = words.map("word", word_class).join("").find(COMMAND_PREFIX_RE).size()
-    nothing = map_of({"command": "", "arguments": EMPTY_LIST, "written": EMPTY_LIST,
-                      "words": words})
 
-    def at(command_index: Expr) -> Expr:
-        def after(position: Expr, _: Expr) -> Expr:
-            return position.gt(command_index)
+    def with_flags(redirections: Expr) -> Expr:
+        def not_redirection(position: Expr, _: Expr) -> Expr:
+            return not_(redirections[position])
 
-        def found(command_word: Expr) -> Expr:
-            record = map_of({
-                "command": basename(command_word),
-                "arguments": words.transform_list(
-                    "position", "argument", lambda _, argument: unquote(argument), where=after),
-                "written": words.transform_list(
-                    "position", "argument", lambda _, argument: argument, where=after),
-                "words": words,
-            })
-            return cond(command_word.is_in(strings(LOOP_HEADERS)), nothing, record)
+        def at(command_index: Expr, plain: Expr) -> Expr:
+            nothing = map_of({"command": "", "arguments": EMPTY_LIST, "written": EMPTY_LIST,
+                              "words": words, "plain": plain, "head": command_index})
 
-        return cond(command_index.lt(words.size()),
-                    let(unquote(words[command_index]), "command_word", found), nothing)
+            def argument(position: Expr, word: Expr) -> Expr:
+                return all_of(position.gt(command_index), not_redirection(position, word))
 
-    return let(prefix, "command_index", at)
+            def found(command_word: Expr) -> Expr:
+                record = map_of({
+                    "command": basename(command_word),
+                    "arguments": words.transform_list(
+                        "position", "argument", lambda _, word: unquote(word), where=argument),
+                    "written": words.transform_list(
+                        "position", "argument", lambda _, word: word, where=argument),
+                    "words": words,
+                    "plain": plain,
+                    "head": command_index,
+                })
+                return cond(command_word.is_in(strings(LOOP_HEADERS)), nothing, record)
+
+            return cond(command_index.lt(words.size()),
+                        let(unquote(words[command_index]), "command_word", found), nothing)
+
+        plain = words.transform_list("position", "word", lambda _, word: word,
+                                     where=not_redirection)
+        return let(plain, "plain_words", lambda plain_words: let(
+            prefix, "command_index", lambda command_index: at(command_index, plain_words)))
+
+    return let(redirection_flags(words, in_script), "redirections", with_flags)
 
 
 def is_comment(record: CommandRecord) -> Expr:
@@ -261,14 +242,16 @@ def is_comment(record: CommandRecord) -> Expr:
 
 
 def is_probe(record: CommandRecord) -> Expr:
-    """commands.classify says "probe": a probe command, `/dev/tcp/...`, or a client's liveness
-    check; never a comment, nor dockerize rendering files."""
+    """commands.classify says "probe": a probe command, `/dev/tcp/...` among its words (or a
+    redirection to it, which the rules' reader makes a word of the command), or a client's
+    liveness check; never a comment, dockerize rendering files nor an HTTP client sending."""
     other = any_of(
         record.command.is_in(strings(PROBE_COMMANDS)),
-        record.words.exists("word", lambda word: any_of(
+        record.plain.exists("word", lambda word: any_of(
             *(word.contains(marker) for marker in DEV_TCP_MARKERS))),
     )
     return all_of(not_(is_comment(record)), not_(dockerize_works(record)),
+                  not_(http_sends(record.command, record.arguments)),
                   cond(record.command.is_in(strings(CLIENTS)), client_probes(record), other))
 
 
@@ -393,99 +376,95 @@ def names_some_host(word: Expr) -> Expr:
 def word_tags(word: Expr, services: Sequence[Service]) -> Expr:
     """The service tags of every managed service the word probes, in the order of the
     services, each followed by FACT_SEPARATOR; else EXTERNAL_TAG for the external address;
-    else "" (as ProgramReader.managed_services_in and names_external_host)."""
+    else "" (as ProgramReader.managed_services_in and names_external_host).
+
+    A URL in the word names the service of its authority only: a word that may hold one is
+    cut into the tokens of the retarget (URLs first, as the rules' scanner reads them), the
+    hosts are looked for outside the URLs, and each URL's host is judged whole.
+    """
     external = cond(names_external_host(word, external_hosts_of(services)), EXTERNAL_TAG, "")
     if not services:
         return external
-    named = add(*(
-        cond(word.matches(host_search_re(service)), service_tag(index) + FACT_SEPARATOR, "")
-        for index, service in enumerate(services)
-    ))
-    return let(named, "service_tags", lambda tags: cond(tags.ne(""), tags, external))
+    may_hold_url = all_of(word.contains(":"), any_of(*(word.contains(start)
+                                                       for start in PATH_STARTS)))
+    all_hosts = [host for service in services for host in service.hosts]
 
+    def names(service: Service, outside: Expr, url_hosts: Expr) -> Expr:
+        regex = whole_host_re(service)
+        return any_of(outside.matches(host_search_re(service)),
+                      url_hosts.exists("url_host", lambda host: host.matches(regex)))
 
-# --- variables ------------------------------------------------------------------------------
+    def tags_of(outside: Expr, url_hosts: Expr) -> Expr:
+        named = add(*(
+            cond(names(service, outside, url_hosts), service_tag(index) + FACT_SEPARATOR, "")
+            for index, service in enumerate(services)
+        ))
+        return let(named, "service_tags", lambda tags: cond(tags.ne(""), tags, external))
 
+    def of_tokens(tokens: Expr) -> Expr:
+        return let(
+            tokens.map("token", lambda token: cond(is_url(token), " ", token)).join(""),
+            "outside", lambda outside: let(
+                tokens.filter("token", is_url).map("token", named_host), "url_hosts",
+                lambda url_hosts: tags_of(outside, url_hosts)))
 
-def literal_values(env: Expr, name: Operand) -> Expr:
-    """The literal values of the variable ``name`` in ``env``, in order."""
-    return env.filter("entry", lambda entry: all_of(
-        entry.field("name").eq(name), function("has", entry.field("value")))).map(
-        "entry", lambda entry: entry.field("value"))
-
-
-def resolution(token: Expr, env: Expr) -> Expr:
-    """What a reference token stands for: the last literal value of its variable when that is
-    not empty, else its default; "" for neither (variables._resolved, where None and "" both
-    leave the reference as written)."""
-
-    def chosen(name: Expr) -> Expr:
-        # Only a braced reference can hold a `-`, and then it starts the default.
-        default = cond(token.contains("-"), token.find(VARIABLE_DEFAULT_RE).substring(1), "")
-        return let(literal_values(env, name), "values", lambda values: let(
-            cond(values.size().gt(0), values.last(), ""), "value",
-            lambda value: cond(value.ne(""), value, default)))
-
-    return let(token.find(VARIABLE_NAME_RE), "variable_name", chosen)
-
-
-def kubelet_expanded(element: Expr, env: Expr) -> Expr:
-    """variables.expand_kubelet for one element of command + args: `$(NAME)` replaced by the
-    last literal value of NAME (`$$(` escapes it), any other reference left as written."""
-
-    def value(token: Expr) -> Expr:
-        name = token.substring(2, sub(token.size(), 1))
-        return let(literal_values(env, name), "values",
-                   lambda values: cond(values.size().gt(0), values.last(), token))
-
-    tokens = element.find_all(KUBELET_TOKENS_RE).map(
-        "token", lambda token: cond(token.matches(KUBELET_WHOLE_RE), value(token), token)
-    ).join("")
-    return cond(element.contains("$("), tokens, element)
-
-
-def expanded_word(word: Expr, in_script: Expr, env: Expr) -> Expr:
-    """variables.expand_word in a script: each reference resolved, unresolved ones as written."""
-
-    def value(token: Expr) -> Expr:
-        return let(resolution(token, env), "resolved",
-                   lambda resolved: cond(resolved.ne(""), resolved, token))
-
-    tokens = word.find_all(READ_TOKENS_RE).map(
-        "token", lambda token: cond(token.matches(VARIABLE_WHOLE_RE), value(token), token)
-    ).join("")
-    return cond(all_of(in_script, word.contains("$")), tokens, word)
-
-
-def expanded_text(text: Expr, env: Expr) -> Expr:
-    """variables.expand_in_probe: each reference (with the quotes around it) replaced by its
-    value where that is one plain word."""
-
-    def value(token: Expr) -> Expr:
-        return let(resolution(token, env), "resolved", lambda resolved: cond(
-            all_of(resolved.ne(""), resolved.matches(SAFE_VALUE_RE)), resolved, token))
-
-    def is_reference(token: Expr) -> Expr:
-        return any_of(token.matches(VARIABLE_WHOLE_RE), token.matches(QUOTED_VARIABLE_WHOLE_RE))
-
-    tokens = text.find_all(TEXT_TOKENS_RE).map(
-        "token", lambda token: cond(is_reference(token), value(token), token)).join("")
-    return cond(text.contains("$"), tokens, text)
+    return let(cond(may_hold_url, word.find_all(retarget_token_re(all_hosts)), list_of(word)),
+               "word_tokens", of_tokens)
 
 
 # --- what a command says --------------------------------------------------------------------
 
 
-def command_facts(record: CommandRecord, services: Sequence[Service], in_script: Expr,
-                  env: Expr) -> Expr:
-    """The facts of one simple command: the twin of probes.ProgramReader._read_segment.
+def command_kind(record: CommandRecord) -> Expr:
+    """What one simple command is, as commands.classify says and as the policy can retarget
+    it: PROBE_KIND, HELD_PROBE_KIND (a probe whose port or own command the policy does not
+    follow), WORK_KIND or NO_KIND (idle glue, a comment, nothing)."""
+    probe = cond(any_of(runs_command(record), port_apart(record)), HELD_PROBE_KIND, PROBE_KIND)
+    work = all_of(not_(is_comment(record)), record.command.ne(""),
+                  not_(is_idle(record.command, record.arguments)))
+    return cond(is_probe(record), probe, cond(work, WORK_KIND, NO_KIND))
 
-    A variable in a script's probe may stand for any host: it is resolved against the init
+
+def runs_substitution(record: CommandRecord, piece: Expr) -> Expr:
+    """Whether the command substitution that the segment ``piece`` opens (`$(` or a backtick,
+    which end the segment) stands where the command word goes: `until $(nc -z db 5432)`,
+    ``X=1 `cmd` ``, `until "$(cmd)"`. Its output is run as a command, which the rules' reader
+    counts as work, whatever the substitution runs."""
+    words, head = record.words, record.head
+
+    def of_before(before: Expr) -> Expr:
+        spaced = any_of(before.size().eq(0), before.matches(TRAILING_SPACE_RE))
+        return any_of(
+            all_of(head.eq(words.size()), spaced),
+            all_of(head.eq(sub(words.size(), 1)), unquote(words.last()).eq(""), not_(spaced)))
+
+    opens = any_of(*(piece.ends_with(opener) for opener in SUBSTITUTION_OPENERS))
+    return all_of(opens, let(piece.substring(0, sub(piece.size(), 1)), "before_substitution",
+                             of_before))
+
+
+def is_probe_kind(kind: Expr) -> Expr:
+    return any_of(kind.eq(PROBE_KIND), kind.eq(HELD_PROBE_KIND))
+
+
+def does_work(record: CommandRecord, kind: Expr, writes: Expr) -> Expr:
+    """Whether a command does work, as the facts say WORK_TAG: a command that is no probe or
+    glue, a wait tool running a command of its own, or one that ``writes`` a file."""
+    return any_of(kind.eq(WORK_KIND), all_of(kind.eq(HELD_PROBE_KIND), runs_command(record)),
+                  writes)
+
+
+def command_facts(record: CommandRecord, kind: Expr, writes: Expr,
+                  services: Sequence[Service], in_script: Expr, env: Expr) -> Expr:
+    """The facts of one simple command of ``kind`` (command_kind) that ``writes`` a file or
+    not: the twin of programs.ProgramReader.read for one step.
+
+    A variable in a script's probe may stand for any host: it is resolved against the
     container's literal env and the default, as the rules do; one that stays unresolved
     counts as another host, so the container is kept.
     """
-    other_candidates = cond(record.arguments.size().gt(0), record.arguments, record.words)
-    # A wait tool that runs a command of its own counts as work (the rules reads that command
+    other_candidates = cond(record.arguments.size().gt(0), record.arguments, record.plain)
+    # A wait tool that runs a command of its own counts as work (the rules read that command
     # apart); a port given apart from the host is tagged: the policy cannot retarget it.
     apart = add(cond(runs_command(record), list_of(WORK_TAG), EMPTY_LIST),
                 cond(port_apart(record), list_of(PORT_APART_TAG), EMPTY_LIST))
@@ -508,15 +487,9 @@ def command_facts(record: CommandRecord, services: Sequence[Service], in_script:
     probe = let(probed_words(record).map("word", lambda word: expanded_word(word, in_script,
                                                                              env)),
                 "expanded_words", of_words)
-    work = cond(all_of(not_(is_comment(record)), record.command.ne(""),
-                       not_(record.command.is_in(strings(IDLE_COMMANDS)))),
-                list_of(WORK_TAG), EMPTY_LIST)
-    return cond(is_probe(record), probe, work)
-
-
-def retargetable_probe(record: CommandRecord) -> Expr:
-    """A probe the policy can retarget: not one whose port or command it cannot follow."""
-    return all_of(is_probe(record), not_(runs_command(record)), not_(port_apart(record)))
+    work = cond(kind.eq(WORK_KIND), list_of(WORK_TAG), EMPTY_LIST)
+    return add(cond(is_probe_kind(kind), probe, work),
+               cond(writes, list_of(WORK_TAG), EMPTY_LIST))
 
 
 # --- retargeting ----------------------------------------------------------------------------
@@ -524,12 +497,13 @@ def retargetable_probe(record: CommandRecord) -> Expr:
 
 def retarget_text(text: Expr, services: Sequence[Service]) -> Expr:
     """ProgramReader.retarget_text for every service with an external address, without
-    re.sub: the text is cut into tokens, host tokens are rewritten, and the tokens joined."""
+    re.sub: the text is cut into tokens, URL tokens have their authority retargeted and host
+    tokens are rewritten, and the tokens joined."""
     retargetable = [s for s in services if s.external is not None]
     hosts = [host for s in retargetable for host in s.hosts]
     distinct_hosts = sorted(set(hosts))
 
-    def replaced(token: Expr, tokens: Expr, position: Expr) -> Expr:
+    def replaced(token: Expr) -> Expr:
         # [the host as matched, the external host, the external port], for the service whose
         # host starts the token.
         choice: Expr = EMPTY_LIST
@@ -538,11 +512,6 @@ def retarget_text(text: Expr, services: Sequence[Service]) -> Expr:
             choice = cond(token.matches(service_start_re(service)), list_of(
                 token.find(host_prefix_re(service)), service.external.host,
                 str(service.external.port)), choice)
-        # The characters before the token, as the rules looks back for `://`: tokens are at
-        # least one character long, so as many tokens back reach far enough.
-        before = add(*(cond(position.ge(back), tokens[sub(position, back)], "")
-                       for back in range(len(URL_SCHEME_END), 0, -1)))
-        after_url = before.ends_with(URL_SCHEME_END)
 
         def rewrite(replacement: Expr, rest: Expr) -> Expr:
             host, port = replacement[1], replacement[2]
@@ -553,11 +522,11 @@ def retarget_text(text: Expr, services: Sequence[Service]) -> Expr:
                 rest.matches(ATTACHED_PORT_START_RE),
                 add(host, rest.substring(0, 1), port,
                     rest.substring(rest.find(ATTACHED_PORT_RE).size())),
-                # A variable port: the token ends with it (see host_token_re), all of it goes.
-                cond(rest.matches(VARIABLE_PORT_START_RE), add(host, rest.substring(0, 1), port),
-                     cond(after_url, add(host, ":", port, rest),
-                          cond(rest.matches(NEXT_WORD_PORT_START_RE), next_word,
-                               add(host, rest)))))
+                # A variable port goes; what the token took after it stays.
+                cond(rest.matches(VARIABLE_PORT_START_RE),
+                     add(host, rest.substring(0, 1), port,
+                         rest.substring(rest.find(VARIABLE_PORT_AT_START_RE).size())),
+                     cond(rest.matches(NEXT_WORD_PORT_START_RE), next_word, add(host, rest))))
 
         return let(choice, "replacement", lambda replacement: let(
             token.substring(replacement[0].size()), "rest",
@@ -568,8 +537,18 @@ def retarget_text(text: Expr, services: Sequence[Service]) -> Expr:
         return all_of(any_of(*(token.starts_with(host) for host in distinct_hosts)),
                       token.matches(whole_host_token_re(hosts)))
 
-    tokens = let(text.find_all(retarget_token_re(hosts)), "tokens", lambda tokens: (
-        tokens.transform_list("position", "token", lambda position, token: cond(
-            is_host(token), replaced(token, tokens, position), token)).join("")))
+    tokens = text.find_all(retarget_token_re(hosts)).map("token", lambda token: cond(
+        is_url(token), retargeted_address(token, retargetable),
+        cond(is_host(token), replaced(token), token))).join("")
     return cond(not_(any_of(*(text.contains(host) for host in distinct_hosts))), text, tokens)
 
+
+def retarget_urls(text: Expr, services: Sequence[Service]) -> Expr:
+    """ManagedHosts.retarget_urls for the text of a command that does work: the URLs in it
+    whose authority names a service with an external address pointed at it, bare host names
+    left (in work they may name anything: a bucket, an alias)."""
+    retargetable = [s for s in services if s.external is not None]
+    distinct_hosts = sorted({host for s in retargetable for host in s.hosts})
+    tokens = text.find_all(WORK_TOKENS_RE).map("token", lambda token: cond(
+        is_url(token), retargeted_address(token, retargetable), token)).join("")
+    return cond(not_(any_of(*(text.contains(host) for host in distinct_hosts))), text, tokens)

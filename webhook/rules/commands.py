@@ -18,16 +18,25 @@ from webhook.rules.grammar import (
     DEV_TCP_MARKERS,
     DOCKERIZE,
     DOCKERIZE_WORK_OPTIONS,
+    HTTP_CLIENTS,
+    HTTP_METHOD_OPTIONS,
+    HTTP_READ_METHODS,
+    HTTP_SENDING_OPTIONS,
     IDLE_COMMANDS,
     LIVENESS_QUERIES,
     MYSQLADMIN,
     MYSQLADMIN_COMMANDS,
     MYSQLADMIN_LIVENESS,
+    OUTPUT_FILTERS,
+    PACKAGE_MANAGERS,
     PROBE_COMMANDS,
+    PROBE_TOOL_PACKAGES,
     QUERY_CLIENTS,
     QUOTES,
     REDIS_CLI,
     REDIS_LIVENESS,
+    SHELL_LIBRARIES,
+    SOURCE_COMMANDS,
     TRAILING_PUNCTUATION,
     URL_HOST,
 )
@@ -62,7 +71,7 @@ def classify(words: Sequence[str], index: int | None) -> Command:
     arguments = [unquote(word) for word in raw]
     kind = _kind_by_name(name, raw, arguments)
     if kind is None:
-        kind = _kind_otherwise(name, words)
+        kind = _kind_otherwise(name, words, arguments)
     return Command(kind, name, arguments)
 
 
@@ -73,6 +82,8 @@ def _kind_by_name(name: str, raw: Sequence[str], arguments: list[str]) -> str | 
     """
     if name == DOCKERIZE:
         return WORK if _dockerize_works(arguments) else PROBE
+    if name in HTTP_CLIENTS and _sends(arguments):
+        return WORK
     if name in PROBE_COMMANDS:
         return PROBE
     if name in QUERY_CLIENTS:
@@ -84,16 +95,52 @@ def _kind_by_name(name: str, raw: Sequence[str], arguments: list[str]) -> str | 
     return None
 
 
-def _kind_otherwise(name: str, words: Sequence[str]) -> str:
+def _kind_otherwise(name: str, words: Sequence[str], arguments: Sequence[str]) -> str:
     if _uses_dev_tcp(words):
         return PROBE
-    if name in IDLE_COMMANDS or not name:
+    if name in IDLE_COMMANDS or name in OUTPUT_FILTERS or not name:
+        return IDLE
+    if _installs_probe_tools(name, arguments) or _reads_shell_library(name, arguments):
         return IDLE
     return WORK
 
 
+def _installs_probe_tools(name: str, arguments: Sequence[str]) -> bool:
+    """`apk add --no-cache netcat-openbsd`, `apt-get update`: setup for a probe."""
+    verbs = PACKAGE_MANAGERS.get(name)
+    if verbs is None:
+        return False
+    plain = [word for word in arguments if not word.startswith("-")]
+    if not plain or plain[0] not in verbs:
+        return False
+    return all(package in PROBE_TOOL_PACKAGES for package in plain[1:])
+
+
+def _reads_shell_library(name: str, arguments: Sequence[str]) -> bool:
+    return (name in SOURCE_COMMANDS and len(arguments) == 1
+            and arguments[0].startswith(SHELL_LIBRARIES))
+
+
 def _probe_if(liveness_only: bool) -> str:
     return PROBE if liveness_only else WORK
+
+
+def _sends(arguments: Sequence[str]) -> bool:
+    """Whether an HTTP client's arguments send a body or a method that changes something."""
+    for index, argument in enumerate(arguments):
+        option, _, attached = argument.partition("=")
+        if option not in HTTP_SENDING_OPTIONS and not (
+            argument[:2] in HTTP_SENDING_OPTIONS and not argument.startswith("--")
+        ):
+            continue
+        if option in HTTP_METHOD_OPTIONS or argument[:2] == "-X":
+            method = attached or (argument[2:] if argument[:2] == "-X" and len(argument) > 2
+                                  else (arguments[index + 1] if index + 1 < len(arguments)
+                                        else ""))
+            if method.upper() in HTTP_READ_METHODS:
+                continue
+        return True
+    return False
 
 
 def _dockerize_works(arguments: Sequence[str]) -> bool:

@@ -30,6 +30,18 @@ PROBE_COMMANDS = frozenset(
     {"nc", "ncat", "netcat", "telnet", "wget", "curl", "nslookup", "host", "dig", "getent",
      "pg_isready", "ping"}
 ) | WAIT_TOOLS
+# HTTP clients change something when they send a method other than GET/HEAD or a body:
+# `curl -X POST`, `curl -d @f`, `wget --post-data=...`. Such a call is work, not a probe.
+HTTP_CLIENTS = frozenset({"curl", "wget"})
+HTTP_SENDING_OPTIONS = frozenset(
+    {"-X", "--request", "-d", "--data", "--data-raw", "--data-binary", "--data-urlencode",
+     "--json", "-F", "--form", "-T", "--upload-file", "--post-data", "--post-file",
+     "--method", "--body-data", "--body-file"}
+)
+HTTP_READ_METHODS = frozenset({"GET", "HEAD"})
+# The options that name the method (`-X POST`, `-XPOST`, `--request=PUT`, `--method=GET`),
+# among HTTP_SENDING_OPTIONS: with a read method they send nothing.
+HTTP_METHOD_OPTIONS = frozenset({"-X", "--request", "--method"})
 # Wait tools that run a command of their own after `--` (`wait-for-it db:5432 -- ./migrate`):
 # what follows is read as a command in its own right.
 COMMAND_AFTER_DOUBLE_DASH = frozenset(
@@ -71,7 +83,7 @@ CLIENTS = frozenset(QUERY_CLIENTS) | {MYSQLADMIN, REDIS_CLI}
 # Commands that neither probe nor change anything: the glue of a readiness loop.
 IDLE_COMMANDS = frozenset(
     {"sleep", "echo", "printf", "true", "false", ":", "exit", "date", "test", "[", "[[", "let",
-     "expr", "seq", "break", "continue", "set", "cat", "wait", "return"}
+     "expr", "seq", "break", "continue", "set", "cat", "wait", "return", "read", "shift"}
 )
 # Words that only steer the shell, stripped from the front of a simple command.
 SHELL_KEYWORDS = frozenset(
@@ -83,8 +95,49 @@ LOOP_HEADERS = frozenset({"for", "case", "select"})
 # Commands that run the rest of the words as a command: `timeout 5 nc -z mlflow 5000`.
 WRAPPERS = frozenset({"timeout", "env", "nice", "nohup", "command", "busybox"})
 
+# Installing a probe tool before probing (`apk add --no-cache netcat-openbsd`, `apt-get
+# install -y curl`) is setup: an init container's own file system goes with it. Installing
+# anything else, or any other use of a package manager, is work.
+PACKAGE_MANAGERS = {
+    "apk": frozenset({"add", "update"}),
+    "apt-get": frozenset({"install", "update"}),
+    "apt": frozenset({"install", "update"}),
+    "yum": frozenset({"install"}),
+    "dnf": frozenset({"install"}),
+    "microdnf": frozenset({"install"}),
+}
+PROBE_TOOL_PACKAGES = frozenset(
+    {"netcat-openbsd", "netcat-traditional", "netcat", "nmap-ncat", "ncat", "nc",
+     "busybox-extras", "curl", "wget", "ca-certificates", "bind-tools", "dnsutils",
+     "iputils", "iputils-ping", "postgresql-client", "redis", "redis-tools", "bash"}
+)
+# Reading a shell library only defines functions (Bitnami's `. /opt/bitnami/scripts/libos.sh`,
+# which brings `retry_while`); the functions it defines are not followed.
+SHELL_LIBRARIES = ("/opt/bitnami/scripts/lib",)
+SOURCE_COMMANDS = frozenset({".", "source"})
+# Filters that read what a probe printed (`redis-cli ping | grep -q PONG`) and change nothing.
+OUTPUT_FILTERS = frozenset({"grep", "egrep", "fgrep", "head", "tail", "wc", "tr"})
+
+# Commands that run a command given as a string: `eval "$CMD"`, a `trap` handler, and
+# Bitnami's `retry_while "check_host db 5432"` (from its libos.sh); the string is read as a
+# script of its own.
+COMMAND_STRING_RUNNERS = frozenset({"eval", "trap", "retry_while"})
+# Redirections that write where they point (`> f`, `>> f`, `&> f`, `>| f`, `>& f`)...
+FILE_WRITE_REDIRECTS = frozenset({">", ">>", "&>", "&>>", ">|", ">&"})
+# ...and the targets where writing leaves nothing behind.
+HARMLESS_WRITE_TARGETS = ("/dev/null", "/dev/stdout", "/dev/stderr", "/dev/fd/",
+                          "/proc/self/fd/")
+# A redirection to bash's `/dev/tcp/HOST/PORT` connects rather than writes: the probe
+# `echo > /dev/tcp/db/5432` (its target is a word of the command it belongs to).
+DEV_TCP_CONNECTION = "/dev/tcp/"
+
 # A word starting with this begins a comment, which runs to the end of its line.
 COMMENT = "#"
+# A line continuation: taken out before a script is read, as the shell does, so that
+# `pg_isready \⏎ -h db` is one command. While a command's text is retargeted it stands as the
+# mask, two white-space characters, so that a port on the next line is still the next word.
+LINE_CONTINUATION = "\\\n"
+CONTINUATION_MASK = "\x1f\n"
 
 # --- separators --------------------------------------------------------------------------
 
@@ -148,8 +201,6 @@ URL_HOST = (
 )
 # Shell punctuation glued to the end of a probe argument is not part of its host.
 TRAILING_PUNCTUATION = ";,&|)'\""
-# `http://mlflow/health` meant the service's port: the external one is written out.
-URL_SCHEME_END = "://"
 
 
 def literal(text: str) -> str:
@@ -171,6 +222,91 @@ def host_form(hosts: Iterable[str]) -> str:
         f"|(?:{NAMESPACE_VARIABLE})\\.svc(?:\\.cluster\\.local)?"
     )
     return f"(?:{host_names(hosts)})(?:\\.(?:{namespace}))?"
+
+
+# --- URLs --------------------------------------------------------------------------------
+
+# Schemes whose authority (`scheme://[user@]host[:port]`) is a host the client connects to,
+# so pointing it elsewhere points the client elsewhere: the web, raw sockets (dockerize and
+# the wait tools take `tcp://`), RPC, the databases, caches and brokers a chart waits for,
+# file transfer, directories, and MLflow's artifact proxy (`mlflow-artifacts://host:port/`,
+# served by the tracking server it names). A scheme not listed is never retargeted: the
+# storage schemes name a bucket, container or path there (`s3://mlflow/artifacts` is the
+# bucket `mlflow`), `unix://` a socket file, and an unknown scheme (Kafka's listener names,
+# `PLAINTEXT://kafka:9092`) may mean anything; leaving it keeps a value that worked working.
+CONNECTING_SCHEMES = frozenset(
+    {"http", "https", "ws", "wss",
+     "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6", "tls",
+     "grpc", "grpcs",
+     "postgres", "postgresql", "mysql", "mariadb", "mssql", "sqlserver", "oracle",
+     "cockroachdb", "clickhouse", "cassandra", "mongodb",
+     "redis", "rediss", "memcached",
+     "amqp", "amqps", "kafka", "nats", "mqtt", "mqtts", "stomp",
+     "ftp", "ftps", "sftp", "ssh", "hdfs", "webhdfs", "swebhdfs",
+     "ldap", "ldaps",
+     "mlflow-artifacts"}
+)
+# `dialect+driver` connects as its dialect (SQLAlchemy's `postgresql+psycopg2://`)...
+SCHEME_DRIVER_SEPARATOR = "+"
+# ...except `+srv` (`mongodb+srv://name`), whose name is looked up for DNS SRV records that
+# an external address does not have.
+SRV_SCHEME_SUFFIX = "+srv"
+# JDBC writes a URL behind a prefix of its own: `jdbc:postgresql://postgres:5432/db`.
+JDBC_PREFIX = "jdbc:"
+# A scheme is short; bounding it keeps a scan for URLs linear in a word of scheme characters.
+URL_SCHEME = "[A-Za-z][A-Za-z0-9+.\\-]{0,31}"
+URL_SCHEME_END = "://"
+# Character-class fragments; white space ends all of them too, which each twin spells in its
+# own dialect. An authority ends where its path starts, and at a comma (a list of addresses,
+# `kafka-0:9092,kafka-1:9092`), a quote or shell punctuation (`wget http://mlflow:5000;`).
+PATH_STARTS = "/?#"
+ADDRESS_SEPARATOR = ","
+AUTHORITY_STOPS = PATH_STARTS + ADDRESS_SEPARATOR + "'\"`;|&<>()"
+# Path, query and fragment run to the end of the address: a comma, a quote, white space.
+PATH_STOPS = ADDRESS_SEPARATOR + "'\"`"
+# The host of an address starts like a DNS label (never with `$`: a host that starts with a
+# variable cannot be known) and may hold a namespace variable or a computed part
+# (`mlflow.${NS}.svc`, `mlflow.$(cat .../namespace).svc`), which grammar.host_form judges.
+ADDRESS_HOST = f"[{LABEL_CHARS}.](?:{COMPUTED_PART}|[{LABEL_CHARS}.${{}}])*"
+ADDRESS_PORT = f"(?:{PORT_NUMBER}|{VARIABLE_PORT})"
+
+
+def _authority_char(space: str) -> str:
+    return f"(?:{COMPUTED_PART}|[^{space}{AUTHORITY_STOPS}])"
+
+
+def _path(space: str) -> str:
+    return f"[{PATH_STARTS}][^{space}{PATH_STOPS}]*"
+
+
+def url_in_text(space: str) -> str:
+    """A URL as it stands in a probe's text, ``space`` being the twin's white-space class
+    contents: `scheme://authority` with its path, or `host:port` followed by a path
+    (`minio:9000/minio/health/live`, as curl and wget take it), its host one plain run of
+    label characters, so that a scan stays linear. A bare `host:port` is not one: the host
+    patterns read it, with its port."""
+    authority = _authority_char(space)
+    return (
+        f"(?:{literal(JDBC_PREFIX)})?{URL_SCHEME}{literal(URL_SCHEME_END)}{authority}*"
+        f"(?:{_path(space)})?"
+        f"|[{LABEL_CHARS}.]+:{ADDRESS_PORT}{_path(space)}"
+    )
+
+
+def address_prefix(space: str) -> str:
+    """What comes before an address's host: an optional scheme (named group ``scheme``) and
+    optional user info, which runs to the last `@` of the authority (a password may hold
+    one)."""
+    scheme = f"(?:{literal(JDBC_PREFIX)})?(?P<scheme>{URL_SCHEME}){literal(URL_SCHEME_END)}"
+    return f"(?:{scheme})?(?:{_authority_char(space)}*@)?"
+
+
+def address_pattern(space: str) -> str:
+    """An address, which each twin anchors at the start of a text (an env value's item, a URL
+    found in a probe): its prefix, its host and an optional port (named groups ``host`` and
+    ``port``; RE2 accepts named groups too). It is one only where the end of the text or a
+    path follows."""
+    return f"{address_prefix(space)}(?P<host>{ADDRESS_HOST})(?::(?P<port>{ADDRESS_PORT}))?"
 
 
 # --- variables ---------------------------------------------------------------------------

@@ -8,7 +8,8 @@ ordered so that every index is valid when it is applied:
 2. init containers that go: removed from the back (or the whole list, when all go);
 3. app containers: env replaced in place, duplicates removed from the back, absent ones added
    (native sidecars, init containers with ``restartPolicy: Always``, get absent ones too);
-4. the status annotation.
+4. the safety net's ``/etc/hosts`` entries (``host_aliases``), for what was not read;
+5. the status annotation.
 
 What counts as a waiter, and what happens to it, is decided per init container:
 
@@ -28,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook.rules.host_aliases import host_alias_operations
 from webhook.rules.programs import (
     MAX_PROGRAM_CHARS,
     NOT_READ,
@@ -48,6 +50,7 @@ from webhook.settings import (
     CredentialMode,
     EnvScope,
     Settings,
+    known_addresses,
 )
 
 INJECT_KEY = "backend-injector/inject"
@@ -82,9 +85,12 @@ class Mutation:
     operations: list[Operation] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # init containers dropped
     rewritten: list[str] = field(default_factory=list)  # init containers whose probes moved
+    # Containers whose command or args had only URLs of their work retargeted.
+    retargeted: list[str] = field(default_factory=list)
     env: list[str] = field(default_factory=list)  # managed variables set anywhere
     containers: list[str] = field(default_factory=list)  # containers whose env changed
     kept_waiting: list[str] = field(default_factory=list)  # kept, still probing a service
+    aliased: list[str] = field(default_factory=list)  # host names given /etc/hosts entries
     notices: list[str] = field(default_factory=list)  # what was left alone, and why
     _env_set: set[str] = field(default_factory=set, repr=False)  # `env` as a set, for speed
     skipped: str | None = None  # why nothing was considered (opt-out)
@@ -100,6 +106,8 @@ class Mutation:
             lines.append(f"removed init containers {_listed(self.removed, most)}")
         if self.rewritten:
             lines.append(f"retargeted init containers {_listed(self.rewritten, most)}")
+        if self.retargeted:
+            lines.append(f"retargeted URLs in the programs of {_listed(self.retargeted, most)}")
         if self.env:
             # Containers first: a long list of variable names is what a length limit cuts.
             lines.append(f"set {len(self.env)} variables in {_listed(self.containers, most)}: "
@@ -107,6 +115,9 @@ class Mutation:
         if self.kept_waiting:
             lines.append(f"init containers {_listed(self.kept_waiting, most)} still wait for a "
                          "service without an external address")
+        if self.aliased:
+            lines.append(f"hostAliases point {_listed(self.aliased, most)} at the external "
+                         "addresses")
         lines += self.notices if most is None else self.notices[:most]
         return lines
 
@@ -128,8 +139,15 @@ def _listed(names: list[str], most: int | None) -> str:
 class Rules:
     """The rules for one configuration; build once, call ``mutate_pod`` per review."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, host_addresses: Mapping[str, str] | None = None
+                 ) -> None:
+        """``host_addresses``: the IP of each external host (lower case) for the safety net's
+        entries, as serving found them; by default those known without asking DNS."""
         self._settings = settings
+        self._host_addresses = (
+            {} if not settings.safety_net.host_aliases
+            else known_addresses(settings) if host_addresses is None else dict(host_addresses)
+        )
         self._reader = ProgramReader(settings.services)
         # Env values and app containers' programs are only searched for managed hosts.
         self._hosts = self._reader.hosts
@@ -141,8 +159,10 @@ class Rules:
     def settings(self) -> Settings:
         return self._settings
 
-    def mutate_pod(self, pod: Any) -> Mutation:
-        """Decide the changes for ``pod``. Raises PodShapeError for an unreadable pod."""
+    def mutate_pod(self, pod: Any, *, namespace: str | None = None) -> Mutation:
+        """Decide the changes for ``pod``. Raises PodShapeError for an unreadable pod.
+
+        ``namespace``: where the pod will run when its metadata does not say (a template's)."""
         if not isinstance(pod, dict):
             raise PodShapeError("the object is not a mapping")
         metadata = _optional_mapping(pod, "metadata", "metadata")
@@ -154,25 +174,32 @@ class Rules:
         init_containers = _container_list(spec, "initContainers")
         containers = _container_list(spec, "containers")
         _check_container_count(len(init_containers) + len(containers))
-        readings = self._read_init_containers(init_containers, mutation)
-        leaving = [self._should_remove(name, reading) for name, _, _, reading in readings]
+        budget = _ProgramBudget()
+        readings = self._read_init_containers(init_containers, mutation, budget)
+        leaving = [self._should_remove(name, argv, env, reading)
+                   for name, argv, env, reading in readings]
         earlier = read_status(metadata)
         waited = _waited(earlier, leaving, readings)
         self._mutate_init_containers(init_containers, readings, leaving, waited, mutation)
         for index, container in enumerate(containers):
             path = f"/spec/containers/{index}"
+            self._retarget_work(container, path, mutation, budget)
             self._set_env(container, path, mutation,
                           add_absent=self._uses_backend(container, path, waited))
+        aliases = host_alias_operations(pod, metadata.get("namespace") or namespace,
+                                        self._settings.services, self._host_addresses)
+        mutation.operations += aliases.operations
+        mutation.aliased = aliases.hosts
         if mutation.operations:
             _record_status(metadata, pod.get("metadata") is not None, earlier, mutation)
         return mutation
 
     def _read_init_containers(
-        self, init_containers: Sequence[Mapping[str, Any]], mutation: Mutation
+        self, init_containers: Sequence[Mapping[str, Any]], mutation: Mutation,
+        budget: _ProgramBudget,
     ) -> list[tuple[str, list[str], dict[str, str], ProgramReading]]:
         readings = []
         unread: list[str] = []
-        budget = MAX_POD_PROGRAM_CHARS
         for index, container in enumerate(init_containers):
             path = f"/spec/initContainers/{index}"
             name = _name_of(container, path)
@@ -180,12 +207,11 @@ class Rules:
             # Only a program that refers to variables reads the env.
             env = _literal_env(container) if any("$" in part for part in argv) else {}
             length = program_length(argv)
-            if length > min(budget, MAX_PROGRAM_CHARS):
+            if not budget.take(length):
                 # Not read, so neither a waiter nor retargeted: kept exactly as it is.
                 reading = NOT_READ
                 unread.append(name)
             else:
-                budget -= length
                 reading = self._reader.read(argv, env, length=length)
             readings.append((name, argv, env, reading))
         if unread:
@@ -212,7 +238,7 @@ class Rules:
                 leaving.append(index)
                 mutation.removed.append(name)
                 continue
-            if reading.managed:
+            if reading.managed or (reading.does_work and not reading.not_read):
                 self._retarget(container, path, argv, env, reading, mutation)
             # A native sidecar (restartPolicy Always) runs beside the app for the pod's whole
             # life, so it is served like an app container.
@@ -243,7 +269,9 @@ class Rules:
         return any(self._hosts.names_managed_host(text)
                    for text in [*_program_of(container, path), *_literal_values(entries)])
 
-    def _should_remove(self, name: str, reading: ProgramReading) -> bool:
+    def _should_remove(
+        self, name: str, argv: list[str], env: dict[str, str], reading: ProgramReading
+    ) -> bool:
         named = name in self._settings.waiter_names
         if not named and not reading.only_waits_for_managed:
             return False
@@ -253,7 +281,11 @@ class Rules:
             # A named waiter with nothing managed to retarget: leave one that already points
             # at the external address (a second pass in rewrite mode), drop the rest.
             return not reading.probes_external
-        return any(self._external_of.get(service) is None for service in reading.managed)
+        if any(self._external_of.get(service) is None for service in reading.managed):
+            return True
+        # A pure waiter whose probes cannot all be rewritten where they stand (a host given to
+        # a function, a command held in a variable) would go on waiting for in-cluster names.
+        return not self._reader.retargets_fully(argv, env)
 
     def _retarget(
         self,
@@ -263,11 +295,19 @@ class Rules:
         env: dict[str, str],
         reading: ProgramReading,
         mutation: Mutation,
+        *,
+        app: bool = False,
     ) -> None:
+        """A kept container's probes and the URLs of its work pointed at the external
+        addresses; ``app``: an app container (recorded apart from the init containers, whose
+        names the status annotation keeps)."""
         name = str(container["name"])
         retargeted = self._reader.retarget(argv, env)
-        if any(self._external_of.get(service) is None for service in reading.managed):
+        if not app and any(self._external_of.get(service) is None
+                           for service in reading.managed):
             mutation.kept_waiting.append(name)
+        if reading.does_work:
+            self._note_unreachable_work(name, argv, env, mutation)
         if retargeted is None:
             return
         command = _string_list(container, "command", path)
@@ -280,7 +320,39 @@ class Rules:
             mutation.operations.append(
                 {"op": "replace", "path": f"{path}/args", "value": retargeted[split:]}
             )
-        mutation.rewritten.append(name)
+        # Only a container that probed a managed service is recorded as rewritten: the status
+        # annotation's names say the pod waited, which work alone does not.
+        (mutation.rewritten if reading.managed and not app else mutation.retargeted).append(name)
+
+    def _retarget_work(
+        self, container: Mapping[str, Any], path: str, mutation: Mutation,
+        budget: _ProgramBudget,
+    ) -> None:
+        """An app container's command and args with the URLs of managed hosts that have an
+        external address pointed at it, as its env values are (`--tracking-uri
+        http://mlflow:5000`), within the pod's budget of program text."""
+        argv = _program_of(container, path)
+        if not argv or not any(self._hosts.names_managed_host(part) for part in argv):
+            return
+        if not budget.take(program_length(argv)):
+            mutation.notices.append(f"container {container['name']} was not read: the pod's "
+                                    f"programs together may have {MAX_POD_PROGRAM_CHARS} "
+                                    "characters")
+            return
+        env = _literal_env(container) if any("$" in part for part in argv) else {}
+        reading = self._reader.read(argv, env)
+        if reading.does_work:
+            self._retarget(container, path, argv, env, reading, mutation, app=True)
+
+    def _note_unreachable_work(
+        self, name: str, argv: list[str], env: dict[str, str], mutation: Mutation
+    ) -> None:
+        unreachable = self._reader.unreachable_in_work(argv, env)
+        if unreachable:
+            mutation.notices.append(
+                f"container {name} works against {_listed(unreachable, 4)}, which "
+                "has no external address: its URLs are left as written"
+            )
 
     def _set_env(
         self, container: Mapping[str, Any], path: str, mutation: Mutation, *, add_absent: bool
@@ -373,6 +445,22 @@ class Rules:
             )
 
 
+class _ProgramBudget:
+    """The program text the rules read in one pod: each program up to MAX_PROGRAM_CHARS, all
+    together up to MAX_POD_PROGRAM_CHARS, so that a pod of many long programs costs a
+    bounded time."""
+
+    def __init__(self) -> None:
+        self._left = MAX_POD_PROGRAM_CHARS
+
+    def take(self, length: int) -> bool:
+        """Whether a program of ``length`` characters may be read (and then counts)."""
+        if length > min(self._left, MAX_PROGRAM_CHARS):
+            return False
+        self._left -= length
+        return True
+
+
 def managed_env_entries(settings: Settings) -> dict[str, dict[str, Any]]:
     """Each managed variable as the env entry that pods should carry, in the order added."""
     entries: dict[str, dict[str, Any]] = {
@@ -430,7 +518,8 @@ def _record_status(
 ) -> None:
     """Add or merge the status annotation: names of what was done, never values."""
     operation = status_operation(metadata, has_metadata, earlier, removed=mutation.removed,
-                                 rewritten=mutation.rewritten, env=mutation.env)
+                                 rewritten=mutation.rewritten, env=mutation.env,
+                                 aliased=mutation.aliased)
     if operation is not None:
         mutation.operations.append(operation)
 

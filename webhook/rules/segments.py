@@ -1,13 +1,16 @@
-"""The simple commands of an init container's program, each with its words and its place.
+"""The simple commands of a program by its words: the exec form, a wait tool's own command,
+and the shallow reading of scripts that the policy twin compiles into CEL.
 
-A shell form, ``sh -c SCRIPT`` (the flag and the script may be in ``command`` or ``args``), is
-read as shell text: split into simple commands at ``;``, ``&&``, ``||``, ``|``, ``&``,
-newlines and subshell brackets, comments dropped. Any other form is one command in exec form,
-its words being the elements of command + args. A wait tool that runs a command of its own
-(``wait-for-it db:5432 -- ./migrate``) is two commands.
+Any form that is not a shell script is one command in exec form, its words being the elements
+of command + args. A wait tool that runs a command of its own (``wait-for-it db:5432 --
+./migrate``) is two commands (``command_segments``, also applied to each command the shell
+reader finds in a script).
 
-This is not a shell parser: it recognises the shapes that readiness loops take in charts,
-with the words and separators of ``grammar.py``, in time linear in the program's length.
+``segments`` of a shell form (``sh -c SCRIPT``) splits the script at ``;``, ``&&``, ``||``,
+``|``, ``&``, newlines and subshell brackets, comments dropped, with the words and separators
+of ``grammar.py``, in time linear in its length. The webhook reads scripts with the shell
+parser (``shell.py``); this shallow reading is the one the native policy expresses in CEL,
+kept here as its reference for the policy's tests.
 """
 
 from __future__ import annotations
@@ -102,6 +105,12 @@ def shell_script_index(argv: Sequence[str]) -> int | None:
         if "c" in flag[1:] and not flag.startswith("--"):
             return index + 1
     return None
+
+
+def command_segments(words: Sequence[str]) -> Iterator[Segment]:
+    """One command's words as the commands they run: itself, or a wait tool and the command
+    it runs (start and end index ``words``)."""
+    return _exec_segments(words)
 
 
 def _exec_segments(argv: Sequence[str]) -> Iterator[Segment]:
@@ -216,6 +225,7 @@ __all__ = [
     "Segment",
     "basename",
     "command_index",
+    "command_segments",
     "segments",
     "shell_script_index",
     "unquote",

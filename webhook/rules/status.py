@@ -16,6 +16,9 @@ STATUS_KEY = "backend-injector/status"
 # The status annotation: its lists, and what of an earlier one is read back. Our own is far
 # below these (a pod has at most a few dozen containers and managed variables).
 STATUS_LISTS = ("removed", "rewritten", "env")
+# Written only when it names something (the host names given /etc/hosts entries), so that the
+# account of a pod without them reads as it always has.
+ALIASED = "aliased"
 STATUS_MAX_CHARS = 64 * 1024
 STATUS_MAX_NAMES = 256
 NAME_MAX_CHARS = 253  # the longest Kubernetes name
@@ -30,7 +33,8 @@ def read_status(metadata: Mapping[str, Any]) -> Mapping[str, list[str]]:
     Anything that is not our own shape (not JSON, nested too deep, larger than any real
     account, the wrong types) counts as absent: the pod is mutated and the annotation
     rewritten. A list that is not a list of names is read as empty; only names of Kubernetes'
-    length are kept, from the first STATUS_MAX_NAMES entries of a list.
+    length are kept, from the first STATUS_MAX_NAMES entries of a list. ``ALIASED`` is among
+    the keys only when the annotation names something under it.
     """
     value = annotations_of(metadata).get(STATUS_KEY)
     if not isinstance(value, str) or len(value) > STATUS_MAX_CHARS:
@@ -43,6 +47,8 @@ def read_status(metadata: Mapping[str, Any]) -> Mapping[str, list[str]]:
     if isinstance(parsed, dict):
         for key in STATUS_LISTS:
             status[key] = _names(parsed.get(key))
+        if aliased := _names(parsed.get(ALIASED)):
+            status[ALIASED] = aliased
     return status
 
 
@@ -64,10 +70,11 @@ def status_operation(
     removed: Sequence[str],
     rewritten: Sequence[str],
     env: Sequence[str],
+    aliased: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """The operation that adds or merges the status annotation, with the names this pass
-    ``removed``, ``rewritten`` and set the ``env`` of; None when the annotation already says
-    it all.
+    ``removed``, ``rewritten``, set the ``env`` of and gave host ``aliased``; None when the
+    annotation already says it all.
 
     Merging keeps the account of an earlier pass (reinvocation) when a later one adds to it.
     """
@@ -78,6 +85,8 @@ def status_operation(
         "rewritten": _union(earlier["rewritten"], rewritten)[:STATUS_MAX_NAMES],
         "env": _union(earlier["env"], env)[:STATUS_MAX_NAMES],
     }
+    if all_aliased := _union(earlier.get(ALIASED, []), aliased)[:STATUS_MAX_NAMES]:
+        status[ALIASED] = all_aliased
     encoded = orjson.dumps(status).decode()
     if annotations_of(metadata).get(STATUS_KEY) == encoded:
         return None
@@ -113,5 +122,5 @@ def _union(earlier: list[str], now: Sequence[str]) -> list[str]:
     return union
 
 
-__all__ = ["STATUS_KEY", "STATUS_LISTS", "annotations_of", "escape_pointer", "read_status",
-           "status_operation"]
+__all__ = ["ALIASED", "STATUS_KEY", "STATUS_LISTS", "annotations_of", "escape_pointer",
+           "read_status", "status_operation"]

@@ -38,7 +38,18 @@ logger = logging.getLogger(__name__)
 
 
 class EnvelopeError(ValueError):
-    """The body is not an AdmissionReview this webhook can answer (HTTP 400)."""
+    """The body is not an AdmissionReview this webhook can answer (HTTP 400).
+
+    ``reason`` says why in a fixed word, for the log: the message may quote the body.
+    """
+
+    def __init__(self, message: str, reason: str = "not-a-review") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[EnvelopeError], tuple[str, str]]:
+        # Raised in a review process too, and sent back whole (the reason with the message).
+        return EnvelopeError, (str(self), self.reason)
 
 
 @dataclass(slots=True)
@@ -155,8 +166,8 @@ def without_operations(outcome: ReviewOutcome) -> ReviewOutcome:
         mutation = Mutation(
             operations=[placeholder] * len(mutation.operations), removed=mutation.removed,
             rewritten=mutation.rewritten, env=mutation.env, containers=mutation.containers,
-            kept_waiting=mutation.kept_waiting, notices=mutation.notices,
-            skipped=mutation.skipped,
+            kept_waiting=mutation.kept_waiting, aliased=mutation.aliased,
+            notices=mutation.notices, skipped=mutation.skipped,
         )
     return _copy(outcome, body=b"", uid=outcome.uid, mutation=mutation)
 
@@ -178,7 +189,7 @@ def _account_size(outcome: ReviewOutcome) -> int:
     mutation = outcome.mutation
     if mutation is not None:
         names = (mutation.removed, mutation.rewritten, mutation.env, mutation.containers,
-                 mutation.kept_waiting, mutation.notices)
+                 mutation.kept_waiting, mutation.aliased, mutation.notices)
         lists += len(names) + 1
         for listed in names:
             texts += listed
@@ -203,26 +214,28 @@ def describe_changes(mutation: Mutation) -> list[str]:
 
 def _parse_envelope(body: bytes | str) -> tuple[str, Mapping[str, Any]]:
     if not body:
-        raise EnvelopeError("empty body; expected an AdmissionReview")
+        raise EnvelopeError("empty body; expected an AdmissionReview", "empty-body")
     try:
         review = orjson.loads(body)
     except orjson.JSONDecodeError as error:
-        raise EnvelopeError(f"body is not valid JSON: {error}") from None
+        raise EnvelopeError(f"body is not valid JSON: {error}", "not-json") from None
     except RecursionError:
-        raise EnvelopeError("body is nested too deeply") from None
+        raise EnvelopeError("body is nested too deeply", "nested-too-deeply") from None
     if not isinstance(review, dict):
-        raise EnvelopeError("body is not a JSON object; expected an AdmissionReview")
+        raise EnvelopeError("body is not a JSON object; expected an AdmissionReview",
+                            "not-an-object")
     api_version = review.get("apiVersion")
     if review.get("kind") != "AdmissionReview" or api_version not in API_VERSIONS:
         raise EnvelopeError(
-            "expected kind AdmissionReview with apiVersion admission.k8s.io/v1 or v1beta1"
+            "expected kind AdmissionReview with apiVersion admission.k8s.io/v1 or v1beta1",
+            "not-a-review",
         )
     request = review.get("request")
     if not isinstance(request, dict):
-        raise EnvelopeError("AdmissionReview has no request")
+        raise EnvelopeError("AdmissionReview has no request", "no-request")
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
-        raise EnvelopeError("AdmissionReview request has no uid")
+        raise EnvelopeError("AdmissionReview request has no uid", "no-uid")
     return str(api_version), request
 
 

@@ -3,7 +3,8 @@
 ``POST /mutate`` is served by a small ASGI endpoint in front of FastAPI: it is the only hot
 path, and going through FastAPI's request, routing and response machinery there costs more
 than the review itself. Everything else (``/healthz``, ``/readyz``, ``/metrics``, 404s and
-405s) is an ordinary FastAPI route.
+405s) is an ordinary FastAPI route. What ``/mutate`` refuses (400, 405, 413, 503) is logged at
+a bounded rate (``refusals.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from webhook.serving.admission import AdmissionHandler, EnvelopeError, ReviewOut
 from webhook.serving.logs import ReviewLog, bounded_fields
 from webhook.serving.metrics import Metrics
 from webhook.serving.offload import OFFLOAD_THRESHOLD, Busy, ReviewProcesses
+from webhook.serving.refusals import refusals
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,10 +31,17 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
-# The apiserver refuses request bodies over 3 MiB, and an AdmissionReview carries the object
-# up to twice (object and oldObject) plus the envelope; controller-runtime settles on 7 MiB
-# for the same reason. Anything larger did not come from an apiserver.
-DEFAULT_BODY_LIMIT = 7 * 1024 * 1024
+# The largest body a CREATE review can be. The apiserver refuses request bodies over 3 MiB,
+# and the webhook is registered for CREATE only, whose review carries the object once
+# (oldObject is null) beside an envelope of about a KiB: the request's kind, resource and
+# options, and who asked (userInfo). One MiB more covers an envelope a thousand times that, or
+# what the apiserver adds to the object as it encodes it for the webhook (defaulted fields,
+# metadata, characters it escapes), for any pod not built to grow there (SECURITY.md). A larger
+# body did not come from an apiserver: it is refused from its Content-Length, or as soon as a
+# chunked body passes the limit, before it can wait for the review process.
+OBJECT_LIMIT = 3 * 1024 * 1024
+ENVELOPE_ALLOWANCE = 1024 * 1024
+DEFAULT_BODY_LIMIT = OBJECT_LIMIT + ENVELOPE_ALLOWANCE
 # Answers larger than this are written in pieces of this size.
 SEND_CHUNK = 256 * 1024
 
@@ -54,6 +63,10 @@ class Readiness:
 class BodyTooLarge(Exception):
     """The request body exceeds the limit (HTTP 413)."""
 
+    def __init__(self, size: int | None) -> None:
+        super().__init__(size)
+        self.size = size  # the Content-Length declared, or the bytes read; None if unreadable
+
 
 class MutateEndpoint:
     """Raw ASGI handler for ``/mutate``: read, review, answer, log, count."""
@@ -65,17 +78,23 @@ class MutateEndpoint:
         self._body_limit = body_limit
         self._big_reviews = big_reviews
 
+    def use_handler(self, handler: AdmissionHandler) -> None:
+        """Answer with ``handler`` from the next review on (called on the event loop)."""
+        self._handler = handler
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
             self._metrics.observe_error("method-not-allowed")
             await _send_json(send, 405, {"error": "use POST"}, extra=[(b"allow", b"POST")])
+            _refused(scope, 405, "method-not-allowed", _declared_length(scope))
             return
         try:
             body = await self._read_body(scope, receive)
-        except BodyTooLarge:
+        except BodyTooLarge as error:
             self._metrics.observe_error("body-too-large")
             await _send_json(send, 413, {"error": f"body exceeds {self._body_limit} bytes"},
                              extra=[(b"connection", b"close")])
+            _refused(scope, 413, "body-too-large", error.size)
             return
         started = time.perf_counter()
         try:
@@ -90,11 +109,13 @@ class MutateEndpoint:
         except EnvelopeError as error:
             self._metrics.observe_error("bad-request")
             await _send_json(send, 400, {"error": str(error)})
+            _refused(scope, 400, error.reason, len(body))
             return
         except Busy:
             self._metrics.observe_error("busy")
             await _send_json(send, 503, {"error": "too many large reviews waiting; try again"},
                              extra=[(b"retry-after", b"1")])
+            _refused(scope, 503, "busy", len(body))
             return
         seconds = time.perf_counter() - started
         await send_answer(send, 200, outcome.body)
@@ -105,7 +126,7 @@ class MutateEndpoint:
         for name, value in scope["headers"]:
             # Refuse early, from the header, without reading what was sent.
             if name == b"content-length" and (not value.isdigit() or int(value) > self._body_limit):
-                raise BodyTooLarge
+                raise BodyTooLarge(int(value) if value.isdigit() else None)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -115,7 +136,7 @@ class MutateEndpoint:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._body_limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(size)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -128,6 +149,10 @@ class WebhookApp:
     def __init__(self, api: FastAPI, mutate: MutateEndpoint) -> None:
         self.api = api
         self._mutate = mutate
+
+    def use_handler(self, handler: AdmissionHandler) -> None:
+        """Answer ``/mutate`` with ``handler`` from the next review on (on the event loop)."""
+        self._mutate.use_handler(handler)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/mutate":
@@ -166,6 +191,17 @@ def create_app(
     return WebhookApp(api, MutateEndpoint(handler, metrics, body_limit, big_reviews))
 
 
+def _refused(scope: Scope, status: int, reason: str, size: int | None) -> None:
+    refusals.refused(status, reason, client=scope.get("client"), path=scope["path"], size=size)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return None
+
+
 def log_review(outcome: ReviewOutcome, seconds: float) -> None:
     mutation = outcome.mutation
     fields: dict[str, Any] = {
@@ -182,6 +218,8 @@ def log_review(outcome: ReviewOutcome, seconds: float) -> None:
         fields["removed"] = mutation.removed
         fields["rewritten"] = mutation.rewritten
         fields["env"] = mutation.env
+        if mutation.aliased:
+            fields["aliased"] = mutation.aliased
     if mutation is not None and mutation.skipped:
         fields["skipped"] = mutation.skipped
     review_log.info("review", bounded_fields(fields))

@@ -17,7 +17,7 @@ comes, trusts it more than that allows:
 * a request that trickles in byte by byte holds its connection for as long as it likes. Here
   it must be complete ``request_seconds`` after its first byte, or it gets 408;
 * its own error answers (400, 503) are plain text. Here every answer is JSON, as the
-  application's are.
+  application's are, and each refusal is logged at a bounded rate (``refusals.py``).
 
 The apiserver is unaffected by all of it: it sends a request of a few hundred bytes of head
 and its body in one go on each connection it opens, and closes idle connections after 90 s.
@@ -26,7 +26,6 @@ and its body in one go on each connection it opens, and closes idle connections 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -38,8 +37,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from webhook.serving.coalescing import CoalescingTransport
-
-logger = logging.getLogger(__name__)
+from webhook.serving.refusals import bound_server_warnings, refusals
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -70,6 +68,8 @@ def protocol_factory(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         pass
 
     Limited.limits = limits
+    # uvicorn's protocol logs a warning of its own for some refusals (an unparsable request).
+    bound_server_warnings()
     return Limited
 
 
@@ -120,8 +120,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # Out of the count now: its connection_lost comes on a later turn of the loop.
         self.connections.discard(longest)
         longest.transport.close()
-        logger.warning("connection cap reached: closed the connection idle longest",
-                       extra={"fields": {"cap": self.limits.max_connections}})
+        refusals.note("connection cap reached: closed the connection idle longest",
+                      "idle-closed-at-cap", {"cap": self.limits.max_connections})
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -137,7 +137,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             end = _head_end(self._tail, data)
             self._head_bytes += len(data) if end < 0 else end
             if self._head_bytes > self.limits.head_limit:
-                self._refuse(431, f"request head exceeds {self.limits.head_limit} bytes")
+                self._refuse(431, "head-too-large",
+                             f"request head exceeds {self.limits.head_limit} bytes")
                 return
             self._tail = (self._tail + data[-3:])[-3:]
         super().data_received(data)
@@ -154,8 +155,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 super().on_headers_complete()
             finally:
                 self.app = application
-            logger.warning("connection cap reached: request refused",
-                           extra={"fields": {"cap": self.limits.max_connections}})
+            refusals.refused(503, "connection-cap", client=self.client,
+                             path=self.scope.get("path"), size=self._request_size())
             return
         super().on_headers_complete()
 
@@ -177,7 +178,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # -- refusing -----------------------------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(400, msg)
+        self._refuse(400, "bad-http", msg)
 
     def _request_timed_out(self) -> None:
         self._request_timer = None
@@ -186,10 +187,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.response_started:
             self.transport.close()
             return
-        self._refuse(408, f"request not complete within {self.limits.request_seconds:g} s")
+        self._refuse(408, "request-timeout",
+                     f"request not complete within {self.limits.request_seconds:g} s")
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` with a JSON error and close, reading nothing more."""
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        """Answer ``status`` with a JSON error and close, reading nothing more; log ``reason``
+        (a fixed word) at the refusals' bounded rate."""
         self._refused = True
         self._cancel_request_timer()
         if self.cycle is not None and not self.cycle.response_complete:
@@ -209,7 +212,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # throws away everything the client still sends meanwhile, which is what the limit is
         # there to prevent. The answer is on its way once the transport has no more to write.
         self._abort_when_written()
-        logger.warning("request refused", extra={"fields": {"status": status, "reason": message}})
+        scope = self.scope or {}
+        refusals.refused(status, reason, client=self.client, path=scope.get("path"),
+                         size=self._request_size())
+
+    def _request_size(self) -> int | None:
+        """The head's bytes while it is being read, else the Content-Length declared."""
+        if self._head_bytes:
+            return self._head_bytes
+        for name, value in (self.scope or {}).get("headers", ()):
+            if name == b"content-length" and value.isdigit():
+                return int(value)
+        return None
 
     def _abort_when_written(self, waited: float = 0.0) -> None:
         if isinstance(self.transport, CoalescingTransport):

@@ -186,7 +186,8 @@ def flush_logs() -> None:
 
 
 def configure_logging(level: str = "INFO", log_format: str = "json") -> None:
-    """Send every logger, uvicorn's included, through one handler on stderr."""
+    """Send every logger, uvicorn's included, and Python's warnings through one handler on
+    stderr, so that nothing a command prints there is in another form."""
     handler = LogHandler(sys.stderr)
     chosen = resolve_format(log_format, sys.stderr)
     handler.setFormatter(TextFormatter() if chosen == "text" else JsonFormatter())
@@ -197,6 +198,18 @@ def configure_logging(level: str = "INFO", log_format: str = "json") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    logging.captureWarnings(True)
+
+
+def logging_setup() -> tuple[str, str] | None:
+    """The level and format ``configure_logging`` gave this process, for a process started
+    with ``spawn`` to log the same way; None when it was not called."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, LogHandler):
+            chosen = "text" if isinstance(handler.formatter, TextFormatter) else "json"
+            return logging.getLevelName(root.level), chosen
+    return None
 
 
 class ReviewLog:

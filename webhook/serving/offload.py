@@ -28,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from webhook.serving.admission import AdmissionHandler, ReviewOutcome, without_operations
+from webhook.serving.logs import configure_logging, logging_setup
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class ReviewProcesses:
         self._queued_limit = queued_limit
         self._queued = 0
         self._executor: ProcessPoolExecutor | None = None
+        # Pools given up for a new handler, each shutting down in a thread of its own.
+        self._retiring: list[threading.Thread] = []
 
     def start(self) -> None:
         """Start the processes now rather than at the first big review.
@@ -66,11 +69,29 @@ class ReviewProcesses:
         """
         self._pool().submit(_ready)
 
+    def use_handler(self, handler: AdmissionHandler) -> None:
+        """Review with ``handler`` from now on (called on the event loop). The processes
+        started with the old one finish what they were given and exit; the next big review
+        starts new ones."""
+        self._handler = handler
+        if self._executor is not None:
+            # Waited for in a thread rather than not at all: ``stop`` joins it, so that a
+            # worker never exits with a pool's semaphores still unremoved (tracker_relay.py).
+            retiring = threading.Thread(target=self._executor.shutdown,
+                                        name="review-processes-retiring", daemon=True)
+            retiring.start()
+            self._retiring = [*(old for old in self._retiring if old.is_alive()), retiring]
+            self._executor = None
+
     def stop(self, *, wait: bool = False) -> None:
         """Stop the processes; with ``wait``, once they are gone (at exit)."""
         if self._executor is not None:
             self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
+        if wait:
+            for retiring in self._retiring:
+                retiring.join()
+            self._retiring = []
 
     async def review(self, body: bytes) -> ReviewOutcome:
         """Answer one review in a review process. Raises EnvelopeError and Busy."""
@@ -93,7 +114,7 @@ class ReviewProcesses:
                 max_workers=self._processes,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_adopt,
-                initargs=(self._handler.without_cache(), os.getpid()),
+                initargs=(self._handler.without_cache(), os.getpid(), logging_setup()),
             )
         return self._executor
 
@@ -103,9 +124,14 @@ class ReviewProcesses:
 _handler: AdmissionHandler | None = None
 
 
-def _adopt(handler: AdmissionHandler, server_pid: int) -> None:
+def _adopt(handler: AdmissionHandler, server_pid: int,
+           log_setup: tuple[str, str] | None) -> None:
     global _handler
     _handler = handler
+    if log_setup is not None:
+        # A fresh interpreter logs nothing of its own otherwise, and Python's last resort
+        # would write what the rules report here (a trace, say) as plain text.
+        configure_logging(*log_setup)
     # A server stopped with SIGKILL (or by the OOM killer) never shuts its pool down; its review
     # process would live on, holding its memory, with nobody to answer.
     threading.Thread(

@@ -2,9 +2,10 @@
 
 With ``--workers N`` the server process forks N children that each run a worker on the
 socket bound before the fork, and stays their supervisor: it passes SIGTERM and SIGINT on to
-them, and starts another child when one dies while nothing asked it to stop. Forking (rather
-than uvicorn's own spawn-based supervisor) hands each worker the settings object as the CLI
-built it, flags included, with nothing to re-read in the children.
+them, and starts another child when one dies while nothing asked it to stop. Once every child
+has stopped (each says how, in a line of the log), it returns 0, as one worker does after a
+stop signal. Forking (rather than uvicorn's own spawn-based supervisor) hands each worker the
+settings object as the CLI built it, flags included, with nothing to re-read in the children.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def supervise(workers: int, run_worker: Callable[[], None]) -> int:
             logger.error("worker exited; starting another",
                          extra={"fields": {"pid": pid, "status": status}})
             spawn()
+        else:
+            # 0 when it drained and stopped its review processes; -N when signal N ended it
+            # (SIGKILL, or a stop signal that came before it served: the stop signals are
+            # uvicorn's only once it starts).
+            logger.info("worker stopped",
+                        extra={"fields": {"pid": pid, "exit": os.waitstatus_to_exitcode(status)}})
     return 0
 
 

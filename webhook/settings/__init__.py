@@ -2,7 +2,9 @@
 backend lives, and how it is built from its sources.
 
 - ``model``: the frozen dataclasses and enums (`Settings`, `Service`, `Credentials`,
-  `Serving`, ...), and `describe`, the loggable summary;
+  `SafetyNet`, `Serving`, ...), and `describe`, the loggable summary;
+- ``addresses``: `known_addresses` and `hosts_without_address`, the external hosts whose IP
+  is known without asking DNS (the safety net's), and the others;
 - ``loading``: `load_settings`, the embedded default < file < environment < flags;
 - ``document``: the embedded default and the YAML file as documents, and settings from them;
 - ``layers``: the ``BACKEND_INJECTOR_*`` variables and the flags over the file;
@@ -13,6 +15,7 @@ Contract: settings import nothing else of the package; every other wing may impo
 names below are the wing's public face, and what the other wings import.
 """
 
+from webhook.settings.addresses import hosts_without_address, known_addresses, literal_ip
 from webhook.settings.document import default_document, yaml_problem
 from webhook.settings.keys import unknown_key
 from webhook.settings.layers import with_external_host
@@ -30,15 +33,19 @@ from webhook.settings.model import (
     Endpoint,
     EnvironmentConfigError,
     EnvScope,
+    SafetyNet,
     Service,
     Serving,
     Settings,
     describe,
 )
+from webhook.settings.schema import DNS_SUBDOMAIN
 
 __all__ = [
-    "ACCESS_KEY_ENV", "DEFAULT_EXTERNAL_HOST", "DEVELOPMENT_CREDENTIAL", "ENV_PREFIX",
-    "SECRET_KEY_ENV", "Action", "ConfigError", "CredentialMode", "Credentials", "Endpoint",
-    "EnvScope", "EnvironmentConfigError", "Serving", "Service", "Settings", "default_document",
-    "describe", "load_settings", "unknown_key", "with_external_host", "yaml_problem",
+    "ACCESS_KEY_ENV", "DEFAULT_EXTERNAL_HOST", "DEVELOPMENT_CREDENTIAL", "DNS_SUBDOMAIN",
+    "ENV_PREFIX", "SECRET_KEY_ENV", "Action", "ConfigError", "CredentialMode", "Credentials",
+    "Endpoint", "EnvScope", "EnvironmentConfigError", "SafetyNet", "Serving", "Service",
+    "Settings", "default_document", "describe", "hosts_without_address", "known_addresses",
+    "literal_ip",
+    "load_settings", "unknown_key", "with_external_host", "yaml_problem",
 ]

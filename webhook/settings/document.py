@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from webhook.settings.addresses import literal_ip
 from webhook.settings.keys import unknown_key
 from webhook.settings.layers import secret_from_env
 from webhook.settings.model import (
@@ -26,15 +27,17 @@ from webhook.settings.model import (
     Credentials,
     Endpoint,
     EnvScope,
+    SafetyNet,
     Service,
     Settings,
 )
-from webhook.settings.schema import DNS_LABEL, config_schema
+from webhook.settings.schema import DNS_LABEL, HOSTNAME, config_schema
 from webhook.settings.values import enum_value, port_number, string_list
 
 # The grammar the configuration schema declares, so that a file the schema accepts and the
 # values checked here can never disagree.
 _DNS_LABEL = re.compile(DNS_LABEL)
+_HOSTNAME = re.compile(HOSTNAME)
 _TEMPLATE_FIELD = re.compile(r"\{([a-z0-9-]+)\}")
 
 
@@ -61,6 +64,7 @@ def default_document() -> dict[str, Any]:
         "excluded_namespaces": [
             "kube-system", "kube-public", "kube-node-lease", "backend-injector",
         ],
+        "safety_net": {"host_aliases": True, "addresses": {}},
     }
 
 
@@ -143,13 +147,15 @@ def settings_from_document(document: Mapping[str, Any], environ: Mapping[str, st
         excluded_namespaces=frozenset(
             string_list(document.get("excluded_namespaces", []), "excluded_namespaces")
         ),
+        safety_net=_safety_net(_mapping(document, "safety_net")),
     )
 
 
-def _mapping(document: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+def _mapping(document: Mapping[str, Any], key: str, *, where: str | None = None
+             ) -> Mapping[str, Any]:
     value = document.get(key) or {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{key} must be a mapping")
+        raise ConfigError(f"{where or key} must be a mapping")
     return value
 
 
@@ -188,6 +194,30 @@ def _expand(name: str, template: Any, endpoints: Mapping[str, Endpoint | None]) 
         return str(endpoint)
 
     return _TEMPLATE_FIELD.sub(endpoint_of, template)
+
+
+def _safety_net(spec: Mapping[str, Any]) -> SafetyNet:
+    switch = spec.get("host_aliases", True)
+    if not isinstance(switch, bool):
+        raise ConfigError(f"safety_net.host_aliases must be true or false, not {switch!r}")
+    addresses = _mapping(spec, "addresses", where="safety_net.addresses")
+    return SafetyNet(
+        host_aliases=switch,
+        addresses=tuple(_configured_address(str(host), ip) for host, ip in addresses.items()),
+    )
+
+
+def _configured_address(host: str, value: Any) -> tuple[str, str]:
+    """One ``safety_net.addresses`` entry, checked: a host name and the IP it is reached at."""
+    where = f"safety_net.addresses.{host}"
+    if not _HOSTNAME.fullmatch(host):
+        raise ConfigError(f"safety_net.addresses: {host!r} is not a host name")
+    if literal_ip(host) is not None:
+        raise ConfigError(f"{where}: {host} is an IP address already; it needs no entry")
+    address = literal_ip(value) if isinstance(value, str) else None
+    if address is None:
+        raise ConfigError(f"{where} must be an IPv4 or IPv6 address, not {value!r}")
+    return host.lower(), address
 
 
 def _credentials(spec: Mapping[str, Any], environ: Mapping[str, str]) -> Credentials:

@@ -94,6 +94,16 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True)
+class SafetyNet:
+    """The pods' ``/etc/hosts`` entries that point the managed names at the external IPs
+    (``webhook.rules.host_aliases``), for the waiters the rules cannot read."""
+
+    host_aliases: bool = True
+    # External host (lower case) -> the IP pods reach it at, as configured; canonical text.
+    addresses: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Serving:
     """How the webhook is served: where it listens, its certificate, its bounds and draining.
 
@@ -150,6 +160,7 @@ class Settings:
     # Never mutated even if the namespaceSelector is wrong: a broken webhook here could keep
     # the control plane or the webhook itself from starting.
     excluded_namespaces: frozenset[str] = frozenset()
+    safety_net: SafetyNet = field(default_factory=SafetyNet)
     serving: Serving = field(default_factory=Serving)
 
     @property
@@ -171,4 +182,6 @@ def describe(settings: Settings) -> dict[str, Any]:
         "env": [name for name, _ in settings.env],
         "credentials_mode": settings.credentials.mode.value,
         "add_env_to": settings.add_env_to.value,
+        "host_aliases": settings.safety_net.host_aliases,
+        "addresses": dict(settings.safety_net.addresses),
     }

@@ -33,6 +33,8 @@ DNS_LABEL: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 HOSTNAME: Final = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$"
 ENV_NAME: Final = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+# The shape of an IPv4 or IPv6 address; the settings check it is one (``ipaddress``).
+IP_ADDRESS: Final = r"^(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$"
 SECRET_KEY: Final = r"^[-._a-zA-Z0-9]+$"
 
 ACTIONS: Final = ("remove", "rewrite")
@@ -160,6 +162,48 @@ def _credentials() -> dict[str, Any]:
     }
 
 
+def _safety_net() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": (
+            "For waiters the rules cannot read (a Python socket loop, a program of the chart's "
+            "own): every mutated pod gets /etc/hosts entries (spec.hostAliases) that point each "
+            "host name of a service with an external address (NAME, NAME.NS, NAME.NS.svc, "
+            "NAME.NS.svc.cluster.local) at the IP of that address, so that a client connecting "
+            "to mlflow:5000 reaches the external MLflow when the port is the same."
+        ),
+        "properties": {
+            "host_aliases": {
+                "type": "boolean",
+                "default": True,
+                "description": "false: no entries are added to any pod.",
+            },
+            "addresses": {
+                "type": "object",
+                "description": (
+                    "External host -> the IP address pods reach it at. An external host that is "
+                    "an IP address needs no entry here. For the others, serve asks the "
+                    "cluster's DNS at start when it runs in the cluster; dev, inject, review "
+                    "and policy run outside it and use only these."
+                ),
+                "additionalProperties": False,
+                "patternProperties": {
+                    HOSTNAME: {
+                        "type": "string",
+                        "pattern": IP_ADDRESS,
+                        "maxLength": 45,
+                        "description": "An IPv4 or IPv6 address.",
+                        "examples": ["192.168.65.254"],
+                    },
+                },
+                "default": {},
+                "examples": [{"host.docker.internal": "192.168.65.254"}],
+            },
+        },
+    }
+
+
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of a configuration file, as a new dict on every call.
 
@@ -244,5 +288,6 @@ _SCHEMA: Final[dict[str, Any]] = {
             "A namespace name.",
             default=["kube-system", "kube-public", "kube-node-lease", "backend-injector"],
         ),
+        "safety_net": _safety_net(),
     },
 }

@@ -105,8 +105,6 @@ def edge_pods() -> list[dict[str, Any]]:
                                                  " do sleep 1; done"])],
         "dev-tcp-postgres": [init("probe", ["bash", "-c", "until echo > /dev/tcp/postgres/5432;"
                                                           " do sleep 1; done &>/dev/null"])],
-        "timeout-wrapper": [sh("probe", "timeout 60 sh -c 'until nc -z mlflow 5000; do sleep 1;"
-                                        " done'")],
         "wget-fqdn": [sh("probe", "until wget -q -O- http://mlflow.flts.svc.cluster.local:5000"
                                   "/health; do sleep 1; done")],
         "curl-no-port": [sh("probe", "until curl -sf http://fastapi-app/healthz; do sleep 1;"
@@ -149,6 +147,14 @@ def edge_pods() -> list[dict[str, Any]]:
         "all-removed": [sh("wait-for-mlflow", "until nc -z mlflow 5000; do sleep 2; done"),
                         sh("wait-for-fastapi", "until nc -z fastapi-app 8000; do sleep 2;"
                                                " done")],
+        # Redirections the grammar hangs elsewhere than the shell does; both twins follow
+        # the shell.
+        "connection-after-a-list": [sh("probe", "until true && echo > /dev/tcp/mlflow/5000;"
+                                                " do sleep 1; done")],
+        "connection-in-a-substitution": [sh("probe", "until `echo > /dev/tcp/mlflow/5000`; do"
+                                                     " sleep 1; done")],
+        "words-after-a-redirection": [sh("probe", "until nc 2>&1 -z mlflow 5000; do sleep 1;"
+                                                  " done")],
         "subshell-dollar": [sh("probe", "until [ \"$(nc -z mlflow 5000 && echo ok)\" = ok ];"
                                         " do sleep 1; done")],
         "http-url-port-word": [sh("probe", "until wget -qO- http://minio 9000; do sleep 1;"
@@ -207,6 +213,36 @@ def edge_pods() -> list[dict[str, Any]]:
         "env-in-init": [sh("migrate", "alembic upgrade head",
                            env=[env("TRACKING", "http://mlflow:5000/api"),
                                 env("DATABASE_URL", "postgresql://u@postgres:5432/db")])],
+        # Shapes of the webhook's shell reader that the policy follows exactly
+        # (docs/policy.md): continuation lines, setup and filters that are idle, HTTP calls
+        # and files written that are work, the URLs of work retargeted, what does not parse.
+        "continuation": [sh("probe", "until pg_isready \\\n  -h postgres \\\n  -p 5432; do"
+                                     " sleep 1; done")],
+        "continuation-port": [sh("probe", "until nc -z fastapi-app \\\n  80; do sleep 1; done")],
+        "install-probe-tool": [sh("probe", "apk add --no-cache netcat-openbsd\n"
+                                           "until nc -z mlflow 5000; do sleep 1; done")],
+        "install-other": [sh("probe", "apk add --no-cache jq && until nc -z mlflow 5000; do"
+                                      " sleep 1; done")],
+        "output-filter": [sh("probe", "until redis-cli -h minio ping | grep -q PONG; do sleep 1;"
+                                      " done")],
+        "http-post": [sh("migrate", "until nc -z mlflow 5000; do sleep 1; done; curl -X POST"
+                                    " http://mlflow:5000/api/2.0/mlflow/experiments/create"
+                                    " -d '{\"name\": \"x\"}'")],
+        "http-read-method": [sh("probe", "until curl -sf -X GET http://mlflow:5000/health; do"
+                                         " sleep 1; done")],
+        "wget-post": [sh("probe", "until wget -q --post-data=ping http://fastapi-app:8000/x; do"
+                                  " sleep 1; done")],
+        "writes-file": [sh("probe", "until nc -z mlflow 5000; do sleep 1; done; echo ready >"
+                                    " /shared/ready")],
+        "writes-nothing": [sh("probe", "until nc -z mlflow 5000 >/dev/null 2>&1; do sleep 1;"
+                                       " done; echo up >&2")],
+        "substitution-as-command": [sh("probe", "until $(nc -z mlflow 5000); do sleep 1; done")],
+        "assignment-before-work": [sh("migrate", "until nc -z mlflow 5000; do sleep 1; done;"
+                                                 " MLFLOW_TRACKING_URI=http://mlflow:5000 python"
+                                                 " train.py --models http://minio:9000/m")],
+        "unclosed-quote": [sh("probe", "until nc -z 'mlflow 5000; do sleep 1; done")],
+        "read-write-redirection": [sh("probe", "exec 3<>/dev/tcp/mlflow/5000")],
+        "missing-done": [sh("probe", "until nc -z mlflow 5000; do sleep 1;")],
     }
     pods = [
         pod(f"wait-{case}", init=init + ([] if case == "all-removed" else [KAFKA_WAIT]),
@@ -267,6 +303,16 @@ def edge_pods() -> list[dict[str, Any]]:
             env("DATABASE_URL", "postgresql://mlflow@postgres:5432/mlflow")])]),
         pod("env-not-used", init=[KAFKA_WAIT], containers=[app("dashboard")]),
         pod("env-host-in-args", containers=[app("client", args=["--tracking", "mlflow:5000"])]),
+        # App containers' programs: the URLs of their work retargeted, bare hosts left.
+        pod("app-args-url", containers=[app("trainer", args=["--tracking-uri",
+                                                             "http://mlflow:5000"])]),
+        pod("app-script", containers=[app("server", command=[
+            "sh", "-c", "python serve.py --uri http://mlflow.flts.svc:5000/api && curl -X POST"
+            " http://minio:9000/b"])]),
+        pod("app-bare-host", containers=[app("client", args=["--host", "mlflow", "--port",
+                                                             "5000"])]),
+        pod("app-probe-and-work", containers=[app("server", command=[
+            "sh", "-c", "until nc -z fastapi-app 80; do sleep 1; done; exec python serve.py"])]),
         pod("env-waited-by-status", containers=[app("late")], annotations={
             STATUS_KEY: '{"removed":["wait-for-mlflow"],"rewritten":[],"env":[]}'}),
     ]
@@ -277,14 +323,49 @@ def edge_pods() -> list[dict[str, Any]]:
 CASE_ANNOTATION = "e2e/case"
 
 
+# A probe behind each shell keyword, each written as valid shell (the webhook reads scripts
+# with a shell parser, and a script that does not parse is kept as work).
+_KEYWORD_PROBE = "nc -z fastapi 8000"
+KEYWORD_SCRIPTS = {
+    "until": f"until {_KEYWORD_PROBE}; do sleep 1; done",
+    "while": f"while ! {_KEYWORD_PROBE}; do sleep 1; done",
+    "do": f"until {_KEYWORD_PROBE}; do sleep 1; done",
+    "done": f"while true; do {_KEYWORD_PROBE} && break; sleep 1; done",
+    "if": f"if {_KEYWORD_PROBE}; then echo up; fi",
+    "then": f"if true; then {_KEYWORD_PROBE}; fi",
+    "else": f"if false; then echo no; else {_KEYWORD_PROBE}; fi",
+    "elif": f"if false; then echo no; elif {_KEYWORD_PROBE}; then echo up; fi",
+    "fi": f"if {_KEYWORD_PROBE}; then :; fi",
+    "!": f"if ! {_KEYWORD_PROBE}; then exit 1; fi",
+    "{": f"{{ {_KEYWORD_PROBE}; }}",
+    "}": f"{{ sleep 1; {_KEYWORD_PROBE}; }}",
+    "exec": f"exec {_KEYWORD_PROBE}",
+    "time": f"time {_KEYWORD_PROBE}",
+    "esac": f"case x in x) {_KEYWORD_PROBE};; esac",
+}
+
+
+# Probe commands called the way they take a host: dockerize runs its first plain word as a
+# command of its own, so it is given the address by its option.
+_PROBE_CALLS = {"dockerize": "dockerize -wait tcp://mlflow:5000"}
+
+
+def _idle_call(word: str) -> str:
+    """An idle command called with one argument, as valid shell (`[ 1 ]`)."""
+    closing = {"[": " ]", "[[": " ]]"}.get(word, "")
+    return f"{word} 1{closing}"
+
+
 def grammar_pods() -> list[dict[str, Any]]:
     """A waiter for each word of the grammar: each probe command and wait tool probing a
     managed host, each idle command in a readiness loop, each wrapper and shell in front of a
     probe, each shell keyword before one."""
-    scripts = [f"until {word} mlflow 5000; do sleep 1; done" for word in sorted(PROBE_COMMANDS)]
-    scripts += [f"until nc -z minio 9000; do {word} 1; done" for word in sorted(IDLE_COMMANDS)]
+    scripts = [f"until {_PROBE_CALLS.get(word, f'{word} mlflow 5000')}; do sleep 1; done"
+               for word in sorted(PROBE_COMMANDS)]
+    scripts += [f"until nc -z minio 9000; do {_idle_call(word)}; done"
+                for word in sorted(IDLE_COMMANDS)]
     scripts += [f"{word} 5 nc -z fastapi-app 8000" for word in sorted(WRAPPERS | SHELLS)]
-    scripts += [f"{word} nc -z fastapi 8000" for word in sorted(SHELL_KEYWORDS)]
+    scripts += [KEYWORD_SCRIPTS[word] for word in sorted(SHELL_KEYWORDS)]
     return [pod(f"word-{index}", init=[sh("probe", script), KAFKA_WAIT],
                 containers=[app(env=list(IN_CLUSTER_ENV))],
                 annotations={CASE_ANNOTATION: script})
