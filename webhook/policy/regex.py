@@ -293,7 +293,7 @@ def status_list_re(key: str) -> str:
 # A host part computed at run time, as the rules' script scan sets it apart.
 COMPUTED_RE = f"\\.(?:{COMPUTED_PART})"
 # Variable references, resolved against the init container's literal env and the default as
-# the rules do: in a probe's words when reading (variables.expand_word), and, quotes and all,
+# the rules do: in a probe's words when reading (each reference resolved), and, quotes and all,
 # in a probe's text when retargeting (variables.expand_in_probe). A text is cut into tokens:
 # references (quoted ones first, for the text), runs without `$` (or `"`), single characters.
 VARIABLE_WHOLE_RE = f"^(?:{SHELL_VARIABLE_RE})$"

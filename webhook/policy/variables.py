@@ -62,7 +62,8 @@ def kubelet_expanded(element: Expr, env: Expr) -> Expr:
 
 
 def expanded_word(word: Expr, in_script: Expr, env: Expr) -> Expr:
-    """variables.expand_word in a script: each reference resolved, unresolved ones as written."""
+    """Each reference in a script word resolved from the literal env (then its default);
+    unresolved ones as written."""
 
     def value(token: Expr) -> Expr:
         return let(resolution(token, env), "resolved",

@@ -90,7 +90,9 @@ class _Program:
     steps: list[_Step]
     script_index: int | None
     unreadable: bool = False
-    writes_files: bool = False  # or runs a command computed by another: work either way
+    # Work besides its commands: a file written by a redirection, or a command computed by
+    # another (`` `...` `` where a command goes), whose output the rules cannot know.
+    other_work: bool = False
 
 
 @dataclass(slots=True)
@@ -147,7 +149,7 @@ class ProgramReader:
             return reading
         reading = ProgramReading()
         program = self._program(key, expand_kubelet(argv, env or {}), env or {})
-        if program.unreadable or program.writes_files:
+        if program.unreadable or program.other_work:
             reading.does_work = True
         for step in program.steps:
             if step.command.kind == PROBE:
@@ -373,7 +375,7 @@ def _script_program(reading: ShellReading | None, script_index: int | None) -> _
     if reading is None:
         return _Program([], script_index, unreadable=True)
     return _Program(list(_script_steps(reading, script_index)), script_index,
-                    writes_files=reading.writes_files or reading.runs_computed_command)
+                    other_work=reading.writes_files or reading.runs_computed_command)
 
 
 def _script_steps(reading: ShellReading, script_index: int | None) -> Iterator[_Step]:

@@ -1,9 +1,12 @@
-"""Variables in an init container's program, resolved as far as the rules can know them.
+"""Variables in a container's program, as far as the rules resolve them outside the shell
+reader.
 
 ``$(NAME)`` in command and args is expanded as the kubelet does, from the container's own
-literal env; ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` in a script are resolved the same
-way (and the default). A reference that cannot be resolved stays as written: the reader then
-counts its probe as one of some other host, so it is never taken for a pure wait.
+literal env. In a script, the shell reader (``shell.py``) resolves ``$NAME``, ``${NAME}`` and
+``${NAME:-default}`` in the words it reads; here, a probe's text has the references it makes
+written in (``expand_in_probe``) when it is retargeted, and a word that still refers to a
+variable is told apart (``refers_to_unresolved``): the reader counts its probe as one of some
+other host, so it is never taken for a pure wait.
 """
 
 from __future__ import annotations
@@ -36,11 +39,6 @@ def expand_kubelet(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
     ]
 
 
-def expand_word(word: str, env: Mapping[str, str]) -> str:
-    """A word with the variables it refers to resolved; unresolved ones stay as written."""
-    return _SHELL_VARIABLE.sub(lambda m: _resolved(m, env) or m.group(0), word)
-
-
 def refers_to_unresolved(word: str) -> bool:
     """Whether an argument, once expanded, still refers to a variable (an option does not
     count: `--timeout=$T` names no host)."""
@@ -63,4 +61,4 @@ def _resolved(match: re.Match[str], env: Mapping[str, str]) -> str | None:
     return value if value else match.group("default")
 
 
-__all__ = ["expand_in_probe", "expand_kubelet", "expand_word", "refers_to_unresolved"]
+__all__ = ["expand_in_probe", "expand_kubelet", "refers_to_unresolved"]
