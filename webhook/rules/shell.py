@@ -71,7 +71,8 @@ _WRAPPER_NUMBER = re.compile(WRAPPER_NUMBER)
 _SPACE = re.compile(r"\s")
 _OPTION_WITH_VALUE = re.compile(r"(--?[A-Za-z][-A-Za-z0-9]*=)(.*)\Z", re.DOTALL)
 _KUBELET_REFERENCE = re.compile(rf"{KUBELET_VARIABLE}\Z")
-# `${NAME}`, `${NAME:-default}`, `${NAME-default}` (also `:=`/`=`): the forms read here.
+# `${NAME}`, `${NAME:-default}`, `${NAME-default}` (also `:=`/`=`), `${NAME:?message}` and
+# `${ARRAY[@]}`: the forms read here.
 _BRACED = re.compile(
     r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*|[0-9]+)(?P<all>\[[@*]\])?"
     r"(?:(?P<op>:?[-=?])(?P<default>[^}]*))?\}\Z"
