@@ -128,15 +128,14 @@ def _probe_if(liveness_only: bool) -> str:
 def _sends(arguments: Sequence[str]) -> bool:
     """Whether an HTTP client's arguments send a body or a method that changes something."""
     for index, argument in enumerate(arguments):
-        option, _, attached = argument.partition("=")
-        if option not in HTTP_SENDING_OPTIONS and not (
-            argument[:2] in HTTP_SENDING_OPTIONS and not argument.startswith("--")
-        ):
+        option, _, value = argument.partition("=")
+        if option not in HTTP_SENDING_OPTIONS and not argument.startswith("--") \
+                and argument[:2] in HTTP_SENDING_OPTIONS:
+            option, value = argument[:2], argument[2:]  # attached: `-XPOST`, `-d@body.json`
+        if option not in HTTP_SENDING_OPTIONS:
             continue
-        if option in HTTP_METHOD_OPTIONS or argument[:2] == "-X":
-            method = attached or (argument[2:] if argument[:2] == "-X" and len(argument) > 2
-                                  else (arguments[index + 1] if index + 1 < len(arguments)
-                                        else ""))
+        if option in HTTP_METHOD_OPTIONS:
+            method = value or (arguments[index + 1] if index + 1 < len(arguments) else "")
             if method.upper() in HTTP_READ_METHODS:
                 continue
         return True

@@ -195,13 +195,13 @@ def command_index(words: Sequence[str]) -> int | None:
         if word in SHELL_KEYWORDS or _ASSIGNMENT.match(word) or _REDIRECTION.match(word):
             index += 1
         elif name in WRAPPERS or name in SHELLS:
-            index = _past_wrapper_options(words, index + 1)
+            index = past_wrapper_options(words, index + 1)
         else:
             return index
     return None
 
 
-def _past_wrapper_options(words: Sequence[str], index: int) -> int:
+def past_wrapper_options(words: Sequence[str], index: int) -> int:
     """The index of the first word from ``index`` on that is not a wrapper's option or number
     (`timeout -s KILL 5`, `sh -ec`)."""
     while index < len(words) and (
@@ -226,6 +226,7 @@ __all__ = [
     "basename",
     "command_index",
     "command_segments",
+    "past_wrapper_options",
     "segments",
     "shell_script_index",
     "unquote",

@@ -45,9 +45,9 @@ from webhook.rules.grammar import (
     KUBELET_VARIABLE,
     LINE_CONTINUATION,
     SHELLS,
-    WRAPPER_NUMBER,
     WRAPPERS,
 )
+from webhook.rules.segments import basename, past_wrapper_options, shell_script_index
 
 # How many times a script is parsed again after a known misreading of the grammar.
 MAX_REPAIRS = 8
@@ -67,7 +67,6 @@ _SURVEY = Query(
     "(command (variable_assignment) @prefix)",
 )
 _PARSERS = threading.local()  # a tree-sitter Parser is not to be shared between threads
-_WRAPPER_NUMBER = re.compile(WRAPPER_NUMBER)
 _SPACE = re.compile(r"\s")
 _OPTION_WITH_VALUE = re.compile(r"(--?[A-Za-z][-A-Za-z0-9]*=)(.*)\Z", re.DOTALL)
 _KUBELET_REFERENCE = re.compile(rf"{KUBELET_VARIABLE}\Z")
@@ -193,7 +192,6 @@ class _Source:
     def __init__(self, script: str) -> None:
         self.script = script
         joined = script.replace(LINE_CONTINUATION, "")
-        self.joined = joined
         # Offsets in `joined` at which a continuation was taken out.
         self._cuts: list[int] = []
         if len(joined) != len(script):
@@ -683,22 +681,15 @@ def command_string(words: Sequence[str]) -> str | None:
     """The command text a command runs, for commands that run one: a shell with ``-c``
     (behind wrappers such as ``timeout 60``), ``eval``, ``trap`` and ``retry_while``."""
     index = 0
-    while index < len(words) and words[index].rsplit("/", 1)[-1] in WRAPPERS:
-        index += 1
-        while index < len(words) and (words[index].startswith("-")
-                                      or _WRAPPER_NUMBER.match(words[index])):
-            index += 1
+    while index < len(words) and basename(words[index]) in WRAPPERS:
+        index = past_wrapper_options(words, index + 1)
     if index >= len(words):
         return None
-    name = words[index].rsplit("/", 1)[-1]
+    name = basename(words[index])
     rest = words[index + 1 :]
     if name in SHELLS:
-        for position, flag in enumerate(rest[:-1]):
-            if not flag.startswith("-") or flag.startswith("--"):
-                return None
-            if "c" in flag[1:]:
-                return rest[position + 1]
-        return None
+        script = shell_script_index(words[index:])
+        return words[index + script] if script is not None else None
     if name in COMMAND_STRING_RUNNERS and rest:
         return " ".join(rest) if name == "eval" else rest[0]
     return None
