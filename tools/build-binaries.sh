@@ -9,6 +9,8 @@
 #   kube-scheduler, kubelet, kube-proxy  k8s.io/kubernetes  (tools/kube/go.mod), for the node
 #   etcd                     go.etcd.io/etcd/server/v3 (tools/etcd/go.mod + main.go)
 #   helm                     helm.sh/helm/v3    (tools/helm/go.mod)
+#   helm4                    helm.sh/helm/v4    (tools/helm4/go.mod); Helm 4, for the plugin
+#   kustomize                sigs.k8s.io/kustomize/kustomize/v5 (tools/kustomize/go.mod)
 #   containerd, containerd-shim-runc-v2, ctr
 #                            github.com/containerd/containerd/v2 (tools/containerd/go.mod)
 #   runc                     github.com/opencontainers/runc (tools/runc/go.mod); cgo, seccomp
@@ -48,6 +50,9 @@ kube_version="$(required_version "$tools_dir/kube/go.mod" k8s.io/kubernetes)"
 etcd_version="$(required_version "$tools_dir/etcd/go.mod" go.etcd.io/etcd/server/v3)"
 helm_version="$(required_version "$tools_dir/helm/go.mod" helm.sh/helm/v3)"
 helm_client_go="$(required_version "$tools_dir/helm/go.mod" k8s.io/client-go)"
+helm4_version="$(required_version "$tools_dir/helm4/go.mod" helm.sh/helm/v4)"
+kustomize_version="$(required_version "$tools_dir/kustomize/go.mod" \
+    sigs.k8s.io/kustomize/kustomize/v5)"
 containerd_version="$(required_version "$tools_dir/containerd/go.mod" \
     github.com/containerd/containerd/v2)"
 runc_version="$(required_version "$tools_dir/runc/go.mod" github.com/opencontainers/runc)"
@@ -55,8 +60,8 @@ coredns_version="$(required_version "$tools_dir/coredns/go.mod" github.com/cored
 # The pause and probe programs are the project's own: their cache key is their source's hash.
 pause_version="src-$(sha256sum "$tools_dir/pause/main.go" | cut -c1-12)"
 probe_version="src-$(sha256sum "$tools_dir/probe/main.go" | cut -c1-12)"
-for v in kube_version etcd_version helm_version helm_client_go containerd_version \
-    runc_version coredns_version; do
+for v in kube_version etcd_version helm_version helm_client_go helm4_version \
+    kustomize_version containerd_version runc_version coredns_version; do
     if [[ -z "${!v}" ]]; then
         echo "build-binaries: cannot read $v from tools/*/go.mod" >&2
         exit 1
@@ -73,6 +78,8 @@ targets=(
     "kubelet|$kube_version|kube|k8s.io/kubernetes/cmd/kubelet"
     "kube-proxy|$kube_version|kube|k8s.io/kubernetes/cmd/kube-proxy"
     "helm|$helm_version|helm|helm.sh/helm/v3/cmd/helm"
+    "helm4|$helm4_version|helm4|helm.sh/helm/v4/cmd/helm"
+    "kustomize|$kustomize_version|kustomize|sigs.k8s.io/kustomize/kustomize/v5"
     "containerd|$containerd_version|containerd|github.com/containerd/containerd/v2/cmd/containerd"
     "containerd-shim-runc-v2|$containerd_version|containerd|github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
     "ctr|$containerd_version|containerd|github.com/containerd/containerd/v2/cmd/ctr"
@@ -135,6 +142,16 @@ helm_ldflags() {
     echo "$ldflags"
 }
 
+# Helm 4 stamps only its own version: it reads the Kubernetes version (client-go's) from
+# the binary's module build info, which -trimpath keeps.
+helm4_ldflags() {
+    local ldflags="-s -w"
+    ldflags+=" -X helm.sh/helm/v4/internal/version.version=$helm4_version"
+    ldflags+=" -X helm.sh/helm/v4/internal/version.metadata="
+    ldflags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+    echo "$ldflags"
+}
+
 missing=()
 for t in "${targets[@]}"; do
     IFS='|' read -r name version _ _ <<<"$t"
@@ -176,6 +193,7 @@ for t in "${missing[@]}"; do
             tags="selinux,notest,grpcnotrace"
             ;;
         helm) ldflags="$(helm_ldflags)" ;;
+        helm4) ldflags="$(helm4_ldflags)" ;;
         containerd)
             # What containerd's Makefile stamps, so `containerd --version` and the CRI's
             # runtime version name the release.
