@@ -40,4 +40,5 @@ COPY --from=builder /opt/backend-injector /opt/backend-injector
 USER 10001:10001
 EXPOSE 8443
 ENTRYPOINT ["backend-injector"]
-CMD ["serve"]
+# In a container the listener must be on the container's interface, not its loopback.
+CMD ["serve", "--host", "0.0.0.0"]

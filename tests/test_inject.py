@@ -234,8 +234,10 @@ spec:
 """
 
 
-def test_replacing_a_charts_own_credential_is_a_warning_naming_variable_and_container() -> None:
-    out, report = inject_manifests(CHART_WITH_CREDENTIALS, Rules(make_settings()))
+def test_replacing_a_charts_own_credential_is_a_warning_naming_variable_and_container(
+        tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, credentials={"mode": "value"})
+    out, report = inject_manifests(CHART_WITH_CREDENTIALS, Rules(settings))
     assert report.replaced_credentials == ["Deployment/train-gru"]
     warnings = [note for note in report.notes if note.warning]
     # The secret key already had the webhook's value, and the waiter that had its own is gone:
@@ -247,17 +249,17 @@ def test_replacing_a_charts_own_credential_is_a_warning_naming_variable_and_cont
     assert {"name": "AWS_ACCESS_KEY_ID", "value": "minioadmin"} in trainer["env"]
 
 
-def test_credentials_the_chart_already_has_right_are_not_reported() -> None:
+def test_credentials_the_chart_already_has_right_are_not_reported(tmp_path: Path) -> None:
     text = CHART_WITH_CREDENTIALS.replace("chart-own-key", "minioadmin")
-    _, report = inject_manifests(text, Rules(make_settings()))
+    settings = make_settings(tmp_path, credentials={"mode": "value"})
+    _, report = inject_manifests(text, Rules(settings))
     assert report.mutated == ["Deployment/train-gru"]
     assert report.replaced_credentials == []
     assert not [note for note in report.notes if note.warning]
 
 
-def test_secret_key_references_replacing_values_are_reported(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, credentials={"mode": "secretKeyRef"})
-    _, report = inject_manifests(CHART_WITH_CREDENTIALS, Rules(settings))
+def test_secret_key_references_replacing_values_are_reported() -> None:
+    _, report = inject_manifests(CHART_WITH_CREDENTIALS, Rules(make_settings()))
     assert [str(note) for note in report.notes if note.warning] == [
         "Deployment/train-gru: replaced the chart's own AWS_ACCESS_KEY_ID, "
         "AWS_SECRET_ACCESS_KEY in trainer"]
@@ -278,8 +280,11 @@ def run_inject(*args: str, stdin: str, env: dict[str, str] | None = None
                           capture_output=True, text=True, env={**clean, **(env or {})})
 
 
-def test_cli_warns_as_serve_does_when_development_credentials_replace_the_charts() -> None:
-    result = run_inject(stdin=CHART_WITH_CREDENTIALS)
+def test_cli_warns_as_serve_does_when_development_credentials_replace_the_charts(
+        tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("credentials: {mode: value}\n")
+    result = run_inject("--config", str(config), stdin=CHART_WITH_CREDENTIALS)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert ("backend-injector: Deployment/train-gru: replaced the chart's own "

@@ -301,7 +301,8 @@ def test_replaced_chart_credentials_are_warning_results_with_serves_wording() ->
     item = deployment()
     item["spec"]["template"]["spec"]["containers"][0]["env"].append(
         {"name": "AWS_ACCESS_KEY_ID", "value": "chart-own-key"})
-    result, answered = run_function(resource_list(item))
+    value_mode = config_map({"config.yaml": "credentials: {mode: value}\n"})
+    result, answered = run_function(resource_list(item, functionConfig=value_mode))
     assert result.returncode == 0, result.stderr
     warnings = [r["message"] for r in answered["results"] if r["severity"] == "warning"]
     assert warnings[0] == "replaced the chart's own AWS_ACCESS_KEY_ID in train"

@@ -216,6 +216,8 @@ def test_serve_gets_the_contract_paths(container: dict[str, Any]) -> None:
         "--config": "/etc/backend-injector/config/config.yaml",
         "--tls-cert": "/etc/backend-injector/tls/tls.crt",
         "--tls-key": "/etc/backend-injector/tls/tls.key",
+        # serve listens on loopback unless told: in a pod, the pod's interface.
+        "--host": "0.0.0.0",
         "--port": "8443",
     }
     env = {item["name"]: item["value"] for item in container["env"]}
@@ -225,6 +227,12 @@ def test_serve_gets_the_contract_paths(container: dict[str, Any]) -> None:
             "/etc/backend-injector/credentials/secret-access-key"
         ),
     }
+
+
+def test_the_images_default_command_listens_on_the_containers_interface() -> None:
+    commands = [line for line in (REPO / "Dockerfile").read_text().splitlines()
+                if line.startswith("CMD ")]
+    assert commands == ['CMD ["serve", "--host", "0.0.0.0"]']
 
 
 def test_volumes_mount_the_tls_secret_without_the_ca_key_the_config_and_the_credentials(

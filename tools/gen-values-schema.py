@@ -93,11 +93,6 @@ def values_schema() -> dict[str, Any]:
                 "Base of every object name; empty: backend-injector. Independent of the "
                 "release name.", pattern=rf"^({config_schema.DNS_LABEL[1:-1]})?$",
                 maxLength=52),
-            "namespace": strict("Where the namespaced objects go.", {
-                "name": {**name, "description": "The webhook's namespace."},
-                "create": {"type": "boolean",
-                           "description": "Create it, labelled, as part of the release."},
-            }, required=["name", "create"]),
             "image": strict("The webhook's image (also used by the install Job).", {
                 "repository": string("Image name without the tag.", minLength=1),
                 "tag": {"type": ["string", "number"], "description": "Image tag."},
@@ -145,6 +140,14 @@ def values_schema() -> dict[str, Any]:
                 }, required=["accessKeyId", "secretAccessKey"]),
                 "accessKeyId": string("Access key id, without existingSecret."),
                 "secretAccessKey": string("Secret access key, without existingSecret."),
+                "namespaces": {
+                    "type": "array",
+                    "uniqueItems": True,
+                    "description": "Namespaces that get a copy, the Secret pods read by "
+                                   "reference (config.credentials.secret_name).",
+                    "items": string("An existing namespace.", pattern=r"^[a-z0-9]([-a-z0-9]*"
+                                    r"[a-z0-9])?$", maxLength=63),
+                },
             }, required=["existingSecret", "keys"]),
             "certificates": strict("How the webhook gets its serving certificate.", {
                 "method": {"type": "string", "enum": ["job", "cert-manager"],

@@ -1,5 +1,5 @@
-"""The command line: ``backend-injector serve | review | inject | policy | certs | install |
-dev | doctor``.
+"""The command line: ``backend-injector serve | review | inject | policy | config | certs |
+install | dev | doctor | label | credentials``.
 
 Settings are built here, once, from flags, environment, file and the embedded default (see
 ``webhook.settings`` for which wins), and passed down; logging is set up here and nowhere else.
@@ -24,9 +24,20 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from webhook import __version__
 from webhook.serving.logs import LOG_FORMATS, configure_logging
-from webhook.settings import ConfigError, Settings, describe, load_settings
+from webhook.settings import (
+    ACCESS_KEY_ENV,
+    ENV_PREFIX,
+    SECRET_KEY_ENV,
+    ConfigError,
+    CredentialMode,
+    Settings,
+    describe,
+    load_settings,
+)
 
 if TYPE_CHECKING:
+    from webhook.cluster.client import Cluster
+    from webhook.cluster.credentials import CredentialValues
     from webhook.inject import InjectReport
 
 logger = logging.getLogger("webhook.cli")
@@ -35,6 +46,11 @@ USAGE_ERROR = 2
 FAILURE = 1
 DIFFERENCES = 1  # `inject --diff` showed changes, as diff(1) exits
 PROG = "backend-injector"
+VALUE_MODE_EXPOSURE = (
+    "credentials.mode is value: the S3 credentials are written into every changed pod and "
+    "into {where}; the default, secretKeyRef, sends none (pods read a Secret of their own "
+    "namespace)"
+)
 
 
 class CommandError(Exception):
@@ -145,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = _command(commands, "serve", "serve the webhook over HTTPS")
     _add_config_arguments(serve)
-    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; "
+                       "0.0.0.0 in a container or pod, as the image and manifests pass)")
     serve.add_argument("--port", type=_port, help="port to listen on (default 8443)")
     serve.add_argument("--tls-cert", type=Path, help="serving certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="its private key (PEM)")
@@ -193,6 +210,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     policy.set_defaults(run=_policy)
 
+    config = _command(
+        commands, "config",
+        "print the effective configuration as a file, or write one from a docker compose file",
+    )
+    config.epilog = (
+        "The output is a valid --config file. Credentials are never printed: comments name the "
+        "variables they are read from. With --from-compose the external ports are those the "
+        "compose file publishes for MLflow, MinIO and the gateway (found by image and name); "
+        "${VAR} in the compose file is read from this environment, then the .env beside it."
+    )
+    _add_config_arguments(config)
+    config.add_argument("--from-compose", type=Path, metavar="FILE",
+                        help="take the external ports from this docker compose file")
+    for role, what in (("mlflow", "MLflow"), ("minio", "MinIO"), ("gateway", "the gateway")):
+        config.add_argument(f"--{role}-service", metavar="NAME",
+                            help=f"the compose service that is {what} (default: found by its "
+                            "image or name)")
+    config.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help="write the file here instead of to stdout")
+    config.set_defaults(run=_config)
+
     certs = _command(commands, "certs", "write a CA and a serving certificate")
     _add_service_arguments(certs)
     certs.add_argument("--out", type=Path, default=Path("certs"), help="directory (certs/)")
@@ -229,8 +267,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="where the cluster calls this machine "
                      "(default https://host.docker.internal:8443/mutate, for Docker Desktop)")
     dev.add_argument("--listen", dest="listen_host",
-                     help="address to listen on (default: the URL's if it is loopback, "
-                     "else 0.0.0.0); the port is the URL's")
+                     help="address to listen on (default: loopback for host.docker.internal "
+                     "and loopback URLs, the address itself for an IP, else 0.0.0.0); the port "
+                     "is the URL's")
     dev.add_argument("--certs-dir", type=Path,
                      help="keep the dev CA and certificate here (default: a temporary "
                      "directory, removed on exit)")
@@ -248,6 +287,32 @@ def _parser() -> argparse.ArgumentParser:
                         help="its TLS Secret, read when the endpoints are not reachable from here")
     _add_cluster_arguments(doctor)
     doctor.set_defaults(run=_doctor)
+
+    label = _command(
+        commands, "label",
+        "opt namespaces in: put the credentials Secret their pods read in each, then label it",
+    )
+    _add_config_arguments(label)
+    label.add_argument("namespaces", nargs="+", metavar="NAMESPACE")
+    label.add_argument("--remove", action="store_true",
+                       help="opt out instead: remove the label and this tool's Secret copy")
+    _add_source_argument(label)
+    _add_cluster_arguments(label)
+    label.set_defaults(run=_label)
+
+    credentials = _command(
+        commands, "credentials",
+        "copy the credentials into every opted-in namespace again (after they changed)",
+    )
+    _add_config_arguments(credentials)
+    credentials.add_argument("-n", "--namespace", dest="namespaces", action="append",
+                             help="only this namespace (repeatable; default: every namespace "
+                             "labelled backend-injector/inject=enabled)")
+    credentials.add_argument("--dry-run", action="store_true",
+                             help="say what would change, change nothing")
+    _add_source_argument(credentials)
+    _add_cluster_arguments(credentials)
+    credentials.set_defaults(run=_credentials)
     for command_parser in commands.choices.values():
         command_parser.set_defaults(command_parser=command_parser)
     return parser
@@ -259,6 +324,20 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what to do with init containers that wait for a managed service")
     parser.add_argument("--external-host",
                         help="host of every external service (default host.docker.internal)")
+
+
+def _add_source_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", type=_secret_reference, metavar="NAMESPACE/NAME",
+                        help="the Secret the values are copied from (default: the installed "
+                        "webhook's credentials Secret; BACKEND_INJECTOR_ACCESS_KEY_ID and "
+                        "..._SECRET_ACCESS_KEY, or their _FILE forms, win when set)")
+
+
+def _secret_reference(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
+    return namespace, name
 
 
 def _add_service_arguments(parser: argparse.ArgumentParser) -> None:
@@ -294,6 +373,9 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _announce(settings: Settings) -> None:
     logger.info("configuration", extra={"fields": describe(settings)})
+    if settings.credentials.mode is CredentialMode.VALUE:
+        logger.warning(VALUE_MODE_EXPOSURE.format(
+            where="every answer of /mutate, to anything that can reach this port"))
     if (warning := _development_credentials_warning(settings)) is not None:
         logger.warning(warning)
 
@@ -394,10 +476,18 @@ def _read_manifests(filename: str) -> tuple[str, str]:
 
 
 def _tell_notes(report: InjectReport, settings: Settings) -> None:
-    """Each note on stderr, and serve's warning about development credentials when a chart's
-    own credentials were replaced by them."""
+    """Each note on stderr; where the pods' credentials come from when they were changed;
+    and serve's warning about development credentials when a chart's own were replaced by
+    them."""
     for line in report.warnings:
         print(f"{PROG}: {line}", file=sys.stderr)
+    if report.mutated and settings.credentials.mode is CredentialMode.SECRET_KEY_REF:
+        print(f"{PROG}: the changed pods read {ACCESS_KEY_ENV} and {SECRET_KEY_ENV} from the "
+              f"Secret {settings.credentials.secret_name} of their own namespace; "
+              f"`{PROG} label NAMESPACE` puts it there", file=sys.stderr)
+    elif report.mutated and settings.credentials.mode is CredentialMode.VALUE:
+        print(f"{PROG}: warning: " + VALUE_MODE_EXPOSURE.format(where="these manifests"),
+              file=sys.stderr)
     warning = _development_credentials_warning(settings)
     if report.replaced_credentials and warning is not None:
         print(f"{PROG}: {warning}", file=sys.stderr)
@@ -407,6 +497,42 @@ def _policy(args: argparse.Namespace) -> int:
     from webhook.policy.objects import run_policy_command
 
     sys.stdout.write(run_policy_command(_settings(args), args.api_version))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    import os
+
+    from webhook import config_view
+
+    chosen = {key: name for key, name in (("mlflow", args.mlflow_service),
+                                          ("minio", args.minio_service),
+                                          ("fastapi", args.gateway_service)) if name}
+    if chosen and args.from_compose is None:
+        args.command_parser.error("--mlflow-service, --minio-service and --gateway-service "
+                                  "go with --from-compose")
+    settings = _settings(args)
+    flags = [f"--{name.replace('_', '-')}" for name, value in _flags(args).items()
+             if value is not None]
+    comments = config_view.header(settings, os.environ, config_file=args.config, flags=flags)
+    document = config_view.effective_document(settings)
+    if args.from_compose is not None:
+        from webhook.compose import configuration_from_compose
+
+        composed = configuration_from_compose(args.from_compose, document, environ=os.environ,
+                                              chosen=chosen)
+        for warning in composed.warnings:
+            print(f"{PROG} config: warning: {warning}", file=sys.stderr)
+        document, comments = composed.document, [*comments, *composed.comments]
+    text = config_view.render(document, comments)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise CommandError(f"cannot write {args.output}: {error.strerror or error}; "
+                           "choose a writable path with -o") from error
     return 0
 
 
@@ -457,10 +583,31 @@ def _dev(args: argparse.Namespace) -> int:
         with connected(kubeconfig=args.kubeconfig, context=args.context) as cluster:
             cluster.version()  # a stopped cluster is reported before anything else is said
             _announce(settings)
+            _copy_credentials_for_dev(cluster, settings)
             return run_dev(settings, cluster, target, serve=_listening_or_error(serve),
                            certs_dir=args.certs_dir)
     except (ClusterError, DevError) as error:
         raise CommandError(str(error)) from error
+
+
+def _copy_credentials_for_dev(cluster: Cluster, settings: Settings) -> None:
+    """Namespaces opted in before dev started get the Secret their pods will reference, as
+    `label` gives it to those opted in later."""
+    import os
+
+    from webhook.cluster.credentials import CredentialsError
+    from webhook.cluster.optin import credential_values, refresh
+
+    try:
+        values = credential_values(cluster, settings, os.environ, None)
+    except CredentialsError as error:
+        raise CommandError(str(error)) from error
+    if values is None:
+        return
+    _warn_development_copy(values)
+    for step in refresh(cluster, settings, values, None, dry_run=False):
+        logger.info("credentials for pods", extra={"fields": {"namespace": step.namespace,
+                                                              "result": step.text}})
 
 
 def _listening_or_error(serve: Callable[[Settings], int]) -> Callable[[Settings], int]:
@@ -493,6 +640,70 @@ def _doctor(args: argparse.Namespace) -> int:
     except ClusterError as error:
         raise CommandError(str(error)) from error
     return FAILURE if failures else 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    import os
+
+    from webhook.cluster.client import ClusterError, connected
+    from webhook.cluster.credentials import CredentialsError
+    from webhook.cluster.optin import (
+        OptInError,
+        check_namespace,
+        credential_values,
+        opt_in,
+        opt_out,
+    )
+
+    settings = _settings(args)
+    try:
+        with connected(kubeconfig=args.kubeconfig, context=args.context) as cluster:
+            if args.remove:
+                for namespace in args.namespaces:
+                    for step in opt_out(cluster, settings, namespace):
+                        print(step.line(), flush=True)
+                return 0
+            for namespace in args.namespaces:
+                check_namespace(cluster, settings, namespace)
+            values = credential_values(cluster, settings, os.environ, args.source)
+            _warn_development_copy(values)
+            for namespace in args.namespaces:
+                for step in opt_in(cluster, settings, namespace, values):
+                    print(step.line(), flush=True)
+    except (ClusterError, CredentialsError, OptInError) as error:
+        raise CommandError(str(error)) from error
+    return 0
+
+
+def _credentials(args: argparse.Namespace) -> int:
+    import os
+
+    from webhook.cluster.client import ClusterError, connected
+    from webhook.cluster.credentials import CredentialsError
+    from webhook.cluster.optin import credential_values, refresh
+
+    settings = _settings(args)
+    try:
+        with connected(kubeconfig=args.kubeconfig, context=args.context) as cluster:
+            values = credential_values(cluster, settings, os.environ, args.source)
+            if values is None:
+                raise ConfigError(f"credentials.mode is {settings.credentials.mode.value}: "
+                                  "pods read no Secret, so there is nothing to copy")
+            _warn_development_copy(values)
+            for step in refresh(cluster, settings, values, args.namespaces,
+                                dry_run=args.dry_run):
+                print(step.line(), flush=True)
+    except (ClusterError, CredentialsError) as error:
+        raise CommandError(str(error)) from error
+    return 0
+
+
+def _warn_development_copy(values: CredentialValues | None) -> None:
+    if values is not None and values.is_development_default:
+        print(f"{PROG}: warning: copying MinIO's development credentials (from "
+              f"{values.source}); set {ENV_PREFIX}ACCESS_KEY_ID_FILE and "
+              f"{ENV_PREFIX}SECRET_ACCESS_KEY_FILE, or install the webhook with credentials of "
+              "its own, for anything but a local cluster", file=sys.stderr)
 
 
 def _install(args: argparse.Namespace) -> int:

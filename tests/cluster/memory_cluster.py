@@ -4,6 +4,7 @@ generic calls see them."""
 from __future__ import annotations
 
 import copy
+import urllib.parse
 from typing import Any
 
 from webhook.cluster.client import Created
@@ -25,6 +26,9 @@ class MemoryCluster:
 
     def get(self, path: str) -> dict[str, Any] | None:
         self.calls.append(f"GET {path}")
+        collection, _, query = path.partition("?")
+        if query:
+            return self._list(collection, urllib.parse.parse_qs(query))
         found = self.objects.get(path)
         return copy.deepcopy(found) if found is not None else None
 
@@ -44,6 +48,20 @@ class MemoryCluster:
     def delete(self, path: str) -> bool:
         self.calls.append(f"DELETE {path}")
         return self.objects.pop(path, None) is not None
+
+    def _list(self, collection: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        """The objects right under `collection` whose labels hold every ``k=v`` of the
+        ``labelSelector`` (the only selector form the code under test sends)."""
+        wanted = dict(term.split("=", 1) for selector in query.get("labelSelector", [])
+                      for term in selector.split(","))
+        items = []
+        for path, body in sorted(self.objects.items()):
+            if path.rpartition("/")[0] != collection:
+                continue
+            labels = body.get("metadata", {}).get("labels") or {}
+            if all(labels.get(key) == value for key, value in wanted.items()):
+                items.append(copy.deepcopy(body))
+        return {"kind": "List", "items": items}
 
     def _store(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         self._version += 1

@@ -28,10 +28,21 @@ MANIFEST = REPO / "manifests" / "base" / "mutatingwebhookconfiguration.yaml"
 DEV_PATH = webhook_configuration_path(dev.DEV_CONFIGURATION)
 
 
-def test_the_default_url_is_docker_desktops_host_and_listens_everywhere() -> None:
+def test_the_default_url_is_docker_desktops_host_and_listens_on_loopback_only() -> None:
+    # Docker Desktop delivers host.docker.internal's connections to the host's loopback.
     target = dev.parse_url(dev.DEFAULT_URL)
     assert (target.host, target.port, target.listen_host) == (
-        "host.docker.internal", 8443, "0.0.0.0")
+        "host.docker.internal", 8443, "127.0.0.1")
+
+
+@pytest.mark.parametrize(("url", "listen"), [
+    ("https://192.168.49.1:8443/mutate", "192.168.49.1"),  # the address itself, no wider
+    ("https://[fd00::1]:8443/mutate", "fd00::1"),
+    ("https://HOST.DOCKER.INTERNAL:8443/mutate", "127.0.0.1"),
+    ("https://host.minikube.internal:8443/mutate", "0.0.0.0"),  # resolved in the VM only
+])
+def test_the_listen_address_is_the_narrowest_the_cluster_reaches(url: str, listen: str) -> None:
+    assert dev.parse_url(url).listen_host == listen
 
 
 def test_a_loopback_url_is_listened_on_at_loopback_only() -> None:

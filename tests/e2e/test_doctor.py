@@ -12,6 +12,7 @@ no pods), a dev registration left by a killed process, a backend service stopped
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import signal
@@ -26,9 +27,12 @@ from .harness.admission import (
     BACKEND_INJECTOR,
     apply,
     chart_like_pod,
+    clean_environment,
     kubectl_ok,
     new_namespace,
+    opt_in,
     opted_in_labels,
+    run,
     wait_for,
 )
 from .harness.controlplane import ControlPlane
@@ -133,7 +137,10 @@ def wait_for_backend_state(deployment: Deployment, namespace: str, service: str,
 
 @pytest.fixture(scope="module")
 def opted_in(deployment: Deployment) -> str:
-    namespace = new_namespace(deployment.plane, "doctor", opted_in_labels())
+    namespace = new_namespace(deployment.plane, "doctor")
+    said = opt_in(deployment.plane, namespace)
+    assert (f"{namespace}: Secret backend-injector-credentials created, from Secret "
+            "backend-injector/backend-injector-credentials") in said, said
     # A workload as the chart writes them, for doctor to dry-run from its template.
     pod = chart_like_pod("train")
     apply(deployment.plane, {
@@ -154,7 +161,8 @@ def test_green_on_a_healthy_install(deployment: Deployment, opted_in: str) -> No
                  "caBundle verifies the served certificate", "certificate expiry",
                  "webhook endpoints ready", f"namespace {opted_in} selected",
                  "no stale dev registration", "backend mlflow", "backend minio",
-                 "backend fastapi", "dry-run a test pod", "dry-run Deployment/train"):
+                 "backend fastapi", "dry-run a test pod", "dry-run Deployment/train",
+                 f"credentials Secret in {opted_in}"):
         assert checks[name].startswith("ok"), checks
     # Fetched from the endpoint the apiserver calls, and checked against the caBundle.
     assert "backend-injector.backend-injector.svc, from endpoint 10.213.77.2:8443" in checks[
@@ -170,9 +178,62 @@ def test_a_namespace_without_the_label_is_named(deployment: Deployment, opted_in
     assert result.returncode == 1
     broken = failing(result)
     assert set(broken) == {f"namespace {plain} selected", "dry-run a test pod"}, result.stdout
-    assert (f"fix: kubectl label namespace {plain} backend-injector/inject=enabled"
-            in broken[f"namespace {plain} selected"])
+    assert f"fix: backend-injector label {plain}" in broken[f"namespace {plain} selected"]
     assert "came back unchanged" in broken["dry-run a test pod"]
+
+
+def test_a_namespace_labelled_without_its_credentials_secret_is_named(
+        deployment: Deployment, opted_in: str) -> None:
+    """Labelled by hand, the namespace's pods would reference a Secret it lacks and stop in
+    CreateContainerConfigError; doctor names it, and `label` puts it there."""
+    plane = deployment.plane
+    bare = new_namespace(plane, "doctor-bare", opted_in_labels())
+    result = doctor(plane, bare)
+    assert result.returncode == 1
+    line = failing(result)[f"credentials Secret in {bare}"]
+    assert "backend-injector-credentials/access-key-id" in line
+    assert f"fix: backend-injector label {bare}" in line
+    opt_in(plane, bare)
+    assert lines(doctor(plane, bare))[f"credentials Secret in {bare}"].startswith("ok")
+
+
+def test_rotation_reaches_every_copy_and_opting_out_removes_it(
+        deployment: Deployment, opted_in: str) -> None:
+    """A new secret key in the installed webhook's Secret, then `backend-injector credentials`:
+    every opted-in namespace's copy holds it; `label --remove` takes the label and the copy."""
+    plane = deployment.plane
+    other = new_namespace(plane, "doctor-rotation")
+    opt_in(plane, other)
+    source = json.loads(kubectl_ok(plane, "get", "secret", "backend-injector-credentials",
+                                   "-n", NAMESPACE, "-o", "json"))
+    rotated = base64.b64encode(b"rotated-secret-value").decode()
+
+    def set_secret_key(value: str) -> None:
+        kubectl_ok(plane, "patch", "secret", "backend-injector-credentials", "-n", NAMESPACE,
+                   "--type=json", "-p", json.dumps([{"op": "replace",
+                                                     "path": "/data/secret-access-key",
+                                                     "value": value}]))
+
+    set_secret_key(rotated)
+    try:
+        said = run(BACKEND_INJECTOR, "credentials", "--kubeconfig", str(plane.kubeconfig),
+                   env=clean_environment())
+        for namespace in (opted_in, other):
+            assert f"{namespace}: Secret backend-injector-credentials updated" in said, said
+            copy = json.loads(kubectl_ok(plane, "get", "secret", "backend-injector-credentials",
+                                         "-n", namespace, "-o", "json"))
+            assert copy["data"]["secret-access-key"] == rotated
+    finally:
+        set_secret_key(source["data"]["secret-access-key"])
+        run(BACKEND_INJECTOR, "credentials", "--kubeconfig", str(plane.kubeconfig),
+            env=clean_environment())
+    run(BACKEND_INJECTOR, "label", other, "--remove", "--kubeconfig", str(plane.kubeconfig),
+        env=clean_environment())
+    assert plane.kubectl("get", "secret", "backend-injector-credentials", "-n",
+                         other).returncode != 0
+    labels = json.loads(kubectl_ok(plane, "get", "namespace", other, "-o", "json"))[
+        "metadata"].get("labels") or {}
+    assert "backend-injector/inject" not in labels
 
 
 def test_removing_the_label_is_named(deployment: Deployment, opted_in: str) -> None:

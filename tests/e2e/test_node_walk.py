@@ -7,9 +7,10 @@ images as stand-ins (``images.py``), and the external backend on the host where
 a. ``kubectl apply -k manifests/overlays/docker-desktop``: the install Job completes in the
    cluster, the webhook Deployment is 2/2 Ready (its readiness probes pass); then the same
    from the Helm chart (its post-install hook Job), which the rest of the walk uses;
-b. a labelled namespace, ``helm install`` of the unmodified flts chart with
-   ``values-complete.yaml`` (and the inference pod's further waiter, ``backendCheck``, written
-   as other public charts write theirs): every pod Running or Completed, none left in Init;
+b. a namespace opted in with ``backend-injector label``, ``helm install`` of the unmodified
+   flts chart with ``values-complete.yaml`` (and the inference pod's further waiter,
+   ``backendCheck``, written as other public charts write theirs): every pod Running or
+   Completed, none left in Init;
 c. each trainer's run is in MLflow (its REST API) and its artifact in the S3 bucket; then a
    pod whose only init container is a Python socket loop for ``mlflow:5000``, which no reader
    of shell understands and the webhook keeps, goes Running: the webhook, resolving
@@ -17,7 +18,10 @@ c. each trainer's run is in MLflow (its REST API) and its artifact in the S3 buc
    ``mlflow`` at the host, where the external MLflow listens (the safety net);
 d. ``kubectl scale deployment/inference --replicas=5``: 5 Running, the same injected env;
 e. the same chart in an unlabelled namespace stays in Init (``Init:0/2``; the inference pod
-   ``Init:1/2``, its wait-for-kafka passing against the in-cluster Kafka);
+   ``Init:1/2``, its wait-for-kafka passing against the in-cluster Kafka); the labelled
+   namespace's pods read the S3 credentials by reference (the default), from the Secret
+   ``backend-injector label`` put there; the unlabelled one has none, so a pod there that
+   names it cannot start;
 f. faults: a webhook pod deleted while a Deployment scales up by 20, and the webhook rolled
    while another does: every pod admitted mutated, none unmutated, none lost.
 
@@ -40,6 +44,7 @@ from typing import Any
 import pytest
 
 from .harness import images
+from .harness.admission import opt_in
 from .harness.backend import Backend
 from .harness.controlplane import REPO_ROOT, ControlPlane
 from .harness.kubectl import kubectl_json, kubectl_ok, pod_summary, wait_for
@@ -53,6 +58,7 @@ FLTS_VALUES = FLTS_CHART / "values-complete.yaml"
 WEBHOOK_NAMESPACE = "backend-injector"
 INSTALL_JOB = "backend-injector-install"
 INJECT_LABEL = "backend-injector/inject"
+CREDENTIALS_SECRET = "backend-injector-credentials"
 STATUS = "backend-injector/status"
 LABELLED = "flts"
 UNLABELLED = "flts-plain"
@@ -170,7 +176,10 @@ def helm_install(plane: ControlPlane, namespace: str) -> None:
 def create_namespace(plane: ControlPlane, name: str, *, opted_in: bool) -> None:
     kubectl_ok(plane, "create", "namespace", name)
     if opted_in:
-        kubectl_ok(plane, "label", "namespace", name, f"{INJECT_LABEL}=enabled")
+        # As the README says: the label, and the credentials Secret the pods read by reference
+        # (the default credentials mode), copied from the installed webhook's.
+        said = opt_in(plane, name)
+        assert f"{name}: Secret {CREDENTIALS_SECRET} created, from Secret " in said, said
 
 
 def record(key: str, value: Any) -> None:
@@ -470,6 +479,49 @@ def test_e_the_same_chart_in_an_unlabelled_namespace_stays_in_init(
         assert running_waiter(pod) in external_waiters, (name, running_waiter(pod))
     record("unlabelled namespace, pod states after waiting", states)
     assert waiting_pods
+
+
+def credentials_pod() -> dict[str, Any]:
+    """A pod that asks for the credentials the way a mutated pod reads them."""
+    image = images.chart_values()["images"]["train"]
+    reference = {"name": CREDENTIALS_SECRET, "key": "secret-access-key"}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "wants-credentials", "namespace": UNLABELLED},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "main", "image": image, "imagePullPolicy": "Never",
+            "command": ["python3", "-c", "import time; time.sleep(86400)"],
+            "env": [{"name": "AWS_SECRET_ACCESS_KEY",
+                     "valueFrom": {"secretKeyRef": reference}}]}]},
+    }
+
+
+def test_e_a_namespace_that_did_not_opt_in_gets_no_credentials(
+    cluster: ControlPlane, node: Node
+) -> None:
+    """The opted-in namespace's pods read the credentials by reference; the namespace that
+    did not opt in has no copy, so even a pod that names the Secret cannot start."""
+    readers = [
+        item for pod in pods(cluster, LABELLED) for container in pod["spec"]["containers"]
+        for item in container.get("env") or [] if item["name"] == "AWS_SECRET_ACCESS_KEY"]
+    assert readers, "no pod of the chart got the S3 credentials"
+    assert all(item == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
+        "name": CREDENTIALS_SECRET, "key": "secret-access-key"}}} for item in readers), readers
+    assert cluster.kubectl("get", "secret", CREDENTIALS_SECRET, "-n", UNLABELLED).returncode
+    kubectl_ok(cluster, "apply", "-f", "-", input=json.dumps(credentials_pod()))
+
+    def refused() -> str | None:
+        pod = kubectl_json(cluster, "get", "pod", "wants-credentials", "-n", UNLABELLED)
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") == "CreateContainerConfigError":
+                return str(waiting.get("message"))
+        return None
+
+    message = wait_for("the kubelet refusing the pod's missing Secret", refused,
+                       timeout=ROLLOUT_TIMEOUT, interval=1,
+                       describe=lambda: describe(cluster, node, UNLABELLED))
+    assert CREDENTIALS_SECRET in message and "not found" in message, message
 
 
 # --- f: faults while Deployments scale ------------------------------------------------------

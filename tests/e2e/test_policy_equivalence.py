@@ -14,8 +14,8 @@ timestamps, resourceVersion, managedFields, status, namespace and the random suf
 service-account token volume). Both sides went through the same defaulting, so any difference
 is a difference between the CEL and the Python rules (harness/policy_twin.py).
 
-Instances: the embedded default (remove, credentials as values, v1), rewrite mode (v1), and
-secretKeyRef credentials with ``add_env_to: all`` through the v1beta1 API.
+Instances: the embedded default (remove, credentials by reference, v1), rewrite mode (v1), and
+credentials as values with ``add_env_to: all`` through the v1beta1 API.
 
 Besides the chart and the edge pods, the cases hold a pod for each word of the grammar in a
 waiter, for each host form of each managed service, and for each spelling of the opt-out;

@@ -440,16 +440,17 @@ def test_variable_ports_are_replaced_with_the_external_port() -> None:
 def test_value_mode_puts_the_credentials_in_the_policy_and_says_so() -> None:
     settings = load_settings(environ={"BACKEND_INJECTOR_ACCESS_KEY_ID": "AKIDVISIBLE",
                                       "BACKEND_INJECTOR_SECRET_ACCESS_KEY": "SECRETVISIBLE"})
+    settings = dataclasses.replace(settings, credentials=dataclasses.replace(
+        settings.credentials, mode=CredentialMode.VALUE))
     text = policy.run_policy_command(settings)
     assert "AKIDVISIBLE" in text and "SECRETVISIBLE" in text
     assert "WARNING" in text.split("---")[0]
 
 
-def test_secret_key_ref_mode_keeps_credential_values_out() -> None:
+def test_the_default_mode_keeps_credential_values_out() -> None:
     settings = load_settings(environ={"BACKEND_INJECTOR_ACCESS_KEY_ID": "AKIDHIDDEN",
                                       "BACKEND_INJECTOR_SECRET_ACCESS_KEY": "SECRETHIDDEN"})
-    settings = dataclasses.replace(settings, credentials=dataclasses.replace(
-        settings.credentials, mode=CredentialMode.SECRET_KEY_REF))
+    assert settings.credentials.mode is CredentialMode.SECRET_KEY_REF
     text = policy.run_policy_command(settings)
     assert "AKIDHIDDEN" not in text and "SECRETHIDDEN" not in text
     assert "WARNING" not in text

@@ -11,6 +11,10 @@ Each folder under ``tests/fixtures/`` is one case (its name is the test id):
   ``warnings_contain``, substrings each found in some warning) and ``xfail`` (a reason: the
   code is known to disagree with the fixture; strict, so the mark must go when it is fixed).
 
+The cases are written in ``credentials.mode: value`` unless their ``settings`` choose another
+mode (``FIXTURE_BASELINE``): a literal value shows in the expected pod exactly what the rules
+put there. The default mode, by reference, has a case of its own (``secret-key-ref``).
+
 Every case is also fed its own output: a second review must return no patch (the apiserver
 may call again with reinvocationPolicy IfNeeded). A few cases go through the real CLI too.
 """
@@ -45,6 +49,8 @@ EXPECT_KEYS = frozenset({"patched", "warnings_contain"})
 # Enough for the real CLI to start, read one review and answer; it normally takes well under 1 s.
 CLI_TIMEOUT_SECONDS = 30
 CLI_CASES = ("gru-trainer", "rewrite-action", "v1beta1")
+# Merged under every case's settings (see the module docstring).
+FIXTURE_BASELINE: dict[str, Any] = {"credentials": {"mode": "value"}}
 
 
 @dataclass(frozen=True)
@@ -88,11 +94,16 @@ def load_case(name: str) -> Case:
         request_bytes=request_bytes,
         review=json.loads(request_bytes),
         expected=expected,
-        settings=document.get("settings") or {},
+        settings=_with_baseline(document.get("settings") or {}),
         patched=bool(expect.get("patched", True)),
         warnings_contain=tuple(expect.get("warnings_contain") or ()),
         xfail=document.get("xfail"),
     )
+
+
+def _with_baseline(settings: dict[str, Any]) -> dict[str, Any]:
+    credentials = {**FIXTURE_BASELINE["credentials"], **(settings.get("credentials") or {})}
+    return {**settings, "credentials": credentials}
 
 
 def _params(names: list[str] | tuple[str, ...]) -> list[Any]:

@@ -17,8 +17,9 @@ EXTERNAL_ENV = {
     "MLFLOW_TRACKING_URI": "http://host.docker.internal:5000",
     "MLFLOW_S3_ENDPOINT_URL": "http://host.docker.internal:9000",
     "GATEWAY_URL": "http://host.docker.internal:8000",
-    "AWS_ACCESS_KEY_ID": "minioadmin",
-    "AWS_SECRET_ACCESS_KEY": "minioadmin",
+    # By reference, the default: the Secret of the pod's own namespace.
+    "AWS_ACCESS_KEY_ID": "secretKeyRef:backend-injector-credentials/access-key-id",
+    "AWS_SECRET_ACCESS_KEY": "secretKeyRef:backend-injector-credentials/secret-access-key",
 }
 
 
@@ -28,7 +29,14 @@ def mutated(rules: Rules, original: dict[str, Any]) -> dict[str, Any]:
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {entry["name"]: entry.get("value", "") for entry in container.get("env", [])}
+    """Each variable's value, or ``secretKeyRef:NAME/KEY`` for one read from a Secret."""
+    return {entry["name"]: entry["value"] if "value" in entry else _reference(entry)
+            for entry in container.get("env", [])}
+
+
+def _reference(entry: dict[str, Any]) -> str:
+    reference = (entry.get("valueFrom") or {}).get("secretKeyRef")
+    return f"secretKeyRef:{reference['name']}/{reference['key']}" if reference else ""
 
 
 def test_the_trainer_loses_its_mlflow_wait_and_keeps_kafka(rules: Rules) -> None:

@@ -33,8 +33,11 @@ def test_mutate_over_tls_returns_a_patch_that_applies(server: Server) -> None:
     assert answer["uid"] == "uid-1"
     patched = jsonpatch.apply_patch(pod(), json.loads(base64.b64decode(answer["patch"])))
     assert [c["name"] for c in patched["spec"]["initContainers"]] == ["wait-for-kafka"]
-    env = {e["name"]: e["value"] for e in patched["spec"]["containers"][0]["env"]}
-    assert env["AWS_SECRET_ACCESS_KEY"] == SECRET
+    env = {e["name"]: e for e in patched["spec"]["containers"][0]["env"]}
+    # By reference: the server holds real credentials, and no answer carries them.
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secret-access-key"
+    assert SECRET not in response.text
+    assert SECRET not in base64.b64decode(answer["patch"]).decode()
 
 
 def test_keep_alive_serves_many_reviews_on_one_connection(server: Server) -> None:

@@ -23,9 +23,13 @@ def test_embedded_default_is_the_docker_desktop_backend() -> None:
         "MLFLOW_S3_ENDPOINT_URL": "http://host.docker.internal:9000",
         "GATEWAY_URL": "http://host.docker.internal:8000",
     }
-    assert settings.credentials.is_development_default
+    # By reference: the development default this process holds never reaches a pod.
+    assert settings.credentials.mode is CredentialMode.SECRET_KEY_REF
+    assert settings.credentials.access_key_id == "minioadmin"
+    assert not settings.credentials.is_development_default
     serving = settings.serving
-    assert (serving.host, serving.port, serving.workers) == ("0.0.0.0", 8443, 1)
+    # Loopback outside a container; the image, manifests and chart pass --host 0.0.0.0.
+    assert (serving.host, serving.port, serving.workers) == ("127.0.0.1", 8443, 1)
     assert "kube-system" in settings.excluded_namespaces
 
 

@@ -45,6 +45,9 @@ from webhook.settings import Settings, hosts_without_address
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "https://host.docker.internal:8443/mutate"
+# Names whose connections Docker Desktop delivers to the host's loopback.
+FORWARDED_TO_LOOPBACK = frozenset({"host.docker.internal", "docker.for.mac.localhost",
+                                   "docker.for.win.localhost"})
 DEV_CONFIGURATION = "backend-injector-dev"
 DEV_WEBHOOK = "dev.backend-injector.local"
 # Who made the registration; `DevRegistration` reads them to tell a live one from a stale one.
@@ -88,9 +91,16 @@ class Target:
 def parse_url(url: str, *, listen_host: str | None = None) -> Target:
     """Check `url` is an https URL with a host, and choose where to listen.
 
-    Without `listen_host`, a loopback URL is listened on at that address only; any other host
-    (``host.docker.internal``, an IP of this machine) on every interface, because the VM or
-    container the apiserver runs in reaches the host through an interface of its own.
+    Without `listen_host`, the narrowest address the cluster can still reach:
+
+    * a loopback URL, and ``host.docker.internal``: loopback. Docker Desktop forwards a
+      connection to ``host.docker.internal`` to the host's loopback (vpnkit's ``--host-ip``:
+      "connections to this IP will be forwarded to localhost on the host"), so nothing on
+      the LAN can reach the dev webhook;
+    * an IP address: that address only (it must be one of this machine's);
+    * any other name (``host.minikube.internal``, ``host.k3d.internal``...): every interface,
+      because it is resolved inside the cluster's VM or container network, and which of this
+      machine's interfaces that reaches cannot be known from here; ``--listen`` narrows it.
     """
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme != "https" or not parsed.hostname:
@@ -103,8 +113,19 @@ def parse_url(url: str, *, listen_host: str | None = None) -> Target:
         raise DevError(f"--url {url!r} has an invalid port") from None
     host = parsed.hostname
     if listen_host is None:
-        listen_host = host if _is_loopback(host) else "0.0.0.0"
+        listen_host = _narrowest_listen_address(host)
     return Target(url=url, host=host, port=port, listen_host=listen_host)
+
+
+def _narrowest_listen_address(host: str) -> str:
+    if host.lower() in FORWARDED_TO_LOOPBACK:
+        return "127.0.0.1"
+    if _is_loopback(host):
+        return host
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "0.0.0.0"
 
 
 def _is_loopback(host: str) -> bool:
@@ -321,8 +342,7 @@ def run_dev(
                             extra={"fields": {"url": target.url, "server": cluster.server,
                                               "configuration": DEV_CONFIGURATION,
                                               "replaced_stale": replaced,
-                                              "opt_in": f"kubectl label namespace NAME "
-                                                        f"{INJECT_KEY}=enabled"}})
+                                              "opt_in": "backend-injector label NAME"}})
             except (ClusterError, DevError) as error:
                 failure.append(error)
                 # The server owns the main thread; a signal is how it is asked to stop.

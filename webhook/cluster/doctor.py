@@ -7,7 +7,8 @@ and checked as the apiserver checks it); that certificate is not about to expire
 has ready endpoints; the namespace is selected; no dev registration was left behind by a killed
 process; what the webhook sees of the external backend; and the decisive one, a server-side
 dry-run create (``dryRun=All``) of a pod in the namespace and of the pod templates of its
-workloads, whose admission warnings say what the webhook changed. The dry run goes through
+workloads, whose admission warnings say what the webhook changed; the Secret the admitted test
+pod reads its credentials from, when it reads them by reference. The dry run goes through
 every admission step a real create takes, so it fails exactly when a real pod would.
 
 Only `webhook.cluster.client` talks to the cluster, and certificates are judged by `webhook.certs`.
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from webhook import certs
-from webhook.cluster import dev
+from webhook.cluster import credentials, dev
 from webhook.cluster.checks import Check, Status, failed, passed, refused, warned
 from webhook.cluster.client import (
     Cluster,
@@ -72,6 +73,8 @@ class Doctor:
         self.tls_secret = tls_secret
         self.now = now if now is not None else dt.datetime.now(dt.UTC)
         self.endpoints = ServiceEndpoints(cluster)
+        # Where a refused dry run's fix sends the user; known once the registration is read.
+        self.webhook_log = _log_command(None)
 
     def run(self) -> Iterator[Check]:
         """The checks in order, each as soon as it is made. A request the cluster refuses
@@ -89,6 +92,7 @@ class Doctor:
             yield refused("webhook configuration", error)
             return
         configuration = installed if installed is not None else dev_registration
+        self.webhook_log = _log_command(configuration)
         yield self._registered(installed, dev_registration)
         if configuration is not None:
             webhook = (configuration.get("webhooks") or [{}])[0]
@@ -160,7 +164,8 @@ class Doctor:
                                 f"{dev.DEV_CONFIGURATION} calls {url}")
         return failed(name, f"no MutatingWebhookConfiguration {self.webhook_configuration}",
                       "install the webhook (helm install backend-injector "
-                      "charts/backend-injector, or kubectl apply -k "
+                      "charts/backend-injector -n backend-injector --create-namespace, or "
+                      "kubectl apply -k "
                       "manifests/overlays/docker-desktop), or run backend-injector dev")
 
     def _served(self, client_config: Mapping[str, Any]) -> Served:
@@ -267,7 +272,8 @@ class Doctor:
                           "run the workloads in another namespace")
         return failed(name, f"{self.namespace} lacks the label {INJECT_KEY}=enabled, so "
                             "the apiserver never sends its pods",
-                      f"kubectl label namespace {self.namespace} {INJECT_KEY}=enabled")
+                      f"backend-injector label {self.namespace} (the label, and the "
+                      "credentials Secret its pods read)")
 
     def _dev_leftover(self, configuration: JsonObject | None, *, active: bool) -> Check:
         name = "no stale dev registration"
@@ -328,29 +334,55 @@ class Doctor:
     def _dry_runs(self) -> Iterator[Check]:
         if self.cluster.get(namespace_path(self.namespace)) is None:
             return
-        yield self._dry_run("a test pod", trial_pod(), decisive=True)
+        trial, admitted = self._dry_run("a test pod", trial_pod(), decisive=True)
+        yield trial
+        if admitted is not None:
+            yield self._credentials(admitted)
         workloads = list(workload_pods(self.cluster, self.namespace))
         for label, pod in workloads[:MOST_WORKLOADS]:
-            yield self._dry_run(label, pod, decisive=False)
+            yield self._dry_run(label, pod, decisive=False)[0]
         if len(workloads) > MOST_WORKLOADS:
             yield passed("dry-run", f"{len(workloads) - MOST_WORKLOADS} more workloads not tried")
 
-    def _dry_run(self, label: str, pod: JsonObject, *, decisive: bool) -> Check:
+    def _dry_run(self, label: str, pod: JsonObject, *,
+                 decisive: bool) -> tuple[Check, JsonObject | None]:
+        """The verdict, and the pod as admitted when the webhook changed it."""
         name = f"dry-run {label}"
         path = namespaced_path("v1", self.namespace, "pods")
         try:
             created = self.cluster.create(path, pod, dry_run=True)
         except ClusterError as error:
-            return failed(name, f"refused in {self.namespace}: {error}", _refusal_fix(str(error)))
+            return failed(name, f"refused in {self.namespace}: {error}",
+                          _refusal_fix(str(error), self.webhook_log)), None
         annotations = (created.object.get("metadata") or {}).get("annotations") or {}
         changes = "; ".join(created.warnings) or "the webhook's status annotation only"
         if STATUS_KEY in annotations:
-            return passed(name, f"changed by the webhook: {changes}")
+            return passed(name, f"changed by the webhook: {changes}"), created.object
         if decisive:
             return failed(name, f"came back unchanged from {self.namespace}: the webhook was "
                                 "not called, or failed open",
-                          "see the failed checks above")
-        return passed(name, "nothing for the webhook to change")
+                          "see the failed checks above"), None
+        return passed(name, "nothing for the webhook to change"), None
+
+    def _credentials(self, admitted: JsonObject) -> Check:
+        """The Secret the admitted test pod reads by reference is there, with its keys: a pod
+        admitted with a reference to nothing stops in CreateContainerConfigError."""
+        name = f"credentials Secret in {self.namespace}"
+        wanted = sorted(set(credentials.references(admitted)))
+        if not wanted:
+            return passed(name, "not needed: the webhook writes no secretKeyRef here")
+        try:
+            missing = credentials.missing_references(self.cluster, self.namespace, wanted)
+        except ClusterError as error:
+            return refused(name, error)
+        if missing:
+            return failed(name, f"pods will reference {', '.join(missing)}, which "
+                                f"{self.namespace} lacks (they would not start)",
+                          f"backend-injector label {self.namespace} (copies it from the "
+                          "installed webhook's Secret), or list the namespace in the chart's "
+                          "credentials.namespaces")
+        names = sorted({secret for secret, _ in wanted})
+        return passed(name, f"{', '.join(names)} holds every key pods reference")
 
 
 # --- the backend, as the webhook sees it -----------------------------------------------------
@@ -405,12 +437,24 @@ def _describe_target(client_config: Mapping[str, Any]) -> str:
             f"{service.get('port', 443)}{service.get('path', '')}")
 
 
-def _refusal_fix(message: str) -> str:
+def _log_command(configuration: Mapping[str, Any] | None) -> str:
+    """How to read the log of the webhook a configuration calls: its Deployment bears its
+    Service's name, in whichever namespace it was installed (the chart's is the release's)."""
+    client_config = ((configuration or {}).get("webhooks") or [{}])[0].get("clientConfig") or {}
+    service = client_config.get("service") or {}
+    if service.get("name") and service.get("namespace"):
+        return f"kubectl -n {service['namespace']} logs deploy/{service['name']}"
+    if client_config.get("url"):
+        return "the output of backend-injector dev"
+    return "the log of the webhook named in the message"
+
+
+def _refusal_fix(message: str, webhook_log: str) -> str:
     lowered = message.lower()
     if "x509" in lowered or "certificate" in lowered:
         return "the caBundle does not trust what the webhook serves: backend-injector install"
     if "no endpoints" in lowered or "connection refused" in lowered or "timeout" in lowered:
         return "the webhook is not running or not reachable from the apiserver"
     if "failed calling webhook" in lowered:
-        return "see the webhook's log: kubectl -n backend-injector logs deploy/backend-injector"
+        return f"see the webhook's log: {webhook_log}"
     return "the apiserver's message above says what a real create would meet"

@@ -2,8 +2,10 @@
 built from their merge.
 
 The embedded default is the Docker Desktop backend: MLflow, MinIO and the FastAPI gateway on
-``host.docker.internal`` at 5000, 9000 and 8000, and MinIO's development credentials
-``minioadmin``/``minioadmin`` (warned about at start).
+``host.docker.internal`` at 5000, 9000 and 8000, and the S3 credentials by reference: pods get
+``valueFrom.secretKeyRef`` to the Secret ``backend-injector-credentials`` of their own namespace.
+The values this process holds (MinIO's development ``minioadmin``/``minioadmin`` unless given)
+reach pods only in ``value`` mode, warned about at start.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def default_document() -> dict[str, Any]:
             "MLFLOW_S3_ENDPOINT_URL": "http://{minio}",
             "GATEWAY_URL": "http://{fastapi}",
         },
-        "credentials": {"mode": "value", "secret_name": "backend-injector-credentials"},
+        "credentials": {"mode": "secretKeyRef", "secret_name": "backend-injector-credentials"},
         "excluded_namespaces": [
             "kube-system", "kube-public", "kube-node-lease", "backend-injector",
         ],
@@ -224,7 +226,7 @@ def _credentials(spec: Mapping[str, Any], environ: Mapping[str, str]) -> Credent
     return Credentials(
         access_key_id=secret_from_env(environ, "ACCESS_KEY_ID"),
         secret_access_key=secret_from_env(environ, "SECRET_ACCESS_KEY"),
-        mode=enum_value(CredentialMode, spec.get("mode", "value"), "credentials.mode"),
+        mode=enum_value(CredentialMode, spec.get("mode", "secretKeyRef"), "credentials.mode"),
         secret_name=str(spec.get("secret_name", "backend-injector-credentials")),
         access_key_id_key=str(spec.get("access_key_id_key", "access-key-id")),
         secret_access_key_key=str(spec.get("secret_access_key_key", "secret-access-key")),

@@ -38,7 +38,7 @@ class Action(StrEnum):
 class CredentialMode(StrEnum):
     """How the S3 credentials reach the pods."""
 
-    VALUE = "value"  # literal values in the pod spec
+    VALUE = "value"  # literal values in the pod spec: anyone who can post a review reads them
     SECRET_KEY_REF = "secretKeyRef"  # a reference to a Secret in the pod's own namespace
     NONE = "none"  # not managed: the chart's own credentials stay
 
@@ -80,7 +80,8 @@ class Credentials:
 
     access_key_id: str = field(repr=False)
     secret_access_key: str = field(repr=False)
-    mode: CredentialMode = CredentialMode.VALUE
+    # By reference by default: no answer then carries a credential, whoever asks.
+    mode: CredentialMode = CredentialMode.SECRET_KEY_REF
     secret_name: str = "backend-injector-credentials"
     # Keys inside that Secret, in secretKeyRef mode.
     access_key_id_key: str = "access-key-id"
@@ -88,8 +89,11 @@ class Credentials:
 
     @property
     def is_development_default(self) -> bool:
-        if self.mode is CredentialMode.NONE:
-            return False  # nothing reaches a pod
+        """Whether MinIO's development default is what this process would write into pods.
+        Only in ``value`` mode does it: by reference, pods read the Secret of their namespace,
+        whatever this process holds."""
+        if self.mode is not CredentialMode.VALUE:
+            return False
         return DEVELOPMENT_CREDENTIAL in (self.access_key_id, self.secret_access_key)
 
 
@@ -112,7 +116,10 @@ class Serving:
     bounds change them with ``dataclasses.replace``).
     """
 
-    host: str = "0.0.0.0"
+    # Loopback: outside a container nothing else needs to reach it (Docker Desktop forwards
+    # host.docker.internal to the host's loopback); a pod's or container's serve is started
+    # with --host 0.0.0.0 (the manifests, the chart and the image's default command do).
+    host: str = "127.0.0.1"
     port: int = 8443
     workers: int = 1
     # Both or neither. Neither: ``serve`` makes a throw-away self-signed pair for localhost.

@@ -130,11 +130,13 @@ def _credentials() -> dict[str, Any]:
             "mode": {
                 "type": "string",
                 "enum": list(CREDENTIAL_MODES),
-                "default": "value",
+                "default": "secretKeyRef",
                 "description": (
-                    "value: the credentials are written into the pod spec; secretKeyRef: pods "
-                    "reference the Secret secret_name in their own namespace; none: no "
-                    "credentials are managed at all (the chart's own stay as they are)."
+                    "secretKeyRef (default): pods reference the Secret secret_name in their "
+                    "own namespace, and no answer of the webhook carries a credential; value: "
+                    "the credentials are written into the pod spec, so whoever can post a "
+                    "review to the webhook reads them; none: no credentials are managed at all "
+                    "(the chart's own stay as they are)."
                 ),
             },
             "secret_name": {

@@ -9,6 +9,7 @@ to change, and the checks of what admission made of it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,11 @@ EXTERNAL_ENV = {
     "MLFLOW_TRACKING_URI": "http://host.docker.internal:5000",
     "MLFLOW_S3_ENDPOINT_URL": "http://host.docker.internal:9000",
     "GATEWAY_URL": "http://host.docker.internal:8000",
-    "AWS_ACCESS_KEY_ID": "minioadmin",
-    "AWS_SECRET_ACCESS_KEY": "minioadmin",
+    # By reference (the default): the Secret of the pod's own namespace, never a value.
+    "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "backend-injector-credentials",
+                                           "key": "access-key-id"}},
+    "AWS_SECRET_ACCESS_KEY": {"secretKeyRef": {"name": "backend-injector-credentials",
+                                               "key": "secret-access-key"}},
 }
 TIMEOUT = 30.0
 
@@ -103,6 +107,20 @@ def settle_namespace(plane: ControlPlane, name: str, timeout: float = 60.0) -> N
 
 def opted_in_labels() -> dict[str, str]:
     return {INJECT_LABEL: "enabled"}
+
+
+def opt_in(plane: ControlPlane, namespace: str) -> str:
+    """``backend-injector label NAMESPACE``, as a user opts a namespace in: the credentials
+    Secret its pods read, copied from the installed webhook's, then the label. Its output."""
+    return run(BACKEND_INJECTOR, "label", namespace, "--kubeconfig", str(plane.kubeconfig),
+               env=clean_environment())
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without BACKEND_INJECTOR_* (the CLI would take them as the
+    credentials to copy)."""
+    return {key: value for key, value in os.environ.items()
+            if not key.startswith("BACKEND_INJECTOR_")}
 
 
 def chart_like_pod(

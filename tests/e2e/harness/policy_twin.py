@@ -64,18 +64,17 @@ class Instance:
 
 
 def _instances() -> list[Instance]:
-    default = load_settings(environ={})
+    default = load_settings(environ={})  # credentials by reference
     rewrite = dataclasses.replace(default, action=Action.REWRITE)
-    secret_ref = dataclasses.replace(
+    by_value = dataclasses.replace(
         default,
-        credentials=dataclasses.replace(default.credentials, mode=CredentialMode.SECRET_KEY_REF),
+        credentials=dataclasses.replace(default.credentials, mode=CredentialMode.VALUE),
         add_env_to=EnvScope.ALL,
     )
     return [
         Instance("bi-remove", default, "admissionregistration.k8s.io/v1", "e2e-remove"),
         Instance("bi-rewrite", rewrite, "admissionregistration.k8s.io/v1", "e2e-rewrite"),
-        Instance("bi-secretref", secret_ref, "admissionregistration.k8s.io/v1beta1",
-                 "e2e-secretref"),
+        Instance("bi-value", by_value, "admissionregistration.k8s.io/v1beta1", "e2e-value"),
     ]
 
 
