@@ -1,9 +1,12 @@
 """The webhook's Helm chart (charts/backend-injector): lint, values schema, and one deployment
 truth with two front doors.
 
-`helm template` of the chart and `kubectl kustomize` of the overlays are compared object by
-object for the same settings. What differs by nature, and nothing else, is removed before the
-comparison (``normalise``):
+`helm template -n backend-injector` of the chart and `kubectl kustomize` of the overlays are
+compared object by object for the same settings. What differs by nature, and nothing else, is
+removed before the comparison (``normalise``):
+
+* the overlays' Namespace: the chart's objects go in the release namespace, which Helm makes
+  (``--create-namespace``) or finds, and which the chart therefore neither creates nor owns;
 
 * Helm's labels on every object's metadata (``HELM_LABELS``);
 * the hook annotations of the install Job, which Helm runs after every install and upgrade
@@ -38,6 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "backend-injector"
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 OVERLAYS = REPO / "manifests" / "overlays"
+# Where the README installs the release, and where the kustomize base puts the webhook.
+NAMESPACE = "backend-injector"
+# What no object of the chart has: a namespace of its own.
+CLUSTER_SCOPED = frozenset({"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"})
 
 HELM_LABELS = frozenset({
     "app.kubernetes.io/instance",
@@ -66,8 +73,10 @@ def helm(tmp_path: Path, *arguments: str, check: bool = True) -> subprocess.Comp
     return result
 
 
-def template(tmp_path: Path, *arguments: str) -> Objects:
-    output = helm(tmp_path, "template", "backend-injector", str(CHART), *arguments).stdout
+def template(tmp_path: Path, *arguments: str, namespace: str = NAMESPACE) -> Objects:
+    """The chart as `helm install -n NAMESPACE` would create it."""
+    output = helm(tmp_path, "template", "backend-injector", str(CHART), "--namespace", namespace,
+                  *arguments).stdout
     return [item for item in yaml.safe_load_all(output) if item]
 
 
@@ -127,6 +136,10 @@ def normalise(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def assert_same_objects(chart: Objects, kustomized: Objects) -> None:
+    """The same objects, but the overlay's Namespace, which is the release namespace."""
+    (namespace,) = [item for item in kustomized if item["kind"] == "Namespace"]
+    assert namespace["metadata"]["name"] == NAMESPACE
+    kustomized = [item for item in kustomized if item is not namespace]
     left, right = by_key(chart), by_key(kustomized)
     assert sorted(left) == sorted(right)
     for object_key in sorted(left):
@@ -184,6 +197,8 @@ def coalesce(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         ("certificates.method=vault", "method"),
         ("replicas=0", "replicas"),
         ("webhook.timeoutSeconds=60", "timeoutSeconds"),
+        # Gone: the namespace is the release's. Refused rather than silently ignored.
+        ("namespace.name=injector", "namespace"),
     ],
 )
 def test_helm_refuses_values_the_schema_does_not_allow(
@@ -319,12 +334,12 @@ def test_the_default_excluded_namespaces_the_chart_knows_are_the_webhooks() -> N
 
 
 def test_another_namespace_is_excluded_by_the_webhook_itself_too(tmp_path: Path) -> None:
-    settings = settings_of(template(tmp_path, "--set", "namespace.name=injector"), tmp_path)
+    settings = settings_of(template(tmp_path, namespace="injector"), tmp_path)
     assert settings.excluded_namespaces == {"kube-system", "kube-public", "kube-node-lease",
                                             "injector"}
     # What the values say wins.
-    given = template(tmp_path, "--set", "namespace.name=injector",
-                     "--set", "config.excluded_namespaces={kube-system,injector}")
+    given = template(tmp_path, "--set", "config.excluded_namespaces={kube-system,injector}",
+                     namespace="injector")
     assert settings_of(given, tmp_path).excluded_namespaces == {"kube-system", "injector"}
 
 
@@ -392,29 +407,106 @@ def test_existing_secret_keys_are_mapped_to_the_files_the_webhook_reads(tmp_path
     assert {Path(path).name for path in files.values()} == {"access-key-id", "secret-access-key"}
 
 
-def test_the_namespace_label_and_the_namespace_follow_the_values(tmp_path: Path) -> None:
+def test_the_opt_in_label_follows_the_values(tmp_path: Path) -> None:
     objects = template(tmp_path, "--set", "webhook.namespaceLabel.key=example.com/backend",
-                       "--set", "webhook.namespaceLabel.value=yes",
-                       "--set", "namespace.name=injector")
+                       "--set", "webhook.namespaceLabel.value=yes")
     (webhook,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
     assert webhook["namespaceSelector"]["matchExpressions"] == [
         {"key": "example.com/backend", "operator": "In", "values": ["yes"]},
         {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-         "values": ["injector", "kube-system"]},
+         "values": [NAMESPACE, "kube-system"]},
     ]
-    assert webhook["clientConfig"]["service"]["namespace"] == "injector"
-    namespace = one(objects, "Namespace")
-    assert namespace["metadata"]["name"] == "injector"
-    assert namespace["metadata"]["labels"]["example.com/backend"] == "disabled"
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding",
-                      "MutatingWebhookConfiguration"}
-    assert {item["metadata"].get("namespace") for item in objects
-            if item["kind"] not in cluster_scoped} == {"injector"}
-    job = one(objects, "Job")
-    arguments = pod_template(job)["spec"]["containers"][0]["args"]
-    assert arguments[arguments.index("--namespace") + 1] == "injector"
 
 
-def test_without_namespace_creation_no_namespace_is_rendered(tmp_path: Path) -> None:
-    objects = template(tmp_path, "--set", "namespace.create=false")
+# --- the release namespace
+
+CERT_MANAGER = CHART / "examples" / "cert-manager.yaml"
+
+
+def values_arguments(values: Path | None) -> list[str]:
+    return ["-f", str(values)] if values else []
+
+
+@pytest.mark.parametrize("values", [None, CERT_MANAGER],
+                         ids=lambda path: path.name if path else "job")
+def test_every_namespaced_object_and_reference_follows_the_release_namespace(
+    tmp_path: Path, values: Path | None
+) -> None:
+    objects = template(tmp_path, *values_arguments(values), namespace="other")
+    # Helm makes the namespace (--create-namespace) or finds it: the chart never owns it.
     assert not [item for item in objects if item["kind"] == "Namespace"]
+    for item in objects:
+        expected = None if item["kind"] in CLUSTER_SCOPED else "other"
+        assert item["metadata"].get("namespace") == expected, key(item)
+
+    configuration = one(objects, "MutatingWebhookConfiguration")
+    (webhook,) = configuration["webhooks"]
+    assert webhook["clientConfig"]["service"] == {
+        "name": "backend-injector", "namespace": "other", "path": "/mutate", "port": 443}
+    assert webhook["namespaceSelector"]["matchExpressions"][1] == {
+        "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+        "values": ["other", "kube-system"]}
+    excluded = settings_of(objects, tmp_path).excluded_namespaces
+    assert "other" in excluded and NAMESPACE not in excluded
+
+    if values is None:
+        for kind in ("Job", "CronJob"):
+            arguments = pod_template(one(objects, kind))["spec"]["containers"][0]["args"]
+            assert arguments[arguments.index("--namespace") + 1] == "other", kind
+        for kind in ("RoleBinding", "ClusterRoleBinding"):
+            (subject,) = one(objects, kind)["subjects"]
+            assert subject["namespace"] == "other", kind
+    else:
+        annotations = configuration["metadata"]["annotations"]
+        assert annotations["cert-manager.io/inject-ca-from"] == "other/backend-injector-serving"
+        serving = one(objects, "Certificate", "backend-injector-serving")["spec"]
+        assert serving["commonName"] == "backend-injector.other.svc"
+        assert serving["dnsNames"] == [
+            "backend-injector", "backend-injector.other", "backend-injector.other.svc",
+            "backend-injector.other.svc.cluster.local"]
+
+
+def strings(value: Any, under: str = "") -> list[tuple[str, str]]:
+    """Every string of a rendered object, keys included, with the key it is found under; the
+    ConfigMap's config.yaml is read as the YAML it holds."""
+    if isinstance(value, dict):
+        found = [(under, name) for name in value]
+        for name, item in value.items():
+            found += strings(yaml.safe_load(item) if name == "config.yaml" else item, name)
+        return found
+    if isinstance(value, list):
+        return [pair for item in value for pair in strings(item, under)]
+    return [(under, value)] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize("values", [None, CERT_MANAGER],
+                         ids=lambda path: path.name if path else "job")
+def test_nothing_rendered_for_another_namespace_still_names_the_default_one(
+    tmp_path: Path, values: Path | None
+) -> None:
+    """Every string of every object, rendered for the namespace `other` with object names and
+    the values' names that are not the chart's own set apart: `backend-injector` is left only
+    where it names the chart, never where it would name a namespace (a hard-coded
+    `namespace: backend-injector`, a `SERVICE.backend-injector.svc`, an argument...)."""
+    objects = template(tmp_path, *values_arguments(values), "--set", "fullnameOverride=webhook",
+                       "--set", "image.repository=registry.example.com/webhook",
+                       "--set", "config.credentials.secret_name=s3", namespace="other")
+    chart_labels = {"app.kubernetes.io/name", "app.kubernetes.io/part-of",
+                    "app.kubernetes.io/instance", "helm.sh/chart"}
+    left = sorted({(under, text) for item in objects for under, text in strings(item)
+                   if NAMESPACE in text
+                   and under not in chart_labels
+                   # The opt-in label, the webhook's files in its container, and the
+                   # cert-manager CA's human-readable name.
+                   and not text.startswith((f"{NAMESPACE}/inject", f"/etc/{NAMESPACE}/"))
+                   and text != f"{NAMESPACE} webhook CA"})
+    assert left == []
+    # The test sees what it looks for: the same strings rendered for the default namespace.
+    default = template(tmp_path, *values_arguments(values), "--set", "fullnameOverride=webhook")
+    assert ("namespace", NAMESPACE) in {pair for item in default for pair in strings(item)}
+
+
+def test_a_release_in_kube_system_names_it_once_in_the_selector(tmp_path: Path) -> None:
+    (webhook,) = one(template(tmp_path, namespace="kube-system"),
+                     "MutatingWebhookConfiguration")["webhooks"]
+    assert webhook["namespaceSelector"]["matchExpressions"][1]["values"] == ["kube-system"]

@@ -65,7 +65,7 @@ for values in "${values_files[@]}"; do
     if [[ -n $values ]]; then args=(-f "$values"); fi
     "$helm" lint --strict --quiet "$chart" "${args[@]}"
     out="$rendered/helm_$(basename "${values:-defaults.yaml}")"
-    "$helm" template backend-injector "$chart" "${args[@]}" >"$out"
+    "$helm" template backend-injector "$chart" -n backend-injector "${args[@]}" >"$out"
     echo "check-manifests: helm lint and template of $chart ${values:-(defaults)}"
 done
 

@@ -232,3 +232,25 @@ def test_a_pod_state_is_its_first_trouble_else_its_phase() -> None:
         "backend-injector-1 CrashLoopBackOff", "backend-injector", "backend-injector", ["app"])
     assert endpoints.fix_for_pod_states("backend-injector-1 Pending", "ns", "svc", ["a", "b"]
                                         ) == "kubectl -n ns describe pods -l a,b"
+
+
+def test_a_dry_run_the_webhook_failed_points_at_its_log_in_its_own_namespace() -> None:
+    """The chart installs in the release namespace: the fix follows the registration's Service,
+    not the default namespace."""
+
+    class Refusing(DoctorCluster):
+        def create(self, path: str, body: dict[str, Any], *, dry_run: bool = False) -> Created:
+            raise ClusterError('admission webhook refused: failed calling webhook '
+                               '"inject.backend-injector.svc": the server is shutting down')
+
+    cluster = Refusing()
+    cluster.objects[webhook_configuration_path("backend-injector")] = {
+        "metadata": {"name": "backend-injector"},
+        "webhooks": [{"clientConfig": {"service": {"name": "backend-injector",
+                                                   "namespace": "injector-system",
+                                                   "port": 443}}}]}
+    cluster.objects[namespace_path("ml")] = {"metadata": {"name": "ml", "labels": {}}}
+    trial = run_checks(cluster)["dry-run a test pod"]
+    assert trial.status is doctor.Status.FAIL
+    assert trial.fix == ("see the webhook's log: "
+                         "kubectl -n injector-system logs deploy/backend-injector")

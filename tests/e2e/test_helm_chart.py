@@ -1,5 +1,11 @@
 """The webhook's own Helm chart through a real control plane: install, upgrade, uninstall.
 
+The release is installed as the README says, ``helm install ... -n NS --create-namespace``, in a
+namespace other than the default ``backend-injector``, so that whatever names the webhook's
+namespace (the registration's Service, the certificate's names, the install command's
+arguments, the install account's RBAC) is seen to follow the release namespace on a real
+apiserver. The namespace is then labelled with the command the install's notes print.
+
 There is no kubelet in this control plane, so no pod ever runs, and a hook Job would never
 complete (Helm would wait for it until its timeout). The chart is therefore installed and
 upgraded with ``--no-hooks``, and the test does what the post-install/post-upgrade hook Job
@@ -12,8 +18,9 @@ hand-made EndpointSlice. The node e2e runs the hook Jobs themselves on a real ku
 
 What is checked, through the apiserver:
 
-* install: the release's objects exist, the hook's work fills the caBundle, and opted-in pods
-  are mutated by the webhook serving the release's configuration;
+* install: the release's objects exist in the release namespace, the notes' labelling command
+  gives the namespace the kustomize overlay's labels, the hook's work fills the caBundle, and
+  opted-in pods are mutated by the webhook serving the release's configuration;
 * upgrade with a changed value: the caBundle is kept (before and after the hook's work), the
   Deployment's pod template changes (its checksum annotation), so the ReplicaSet controller
   rolls a new ReplicaSet, and the webhook restarted from the new ConfigMap applies it;
@@ -22,8 +29,9 @@ What is checked, through the apiserver:
 * every values example (and the defaults) renders objects the apiserver accepts: a server-side
   dry run, with its validation, defaulting and admission (Pod Security of the namespace);
 * uninstall: nothing of the release is left (no MutatingWebhookConfiguration above all, nor
-  cluster roles, nor the namespace with the TLS Secret the hook made), and pods in the
-  opted-in namespace are created again without any webhook.
+  cluster roles, nor any namespaced object of the chart); the namespace Helm made stays with
+  the one thing the hook made in it, the TLS Secret, until ``kubectl delete namespace`` as the
+  docs say; pods in the opted-in namespace are created again without any webhook.
 
 Timings of the three Helm commands are printed (run with ``-s`` or ``-rP`` to see them).
 """
@@ -58,7 +66,7 @@ from .harness.admission import (
 )
 from .harness.cert_manager import STAND_IN_CRDS
 from .harness.controlplane import ControlPlane
-from .harness.deploy import endpoint_slice
+from .harness.deploy import endpoint_slice, rendered_overlay
 from .harness.webhook_host import NetworkNamespace, ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -67,8 +75,13 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "backend-injector"
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 RELEASE = "backend-injector"
-NAMESPACE = "backend-injector"
+# Not the default namespace: see above.
+NAMESPACE = "injector-system"
 NAME = "backend-injector"
+# What the cluster, the kustomize overlay (the project's name) and Helm's --create-namespace
+# label a namespace with, besides the labels the webhook's namespace needs.
+NAMESPACE_OWN_LABELS = ("kubernetes.io/metadata.name", "app.kubernetes.io/name",
+                        "app.kubernetes.io/part-of", "name")
 WEBHOOK_PORT = 8443
 CHECKSUM = "checksum/config"
 
@@ -87,8 +100,9 @@ class Installed:
     hook_runs: list[str] = field(default_factory=list)
 
     def helm(self, *args: str) -> str:
+        """A command on the release, in the release namespace."""
         started = time.monotonic()
-        result = self.plane.helm(*args)
+        result = self.plane.helm(*args, "--namespace", NAMESPACE)
         name = f"helm {args[0]}"
         if name in self.timings:  # the same command again: `helm upgrade --force`
             name = f"{name} ({' '.join(arg for arg in args[1:] if arg.startswith('--'))})"
@@ -107,7 +121,7 @@ class Installed:
 
     def run_hooks(self) -> str:
         """Do what the release's post-install/post-upgrade hook Job does, as its account."""
-        listed = self.plane.helm("get", "hooks", RELEASE)
+        listed = self.plane.helm("get", "hooks", RELEASE, "--namespace", NAMESPACE)
         assert listed.returncode == 0, listed.stderr
         hooks = [item for item in yaml.safe_load_all(listed.stdout) if item]
         (job,) = hooks
@@ -180,10 +194,31 @@ class Installed:
 
 def release_objects(plane: ControlPlane) -> list[tuple[str, str]]:
     """(kind, name) of every object the release's manifest holds."""
-    manifest = plane.helm("get", "manifest", RELEASE)
+    manifest = plane.helm("get", "manifest", RELEASE, "--namespace", NAMESPACE)
     assert manifest.returncode == 0, manifest.stderr
     return sorted((item["kind"], item["metadata"]["name"])
                   for item in yaml.safe_load_all(manifest.stdout) if item)
+
+
+def overlay_namespace_labels(plane: ControlPlane) -> dict[str, str]:
+    """The labels the kustomize overlay gives the webhook's namespace, that a user gives the
+    release namespace by hand."""
+    (namespace,) = [item for item in rendered_overlay(plane) if item["kind"] == "Namespace"]
+    return {name: value for name, value in namespace["metadata"]["labels"].items()
+            if name not in NAMESPACE_OWN_LABELS}
+
+
+def namespace_labels(plane: ControlPlane) -> dict[str, str]:
+    labels = kubectl_json(plane, "get", "namespace", NAMESPACE)["metadata"].get("labels") or {}
+    return {name: value for name, value in labels.items() if name not in NAMESPACE_OWN_LABELS}
+
+
+def label_as_the_notes_say(plane: ControlPlane, notes: str) -> None:
+    """Run the command the install's notes print to label the release namespace (the other
+    `kubectl label namespace` they print opts a namespace of workloads in)."""
+    (command,) = [line.split() for line in notes.splitlines()
+                  if line.strip().startswith(f"kubectl label namespace {NAMESPACE} ")]
+    kubectl_ok(plane, *command[1:])
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +242,7 @@ def installed(
         for number, output in enumerate(state.hook_runs, 1):
             print(f"helm chart e2e: hook work #{number}:\n{output}", flush=True)
         # Whatever the tests left: the release (its registration fails closed) first.
-        plane.helm("uninstall", RELEASE, "--ignore-not-found")
+        plane.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--ignore-not-found")
         plane.kubectl("delete", "mutatingwebhookconfiguration", NAME, "--ignore-not-found")
         if state.server is not None:
             state.server.stop()
@@ -218,17 +253,19 @@ def installed(
 
 @contextlib.contextmanager
 def chart_namespace(plane: ControlPlane) -> Iterator[None]:
-    """The chart's Namespace for real (dry-run objects cannot go into a dry-run namespace)
-    and stand-ins for cert-manager's CRDs (see harness/cert_manager.py); the Namespace is
-    deleted, and gone, on exit, before the install test has Helm create it."""
+    """The release namespace for real (dry-run objects cannot go into a dry-run namespace),
+    labelled as the overlay's (its Pod Security level is what the dry runs are admitted
+    under), and stand-ins for cert-manager's CRDs (see harness/cert_manager.py); the namespace
+    is deleted, and gone, on exit, before the install test has Helm create it."""
     kubectl_ok(plane, "apply", "-f", "-",
                input=json.dumps({"apiVersion": "v1", "kind": "List", "items": STAND_IN_CRDS}))
     for crd in STAND_IN_CRDS:
         kubectl_ok(plane, "wait", "--for=condition=Established", "--timeout=30s",
                    f"crd/{crd['metadata']['name']}")
     settle_namespace(plane, NAMESPACE)
-    (namespace,) = [item for item in rendered_chart(plane) if item["kind"] == "Namespace"]
-    kubectl_ok(plane, "create", "-f", "-", input=json.dumps(namespace))
+    kubectl_ok(plane, "create", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NAMESPACE, "labels": overlay_namespace_labels(plane)}}))
     try:
         yield
     finally:
@@ -236,7 +273,7 @@ def chart_namespace(plane: ControlPlane) -> Iterator[None]:
 
 
 def rendered_chart(plane: ControlPlane, *arguments: str) -> list[dict[str, Any]]:
-    rendered = plane.helm("template", RELEASE, str(CHART), *arguments)
+    rendered = plane.helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *arguments)
     assert rendered.returncode == 0, rendered.stderr
     return [item for item in yaml.safe_load_all(rendered.stdout) if item]
 
@@ -248,9 +285,8 @@ def test_the_defaults_and_every_example_pass_a_server_side_dry_run(
     with chart_namespace(plane):
         for values in [None, *EXAMPLES]:
             what = values.name if values else "the defaults"
-            # The Namespace exists already (made from the defaults above).
-            objects = [item for item in rendered_chart(
-                plane, *(["-f", str(values)] if values else [])) if item["kind"] != "Namespace"]
+            objects = rendered_chart(plane, *(["-f", str(values)] if values else []))
+            assert "Namespace" not in [item["kind"] for item in objects], what
             applied = kubectl_json(plane, "apply", "--dry-run=server", "-f", "-",
                                    input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                      "items": objects}))
@@ -268,10 +304,16 @@ def test_install_upgrade_uninstall(installed: Installed) -> None:
     plane = installed.plane
 
     # --- helm install: the release's objects, then the hook's work fills the caBundle.
-    installed.helm("install", RELEASE, str(CHART), "--no-hooks")
+    notes = installed.helm("install", RELEASE, str(CHART), "--create-namespace", "--no-hooks")
     objects = release_objects(plane)
     assert ("MutatingWebhookConfiguration", NAME) in objects
     assert ("Job", f"{NAME}-install") not in objects  # a hook, not a release object
+    assert ("Namespace", NAMESPACE) not in objects  # Helm made it; the chart does not own it
+    assert kubectl_json(plane, "get", "service", NAME, "-n", NAMESPACE)["metadata"]["name"] == NAME
+    # Bare as --create-namespace makes it; the notes' command labels it as the overlay's.
+    assert namespace_labels(plane) == {}
+    label_as_the_notes_say(plane, notes)
+    assert namespace_labels(plane) == overlay_namespace_labels(plane)
     assert installed.ca_bundle() == b""
     output = installed.run_hooks()
     assert "patched the caBundle" in output, output
@@ -315,21 +357,27 @@ def test_install_upgrade_uninstall(installed: Installed) -> None:
     assert installed.ca_bundle() == bundle
     installed.admitted()
 
-    # --- helm uninstall: nothing left.
+    # --- helm uninstall: nothing of the release left.
     installed.helm("uninstall", RELEASE, "--wait", "--timeout=120s")
-    started = time.monotonic()
     assert plane.kubectl("get", "mutatingwebhookconfiguration", NAME).returncode != 0
     for kind in ("clusterrole", "clusterrolebinding"):
         assert plane.kubectl("get", kind, f"{NAME}-install").returncode != 0, kind
-    wait_for(lambda: plane.kubectl("get", "namespace", NAMESPACE).returncode != 0,
-             f"namespace {NAMESPACE} (and the TLS Secret the hook made in it) to be gone",
-             timeout=120)
-    installed.timings["namespace gone after uninstall"] = time.monotonic() - started
-    listed = plane.helm("list", "--all", "-q")
+    listed = plane.helm("list", "--all", "-q", "--namespace", NAMESPACE)
     assert listed.returncode == 0 and RELEASE not in listed.stdout.split()
     left = kubectl_json(plane, "get", "mutatingwebhookconfigurations,clusterroles,"
                         "clusterrolebindings", "-l", "app.kubernetes.io/part-of=backend-injector")
     assert left["items"] == []
+    left = kubectl_json(plane, "get", "deployments,services,configmaps,secrets,serviceaccounts,"
+                        "roles,rolebindings,cronjobs,poddisruptionbudgets", "-n", NAMESPACE,
+                        "-l", "app.kubernetes.io/part-of=backend-injector")
+    assert left["items"] == []
+    # The namespace Helm made stays, with the TLS Secret the hook made (the CA's key in it):
+    # the docs say to delete the namespace after uninstalling.
+    secrets = kubectl_json(plane, "get", "secrets", "-n", NAMESPACE)["items"]
+    assert [secret["metadata"]["name"] for secret in secrets] == [f"{NAME}-tls"]
+    started = time.monotonic()
+    kubectl_ok(plane, "delete", "namespace", NAMESPACE, "--timeout=120s")
+    installed.timings["namespace deleted after uninstall"] = time.monotonic() - started
     # Pods in the opted-in namespace are admitted again, unmutated: no registration is left
     # to fail closed on a webhook that is gone.
     created = create_pod(plane, installed.opted_in, chart_like_pod("after-uninstall"),
@@ -339,7 +387,10 @@ def test_install_upgrade_uninstall(installed: Installed) -> None:
 
 
 def apply_slice(plane: ControlPlane, address: str) -> None:
-    kubectl_ok(plane, "apply", "-f", "-", input=json.dumps(endpoint_slice(address)))
+    """The EndpointSlice of a ready webhook pod, in the release namespace."""
+    endpoints = endpoint_slice(address)
+    endpoints["metadata"]["namespace"] = NAMESPACE
+    kubectl_ok(plane, "apply", "-f", "-", input=json.dumps(endpoints))
 
 
 def replica_sets(plane: ControlPlane) -> list[dict[str, Any]]:

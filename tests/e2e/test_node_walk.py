@@ -247,7 +247,8 @@ def test_a_the_same_from_the_helm_chart(cluster: ControlPlane, node: Node) -> No
     # helm returns once the post-install hook (the install Job) has completed in the
     # cluster; the chart deletes the Job when it succeeds, and helm fails if it does not.
     installed = cluster.helm(
-        "install", "backend-injector", str(WEBHOOK_CHART), "--timeout", "7m", timeout=600
+        "install", "backend-injector", str(WEBHOOK_CHART), "-n", WEBHOOK_NAMESPACE,
+        "--create-namespace", "--timeout", "7m", timeout=600
     )
     assert installed.returncode == 0, installed.stderr + describe(cluster, node, WEBHOOK_NAMESPACE)
     wait_for_webhook(cluster, node, None)

@@ -229,7 +229,8 @@ def _read_webhook_configuration(cluster: Cluster, name: str) -> JsonObject:
     if configuration is None:
         raise InstallError(
             f"MutatingWebhookConfiguration {name!r} not found: "
-            "install the webhook first (helm install backend-injector charts/backend-injector, "
+            "install the webhook first (helm install backend-injector charts/backend-injector "
+            "-n backend-injector --create-namespace, "
             "or kubectl apply -k manifests/overlays/docker-desktop)"
         )
     return configuration

@@ -6,8 +6,14 @@ Names. They do not follow the release name (see fullnameOverride in values.yaml)
 {{- default .Chart.Name .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+The webhook's namespace: the release's (`helm install -n NS`), as for any chart, so that the
+release record and every namespaced object are in one place. Every reference to it (the
+registration's Service and selector, the install command, RBAC subjects, certificate names,
+the namespaces the webhook never mutates) is made from this.
+*/}}
 {{- define "backend-injector.namespace" -}}
-{{- .Values.namespace.name -}}
+{{- .Release.Namespace -}}
 {{- end -}}
 
 {{- define "backend-injector.tlsSecret" -}}
@@ -56,9 +62,9 @@ MLFLOW_TRACKING_URI MLFLOW_S3_ENDPOINT_URL GATEWAY_URL
 {{- end -}}
 
 {{/*
-The namespaces the embedded default never mutates but the webhook's own. Another namespace
-for the webhook (namespace.name) takes that one's place. Checked against webhook/settings/document.py
-like the list above.
+The namespaces the embedded default never mutates but the webhook's own (backend-injector). A
+release in another namespace puts that one in its place. Checked against
+webhook/settings/document.py like the list above.
 */}}
 {{- define "backend-injector.defaultExcludedNamespaces" -}}
 kube-system kube-public kube-node-lease
