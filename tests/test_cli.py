@@ -389,3 +389,58 @@ def test_each_command_help_opens_with_what_it_does(
     assert opening.endswith(".") and opening[0].isupper(), opening
     # The same words as the command's line in `backend-injector --help`.
     assert f"{command} {opening[0].lower()}{opening[1:-1]}" in listing
+
+
+# --- platform presets -------------------------------------------------------------------------
+
+PLATFORM_LIST = "docker-desktop, minikube, k3d, kind, rancher-desktop, orbstack, colima"
+
+
+def test_an_unknown_platform_flag_is_one_line_listing_the_platforms() -> None:
+    line = one_line_error(run_cli("inject", "-f", "-", "--platform", "microk8s", stdin=""), 2)
+    assert line == ("backend-injector inject: --platform: unknown platform 'microk8s'; the "
+                    f"platforms are {PLATFORM_LIST}")
+
+
+def test_an_unknown_platform_variable_is_one_line_naming_the_variable() -> None:
+    line = one_line_error(run_cli("policy", env={"BACKEND_INJECTOR_PLATFORM": "k3s"}), 2)
+    assert line == ("backend-injector policy: environment variable BACKEND_INJECTOR_PLATFORM: "
+                    f"unknown platform 'k3s'; the platforms are {PLATFORM_LIST}")
+
+
+def test_kind_without_an_external_host_is_one_line_asking_for_the_address() -> None:
+    line = one_line_error(run_cli("policy", "--platform", "kind"), 2)
+    assert line.startswith("backend-injector policy: platform kind has no host name pods can "
+                           "use: give --external-host ADDRESS")
+    assert "docker network inspect kind" in line
+
+
+def effective_hosts(*args: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """service -> external host, as `config` prints the effective configuration."""
+    import yaml
+
+    result = run_cli("config", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    return {name: spec["external"]["host"] for name, spec in services.items()
+            if spec.get("external")}
+
+
+def test_platform_precedence_flag_variable_file_and_the_hosts_over_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("platform: k3d\nservices:\n"
+                      "  minio: {external: {host: minio.example.com, port: 9000}}\n")
+    variable = {"BACKEND_INJECTOR_PLATFORM": "colima"}
+    assert effective_hosts("--config", str(config)) == {
+        "mlflow": "host.k3d.internal", "minio": "minio.example.com",
+        "fastapi": "host.k3d.internal"}
+    assert effective_hosts("--config", str(config), env=variable)["mlflow"] == \
+        "host.lima.internal"
+    flagged = effective_hosts("--config", str(config), "--platform", "minikube", env=variable)
+    assert flagged == {"mlflow": "host.minikube.internal", "minio": "minio.example.com",
+                       "fastapi": "host.minikube.internal"}
+    # An external host from the environment or a flag moves every service, the file's too.
+    assert set(effective_hosts("--config", str(config), "--platform", "kind",
+                               "--external-host", "172.18.0.1").values()) == {"172.18.0.1"}
+    assert set(effective_hosts("--platform", "kind", env={
+        "BACKEND_INJECTOR_EXTERNAL_HOST": "172.18.0.1"}).values()) == {"172.18.0.1"}

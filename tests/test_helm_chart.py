@@ -227,6 +227,8 @@ def test_changed_settings_render_what_an_overlay_with_the_same_changes_renders(
 ) -> None:
     """Not only the defaults: image, replicas and configuration changed on both sides."""
     config = {
+        # The chart's values merge into its defaults, so the platform key is there either way.
+        "platform": "docker-desktop",
         "action": "rewrite",
         "waiter_names": ["wait-for-mlflow"],
         "services": {

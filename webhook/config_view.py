@@ -22,7 +22,7 @@ import yaml
 from webhook.settings import ENV_PREFIX, CredentialMode, Endpoint, Settings, default_document
 
 # The variables of the file's keys, then serve's; the credentials are described on their own.
-_DOCUMENT_VARIABLES = ("ACTION", "EXTERNAL_HOST")
+_DOCUMENT_VARIABLES = ("ACTION", "EXTERNAL_HOST", "PLATFORM")
 _SERVING_VARIABLES = ("HOST", "PORT", "WORKERS", "TLS_CERT", "TLS_KEY", "CLIENT_CA",
                       "SHUTDOWN_DELAY_SECONDS")
 _COMMENT_WIDTH = 100

@@ -164,6 +164,10 @@ def test_green_on_a_healthy_install(deployment: Deployment, opted_in: str) -> No
                  "backend fastapi", "dry-run a test pod", "dry-run Deployment/train",
                  f"credentials Secret in {opted_in}"):
         assert checks[name].startswith("ok"), checks
+    # The e2e cluster is none of the platform presets: its context is e2e, and its node (when
+    # one has joined) a plain kubelet with no platform's marks.
+    assert checks["platform"].startswith("ok    platform: none of the presets (context e2e, "), \
+        checks
     # Fetched from the endpoint the apiserver calls, and checked against the caBundle.
     assert "backend-injector.backend-injector.svc, from endpoint 10.213.77.2:8443" in checks[
         "caBundle verifies the served certificate"]

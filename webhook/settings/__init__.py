@@ -8,6 +8,7 @@ backend lives, and how it is built from its sources.
 - ``loading``: `load_settings`, the embedded default < file < environment < flags;
 - ``document``: the embedded default and the YAML file as documents, and settings from them;
 - ``layers``: the ``BACKEND_INJECTOR_*`` variables and the flags over the file;
+- ``platforms``: the platform presets, each local Kubernetes's name for this machine;
 - ``values``, ``validation``: checked values, and checks of the whole;
 - ``keys``, ``schema``: the configuration's JSON Schema, and unknown keys found by walking it.
 
@@ -39,13 +40,15 @@ from webhook.settings.model import (
     Settings,
     describe,
 )
+from webhook.settings.platforms import PLATFORMS, Platform, owner_of, platform_named
 from webhook.settings.schema import DNS_SUBDOMAIN
 
 __all__ = [
     "ACCESS_KEY_ENV", "DEFAULT_EXTERNAL_HOST", "DEVELOPMENT_CREDENTIAL", "DNS_SUBDOMAIN",
-    "ENV_PREFIX", "SECRET_KEY_ENV", "Action", "ConfigError", "CredentialMode", "Credentials",
-    "Endpoint", "EnvScope", "EnvironmentConfigError", "SafetyNet", "Serving", "Service",
-    "Settings", "default_document", "describe", "hosts_without_address", "known_addresses",
-    "literal_ip",
-    "load_settings", "unknown_key", "with_external_host", "yaml_problem",
+    "ENV_PREFIX", "PLATFORMS", "SECRET_KEY_ENV", "Action", "ConfigError", "CredentialMode",
+    "Credentials", "Endpoint", "EnvScope", "EnvironmentConfigError", "Platform", "SafetyNet",
+    "Serving", "Service", "Settings", "default_document", "describe", "hosts_without_address",
+    "known_addresses", "literal_ip",
+    "load_settings", "owner_of", "platform_named", "unknown_key", "with_external_host",
+    "yaml_problem",
 ]

@@ -2,7 +2,8 @@
 built from their merge.
 
 The embedded default is the Docker Desktop backend: MLflow, MinIO and the FastAPI gateway on
-``host.docker.internal`` at 5000, 9000 and 8000, and the S3 credentials by reference: pods get
+``host.docker.internal`` at 5000, 9000 and 8000 (another platform's name for this machine with
+``platform``, see ``platforms``), and the S3 credentials by reference: pods get
 ``valueFrom.secretKeyRef`` to the Secret ``backend-injector-credentials`` of their own namespace.
 The values this process holds (MinIO's development ``minioadmin``/``minioadmin`` unless given)
 reach pods only in ``value`` mode, warned about at start.
@@ -43,10 +44,12 @@ _HOSTNAME = re.compile(HOSTNAME)
 _TEMPLATE_FIELD = re.compile(r"\{([a-z0-9-]+)\}")
 
 
-def default_document() -> dict[str, Any]:
-    """The embedded default, in the same shape as a configuration file."""
+def default_document(external_host: str | None = DEFAULT_EXTERNAL_HOST) -> dict[str, Any]:
+    """The embedded default, in the same shape as a configuration file. With no
+    ``external_host`` the external addresses name only their port: the platform fills the
+    host in once the file is merged (``webhook.settings.platforms``)."""
     def external(port: int) -> dict[str, Any]:
-        return {"host": DEFAULT_EXTERNAL_HOST, "port": port}
+        return {"port": port} if external_host is None else {"host": external_host, "port": port}
 
     return {
         "action": "remove",

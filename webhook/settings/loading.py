@@ -2,6 +2,9 @@
 
     embedded default  <  YAML file (--config)  <  environment (BACKEND_INJECTOR_*)  <  flags
 
+The platform (``platforms``) is chosen first, from the same sources in the same order, since
+it names the external host of every service that the merged document names none for.
+
 Called once, by the CLI; nothing reads the environment at import time.
 """
 
@@ -19,7 +22,8 @@ from webhook.settings.document import (
     settings_from_document,
 )
 from webhook.settings.layers import apply_environment, apply_overrides, path_from_env
-from webhook.settings.model import ConfigError, EnvironmentConfigError, Settings
+from webhook.settings.model import ENV_PREFIX, ConfigError, EnvironmentConfigError, Settings
+from webhook.settings.platforms import choose_platform, with_platform_hosts
 from webhook.settings.validation import validate
 
 
@@ -34,10 +38,13 @@ def load_settings(
     ``overrides`` holds flag values that were given (None means "not given").
     """
     environ = os.environ if environ is None else environ
-    document = default_document()
     file_path = config_file or path_from_env(environ, "CONFIG")
-    if file_path is not None:
-        document = merge(document, read_configuration_file(file_path))
+    file_document = read_configuration_file(file_path) if file_path is not None else {}
+    flags = overrides or {}
+    platform = choose_platform(flags.get("platform"), environ, file_document, file_path)
+    given_host = flags.get("external_host") or environ.get(ENV_PREFIX + "EXTERNAL_HOST") or None
+    document = with_platform_hosts(merge(default_document(external_host=None), file_document),
+                                   platform, given_host)
     try:
         settings = settings_from_document(document, environ)
     except EnvironmentConfigError:

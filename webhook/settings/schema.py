@@ -9,7 +9,7 @@ the rest of the wing can import it). Other descriptions are generated from it:
 validates against it and that the settings accept every key and enum value declared here.
 
 A file is merged over the embedded default key by key, so no key is required at any level
-except where a value makes no sense without it (an external address needs host and port).
+except where a value makes no sense without it (an external address needs a port).
 Every object says ``additionalProperties: false``; the mappings whose keys the user chooses
 (``services``, ``env``) constrain those keys with ``patternProperties``, so an unexpected key
 is still refused at every depth.
@@ -40,6 +40,9 @@ SECRET_KEY: Final = r"^[-._a-zA-Z0-9]+$"
 ACTIONS: Final = ("remove", "rewrite")
 CREDENTIAL_MODES: Final = ("value", "secretKeyRef", "none")
 ENV_SCOPES: Final = ("using", "all")
+# The platform presets (webhook/settings/platforms.py says what each sets).
+PLATFORM_NAMES: Final = ("docker-desktop", "minikube", "k3d", "kind", "rancher-desktop", "orbstack",
+                         "colima")
 # Set by the credentials section only, never as a plain env entry.
 CREDENTIAL_VARIABLES: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -72,15 +75,19 @@ def _external() -> dict[str, Any]:
             {"type": "null"},
             {
                 "type": "object",
-                "description": "A host and port.",
+                "description": "A port, and the host unless the platform's will do.",
                 "additionalProperties": False,
-                "required": ["host", "port"],
+                "required": ["port"],
                 "properties": {
                     "host": {
                         "type": "string",
                         "pattern": HOSTNAME,
                         "maxLength": 253,
-                        "description": "Host name or IP address pods connect to.",
+                        "description": (
+                            "Host name or IP address pods connect to. Default: the "
+                            "platform's name for this machine (host.docker.internal on "
+                            "docker-desktop)."
+                        ),
                         "examples": ["host.docker.internal"],
                     },
                     "port": {
@@ -291,5 +298,20 @@ _SCHEMA: Final[dict[str, Any]] = {
             default=["kube-system", "kube-public", "kube-node-lease", "backend-injector"],
         ),
         "safety_net": _safety_net(),
+        "platform": {
+            "type": "string",
+            "enum": list(PLATFORM_NAMES),
+            "default": "docker-desktop",
+            "description": (
+                "The local Kubernetes the pods run on. It names the external host of every "
+                "service that names none: host.docker.internal (docker-desktop), "
+                "host.minikube.internal (minikube), host.k3d.internal (k3d), "
+                "host.rancher-desktop.internal (rancher-desktop), host.orb.internal "
+                "(orbstack), host.lima.internal (colima); kind has no such name, so there "
+                "the hosts must be given. --platform and BACKEND_INJECTOR_PLATFORM win over "
+                "this key; a service's own external.host, BACKEND_INJECTOR_EXTERNAL_HOST and "
+                "--external-host win over the platform's host."
+            ),
+        },
     },
 }
