@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,4 +60,4 @@ def load_settings(
         given = {key: value for key, value in overrides.items() if value is not None}
         settings = apply_overrides(settings, given)
     validate(settings)
-    return settings
+    return replace(settings, platform=platform.name)

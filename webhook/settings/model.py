@@ -169,6 +169,9 @@ class Settings:
     excluded_namespaces: frozenset[str] = frozenset()
     safety_net: SafetyNet = field(default_factory=SafetyNet)
     serving: Serving = field(default_factory=Serving)
+    # The local cluster's preset (webhook.settings.platforms) the hosts were filled from; dev
+    # registers itself at that platform's name for this machine.
+    platform: str = "docker-desktop"
 
     @property
     def managed_env_names(self) -> tuple[str, ...]:
@@ -187,6 +190,7 @@ def describe(settings: Settings) -> dict[str, Any]:
             for s in settings.services
         },
         "env": [name for name, _ in settings.env],
+        "platform": settings.platform,
         "credentials_mode": settings.credentials.mode.value,
         "add_env_to": settings.add_env_to.value,
         "host_aliases": settings.safety_net.host_aliases,
