@@ -1,5 +1,5 @@
 """The command line: ``backend-injector serve | review | inject | policy | config | certs |
-install | dev | doctor | label | credentials``.
+install | dev | doctor | label | credentials | restart``.
 
 Settings are built here, once, from flags, environment, file and the embedded default (see
 ``webhook.settings`` for which wins), and passed down; logging is set up here and nowhere else.
@@ -27,6 +27,7 @@ from webhook.serving.logs import LOG_FORMATS, configure_logging
 from webhook.settings import (
     ACCESS_KEY_ENV,
     ENV_PREFIX,
+    PLATFORMS,
     SECRET_KEY_ENV,
     ConfigError,
     CredentialMode,
@@ -37,6 +38,7 @@ from webhook.settings import (
 
 if TYPE_CHECKING:
     from webhook.cluster.client import Cluster
+    from webhook.cluster.connectivity import ConnectivityOptions
     from webhook.cluster.credentials import CredentialValues
     from webhook.inject import InjectReport
 
@@ -135,6 +137,16 @@ def _host(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def _connectivity_seconds(text: str) -> int:
+    from webhook.cluster.connectivity import MAX_TIMEOUT_SECONDS, MIN_TIMEOUT_SECONDS
+
+    seconds = _whole_number(text)
+    if not MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_TIMEOUT_SECONDS} to "
+                                         f"{MAX_TIMEOUT_SECONDS} seconds, not {seconds}")
+    return seconds
 
 
 def _whole_number(text: str) -> int:
@@ -263,9 +275,10 @@ def _parser() -> argparse.ArgumentParser:
         "serve the webhook here and register it with the current cluster until stopped",
     )
     _add_config_arguments(dev)
-    dev.add_argument("--url", default="https://host.docker.internal:8443/mutate",
-                     help="where the cluster calls this machine "
-                     "(default https://host.docker.internal:8443/mutate, for Docker Desktop)")
+    dev.add_argument("--url",
+                     help="where the cluster calls this machine (default "
+                     "https://HOST:8443/mutate, HOST the platform's name for this machine: "
+                     "host.docker.internal for Docker Desktop)")
     dev.add_argument("--listen", dest="listen_host",
                      help="address to listen on (default: loopback for host.docker.internal "
                      "and loopback URLs, the address itself for an IP, else 0.0.0.0); the port "
@@ -285,6 +298,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="MutatingWebhookConfiguration name of the installed webhook")
     doctor.add_argument("--secret", default="backend-injector-tls",
                         help="its TLS Secret, read when the endpoints are not reachable from here")
+    doctor.add_argument("--connectivity", action="store_true",
+                        help="also run a short-lived pod in the namespace that connects to each "
+                        "external service of the configuration, one line each; the pod is "
+                        "deleted afterwards")
+    doctor.add_argument("--connectivity-image", metavar="IMAGE",
+                        help="the image of that pod, with a shell and nc (default busybox:1.36)")
+    doctor.add_argument("--connectivity-timeout", type=_connectivity_seconds, metavar="SECONDS",
+                        help="how long that pod may take, start included (10 to 600; default 60)")
+    # The configuration the checks of it judge by (the platform's host, the stuck pods, the
+    # addresses --connectivity tries): as serve would find it here unless given.
+    _add_config_arguments(doctor)
     _add_cluster_arguments(doctor)
     doctor.set_defaults(run=_doctor)
 
@@ -313,6 +337,29 @@ def _parser() -> argparse.ArgumentParser:
     _add_source_argument(credentials)
     _add_cluster_arguments(credentials)
     credentials.set_defaults(run=_credentials)
+
+    restart = _command(
+        commands, "restart",
+        "create anew the pods stuck in Init that the webhook never changed (after label)",
+    )
+    restart.epilog = (
+        "Deployments and DaemonSets get a rollout restart; StatefulSets that, and their stuck "
+        "pods deleted; a ReplicaSet's stuck pods are deleted; a Job is recreated from its own "
+        "spec. Nothing is done unless the namespace is opted in and the webhook changes a "
+        "dry-run pod there."
+    )
+    _add_config_arguments(restart)
+    restart.add_argument("-n", "--namespace",
+                         help="the namespace of the stuck pods (default: the context's)")
+    restart.add_argument("--dry-run", action="store_true",
+                         help="print the plan, change nothing")
+    restart.add_argument("--yes", action="store_true",
+                         help="do it without asking (needed when stdin is not a terminal)")
+    restart.add_argument("--bare-pods", choices=["keep", "delete"], default="keep",
+                         help="stuck pods without an owner: keep them (the default) or delete "
+                         "them (nothing makes them again)")
+    _add_cluster_arguments(restart)
+    restart.set_defaults(run=_restart)
     for command_parser in commands.choices.values():
         command_parser.set_defaults(command_parser=command_parser)
     return parser
@@ -323,7 +370,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--action", choices=["remove", "rewrite"],
                         help="what to do with init containers that wait for a managed service")
     parser.add_argument("--external-host",
-                        help="host of every external service (default host.docker.internal)")
+                        help="host of every external service (default: the platform's name "
+                        "for this machine, host.docker.internal on docker-desktop)")
+    parser.add_argument("--platform", metavar="NAME",
+                        help="the local Kubernetes the pods run on, which names the external "
+                        "host of every service the configuration names none for: "
+                        f"{', '.join(platform.name for platform in PLATFORMS)} "
+                        "(default docker-desktop; kind needs --external-host)")
 
 
 def _add_source_argument(parser: argparse.ArgumentParser) -> None:
@@ -366,8 +419,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     return {
         name: getattr(args, name, None)
-        for name in ("action", "external_host", "host", "port", "workers", "tls_cert", "tls_key",
-                     "client_ca", "shutdown_delay_seconds")
+        for name in ("action", "external_host", "platform", "host", "port", "workers", "tls_cert",
+                     "tls_key", "client_ca", "shutdown_delay_seconds")
     }
 
 
@@ -574,11 +627,11 @@ def _dev(args: argparse.Namespace) -> int:
     from webhook.cluster.dev import DevError, parse_url, run_dev
     from webhook.serving.server import serve
 
+    settings = _settings(args)
     try:
-        target = parse_url(args.url, listen_host=args.listen_host)
+        target = parse_url(args.url or _dev_url(settings), listen_host=args.listen_host)
     except DevError as error:
         raise ConfigError(str(error)) from error
-    settings = _settings(args)
     try:
         with connected(kubeconfig=args.kubeconfig, context=args.context) as cluster:
             cluster.version()  # a stopped cluster is reported before anything else is said
@@ -588,6 +641,18 @@ def _dev(args: argparse.Namespace) -> int:
                            certs_dir=args.certs_dir)
     except (ClusterError, DevError) as error:
         raise CommandError(str(error)) from error
+
+
+def _dev_url(settings: Settings) -> str:
+    """Where the cluster calls dev by default: the platform's own name for this machine."""
+    from webhook.settings import platform_named
+
+    host = platform_named(settings.platform, "platform").host
+    if host is None:
+        raise ConfigError(f"platform {settings.platform} has no host name the cluster can use "
+                          "for this machine: give --url https://ADDRESS:8443/mutate (the "
+                          "address its nodes reach this machine at)")
+    return f"https://{host}:8443/mutate"
 
 
 def _copy_credentials_for_dev(cluster: Cluster, settings: Settings) -> None:
@@ -629,17 +694,46 @@ def _doctor(args: argparse.Namespace) -> int:
     from webhook.cluster.client import ClusterError, connected
     from webhook.cluster.doctor import Doctor, Status
 
+    settings = _settings(args)
+    connectivity = _connectivity_options(args, settings)
     failures = 0
     try:
         with connected(kubeconfig=args.kubeconfig, context=args.context) as cluster:
             doctor = Doctor(cluster, namespace=args.namespace or cluster.namespace,
-                            webhook_configuration=args.webhook_config, tls_secret=args.secret)
+                            webhook_configuration=args.webhook_config, tls_secret=args.secret,
+                            connectivity=connectivity, settings=settings)
             for check in doctor.run():
                 print(check.line(), flush=True)
                 failures += check.status is Status.FAIL
     except ClusterError as error:
         raise CommandError(str(error)) from error
     return FAILURE if failures else 0
+
+
+def _connectivity_options(args: argparse.Namespace,
+                          settings: Settings) -> ConnectivityOptions | None:
+    """What ``doctor --connectivity`` tries: the external addresses of the configuration
+    (file, environment and flags, as serve reads them), with which image and bound."""
+    from webhook.cluster.connectivity import (
+        DEFAULT_IMAGE,
+        DEFAULT_TIMEOUT_SECONDS,
+        ConnectivityOptions,
+    )
+    from webhook.serving.reachability import targets
+
+    if not args.connectivity:
+        given = [flag for flag, value in (
+            ("--connectivity-image", args.connectivity_image),
+            ("--connectivity-timeout", args.connectivity_timeout))
+            if value is not None]
+        if given:
+            args.command_parser.error(f"{', '.join(given)} go{'es' if len(given) == 1 else ''}"
+                                      " with --connectivity")
+        return None
+    return ConnectivityOptions(
+        targets=targets(settings),
+        image=args.connectivity_image or DEFAULT_IMAGE,
+        timeout_seconds=args.connectivity_timeout or DEFAULT_TIMEOUT_SECONDS)
 
 
 def _label(args: argparse.Namespace) -> int:
@@ -696,6 +790,33 @@ def _credentials(args: argparse.Namespace) -> int:
     except (ClusterError, CredentialsError) as error:
         raise CommandError(str(error)) from error
     return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    from webhook.cluster.client import ClusterError, connected
+    from webhook.cluster.restart import BarePods, RestartRefused, restart
+    from webhook.rules.mutate import Rules
+
+    if not (args.dry_run or args.yes or sys.stdin.isatty()):
+        raise CommandError("stdin is not a terminal to ask on: pass --yes to restart without "
+                           "asking, or --dry-run to see the plan")
+    rules = Rules(_settings(args))
+    try:
+        with connected(kubeconfig=args.kubeconfig, context=args.context) as cluster:
+            for line in restart(cluster, args.namespace or cluster.namespace, rules,
+                                bare_pods=BarePods(args.bare_pods), dry_run=args.dry_run,
+                                confirm=None if args.yes else _confirmed):
+                print(line, flush=True)
+    except (ClusterError, RestartRefused) as error:
+        raise CommandError(str(error)) from error
+    return 0
+
+
+def _confirmed(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 def _warn_development_copy(values: CredentialValues | None) -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import copy
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
-from webhook.cluster.client import Created
+import jsonpatch
+
+from webhook.cluster.client import Created, JsonObject, PatchOperation
+from webhook.rules.mutate import STATUS_KEY
 
 
 class MemoryCluster:
@@ -69,3 +73,43 @@ class MemoryCluster:
         stored["metadata"]["resourceVersion"] = str(self._version)
         self.objects[path] = stored
         return copy.deepcopy(stored)
+
+
+def webhook_admits(body: JsonObject) -> Created:
+    """A dry-run pod as a ready webhook returns it: with its status annotation."""
+    admitted = copy.deepcopy(body)
+    admitted.setdefault("metadata", {}).setdefault("annotations", {})[STATUS_KEY] = "{}"
+    return Created(object=admitted, warnings=["removed init containers wait-for-mlflow"])
+
+
+class WorkloadCluster(MemoryCluster):
+    """MemoryCluster with what restarting workloads needs: collections listed without a
+    selector, JSON Patch, deletions with options in the query (recorded in `deleted`), and
+    dry-run creates answered by `dry_run_answer` (a ready webhook's, by default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleted: list[str] = []
+        self.dry_run_answer: Callable[[JsonObject], Created] = webhook_admits
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        if "?" not in path and path not in self.objects and any(
+                stored.rpartition("/")[0] == path for stored in self.objects):
+            self.calls.append(f"GET {path}")
+            return self._list(path, {})
+        return super().get(path)
+
+    def create(self, path: str, body: dict[str, Any], *, dry_run: bool = False) -> Created:
+        if dry_run:
+            self.calls.append(f"POST {path}?dryRun=All")
+            return self.dry_run_answer(body)
+        return super().create(path, body)
+
+    def patch(self, path: str, operations: list[PatchOperation]) -> JsonObject:
+        self.calls.append(f"PATCH {path}")
+        patched = jsonpatch.apply_patch(self.objects[path], operations)
+        return self._store(path, patched)
+
+    def delete(self, path: str) -> bool:
+        self.deleted.append(path)
+        return super().delete(path.partition("?")[0])

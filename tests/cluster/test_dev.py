@@ -20,6 +20,7 @@ from tests.cluster.memory_cluster import MemoryCluster
 from webhook import certs
 from webhook.cluster import dev
 from webhook.cluster.client import webhook_configuration_path
+from webhook.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "manifests" / "base" / "mutatingwebhookconfiguration.yaml"
@@ -186,3 +187,25 @@ def test_a_registration_whose_url_nothing_answers_is_stale() -> None:
     url = f"https://127.0.0.1:{port}/mutate"
     assert registration_at(url, pid=str(os.getpid()), host=socket.gethostname()
                            ).liveness() is dev.Liveness.STALE
+
+
+@pytest.mark.parametrize(("platform", "url"), [
+    ("docker-desktop", "https://host.docker.internal:8443/mutate"),
+    ("minikube", "https://host.minikube.internal:8443/mutate"),
+    ("k3d", "https://host.k3d.internal:8443/mutate"),
+])
+def test_dev_registers_at_the_platforms_name_for_this_machine(platform: str, url: str) -> None:
+    from webhook.cli import _dev_url
+
+    settings = load_settings(environ={}, overrides={"platform": platform})
+    assert _dev_url(settings) == url
+
+
+def test_on_kind_dev_asks_for_the_url() -> None:
+    from webhook.cli import _dev_url
+    from webhook.settings import ConfigError
+
+    settings = load_settings(environ={}, overrides={"platform": "kind",
+                                                    "external_host": "172.18.0.1"})
+    with pytest.raises(ConfigError, match="give --url"):
+        _dev_url(settings)

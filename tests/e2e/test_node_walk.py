@@ -23,7 +23,14 @@ e. the same chart in an unlabelled namespace stays in Init (``Init:0/2``; the in
    ``backend-injector label`` put there; the unlabelled one has none, so a pod there that
    names it cannot start;
 f. faults: a webhook pod deleted while a Deployment scales up by 20, and the webhook rolled
-   while another does: every pod admitted mutated, none unmutated, none lost.
+   while another does: every pod admitted mutated, none unmutated, none lost;
+g. ``backend-injector doctor -n flts-plain`` names the pods (e) left stuck in Init, each with
+   its owners, and the fix; then ``backend-injector label flts-plain`` and ``backend-injector
+   restart -n flts-plain --yes``: Deployments rolled, the preprocess Job recreated, every pod
+   Running or Completed and changed by the webhook, the trainers' new runs in MLflow;
+h. ``backend-injector doctor --connectivity -n flts``: a short-lived pod of the namespace
+   reaches each external service, and doctor names the one a configuration puts at a closed
+   port; the overlap line (no other mutator of pods here).
 
 The tests share one cluster and run in this order; each depends on the one before. Figures
 (time to Running, latencies, the longest delay of the faults) are printed and, when
@@ -34,7 +41,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -44,12 +53,13 @@ from typing import Any
 import pytest
 
 from .harness import images
-from .harness.admission import opt_in
+from .harness.admission import BACKEND_INJECTOR, clean_environment, new_namespace, opt_in, run
 from .harness.backend import Backend
 from .harness.controlplane import REPO_ROOT, ControlPlane
 from .harness.kubectl import kubectl_json, kubectl_ok, pod_summary, wait_for
 from .harness.node import HOST_ADDRESS, HOST_DOCKER_INTERNAL, NODE_CPUS, Node
 from .harness.smoke import SMOKE_IMAGE, WEB_COMMAND, write_smoke_image
+from .harness.standin import runs_of
 
 OVERLAY = REPO_ROOT / "manifests" / "overlays" / "docker-desktop"
 WEBHOOK_CHART = REPO_ROOT / "charts" / "backend-injector"
@@ -677,6 +687,220 @@ def test_f_the_webhook_rolled_while_another_deployment_scales_up(
     )
     assert result.returncode == 0, result.stderr
     assert not before & {p["metadata"]["name"] for p in webhook_pods(cluster)}
+
+
+# --- g: pods stuck before their namespace opted in, found and restarted ----------------------
+
+
+def waiting_init_container(pod: dict[str, Any]) -> str | None:
+    """The init container a pod waits in (running, or waiting to run again)."""
+    for status in pod["status"].get("initContainerStatuses") or []:
+        state = status.get("state") or {}
+        if "running" in state or "waiting" in state:
+            return str(status["name"])
+    return None
+
+
+def controller_of(obj: dict[str, Any]) -> tuple[str, str]:
+    (reference,) = [r for r in obj["metadata"]["ownerReferences"] if r.get("controller")]
+    return reference["kind"], reference["name"]
+
+
+def stuck_description(plane: ControlPlane, pod: dict[str, Any]) -> str:
+    """How doctor is to name a stuck pod: its owners, the nearest first, and its waiter."""
+    kind, name = controller_of(pod)
+    owners = f"{kind}/{name}"
+    if kind == "ReplicaSet":
+        above = kubectl_json(plane, "get", "replicaset", name, "-n", UNLABELLED)
+        owners += " of {}/{}".format(*controller_of(above))
+    return f"{pod['metadata']['name']} ({owners}, in {waiting_init_container(pod)})"
+
+
+def stuck_pods_line(plane: ControlPlane, namespace: str) -> str:
+    """doctor's line on stuck pods (doctor exits 1 here: the namespace is not selected yet)."""
+    result = subprocess.run(
+        [BACKEND_INJECTOR, "doctor", "-n", namespace, "--kubeconfig", str(plane.kubeconfig)],
+        capture_output=True, text=True, env=clean_environment(), timeout=180, check=False)
+    found = [line for line in result.stdout.splitlines()
+             if line[6:].startswith("pods stuck in Init: ")]
+    assert len(found) == 1, result.stdout + result.stderr
+    return found[0]
+
+
+def test_g1_doctor_lists_the_stuck_pods_with_their_owners(
+    cluster: ControlPlane, node: Node
+) -> None:
+    stuck = [pod for pod in pods(cluster, UNLABELLED) if pod_state(pod).startswith("Init:")]
+    assert stuck, pod_summary(cluster, UNLABELLED)
+    line = stuck_pods_line(cluster, UNLABELLED)
+    assert line.startswith(f"warn  pods stuck in Init: {len(stuck)} pods created without the "
+                           "webhook's changes wait in Init: "), line
+    for pod in stuck:
+        assert stuck_description(cluster, pod) in line, (stuck_description(cluster, pod), line)
+    # Not the Kafka broker, which never waited, nor the pod that lacks its Secret.
+    assert "kafka-" not in line and "wants-credentials" not in line, line
+    assert "these, already there, were not changed" in line, line
+    assert f"fix: backend-injector restart -n {UNLABELLED}" in line, line
+    record("doctor: stuck pods named, with their owners", len(stuck))
+
+
+def test_g2_label_and_restart_bring_every_stuck_pod_up_changed(
+    cluster: ControlPlane, node: Node, backend: Backend
+) -> None:
+    # (e) left a pod that names a Secret the namespace lacked; it is no part of the chart.
+    kubectl_ok(cluster, "delete", "pod", "wants-credentials", "-n", UNLABELLED, "--wait=true")
+    stuck = {pod["metadata"]["name"]: pod for pod in pods(cluster, UNLABELLED)
+             if pod_state(pod).startswith("Init:")}
+    owners = {controller_of(pod) for pod in stuck.values()}
+    (job,) = [name for kind, name in owners if kind == "Job"]
+    said = opt_in(cluster, UNLABELLED)
+    assert f"{UNLABELLED}: Secret {CREDENTIALS_SECRET} created, from Secret " in said, said
+
+    started = time.monotonic()
+    output = run(BACKEND_INJECTOR, "restart", "-n", UNLABELLED, "--yes",
+                 "--kubeconfig", str(cluster.kubeconfig), env=clean_environment())
+    restarted = time.monotonic() - started
+    assert output.startswith(f"{UNLABELLED}: {len(stuck)} pods wait in Init"), output
+    for kind, name in owners:
+        if kind == "ReplicaSet":
+            deployment = "{}/{}".format(*controller_of(
+                kubectl_json(cluster, "get", "replicaset", name, "-n", UNLABELLED)))
+            assert f"\n{deployment}: restarted (kubectl.kubernetes.io/restartedAt=" in output
+    assert f"\nJob/{job}: deleted (its pods in the background) and created again" in output
+
+    def replacements_up() -> bool:
+        """The pods not being deleted are Running or Completed (the stuck ones may still be
+        in their grace period: a shell loop takes no notice of SIGTERM)."""
+        live = [pod for pod in pods(cluster, UNLABELLED)
+                if not pod["metadata"].get("deletionTimestamp")]
+        return bool(live) and all(pod_state(pod) in ("Running", "Completed") for pod in live)
+
+    wait_for("the pods made anew Running or Completed", replacements_up,
+             timeout=ROLLOUT_TIMEOUT, interval=1,
+             describe=lambda: describe(cluster, node, UNLABELLED))
+    replaced = time.monotonic() - started
+    wait_for(
+        "every flts-plain pod Running or Completed",
+        lambda: all_settled(cluster, UNLABELLED),
+        timeout=ROLLOUT_TIMEOUT,
+        interval=1,
+        describe=lambda: describe(cluster, node, UNLABELLED),
+    )
+    record("restart: the command itself (s)", round(restarted, 1))
+    record("restart to the pods made anew Running or Completed (s)", round(replaced, 1))
+    record("restart to every pod Running or Completed (s)",
+           round(time.monotonic() - started, 1))
+    listed = pods(cluster, UNLABELLED)
+    assert not set(stuck) & {pod["metadata"]["name"] for pod in listed}
+    for pod in listed:
+        if not pod["spec"].get("initContainers"):
+            continue  # Kafka, which the webhook has nothing to do with
+        assert STATUS in pod["metadata"].get("annotations", {}), pod["metadata"]["name"]
+        init_names = [c["name"] for c in pod["spec"]["initContainers"]]
+        assert "wait-for-mlflow" not in init_names and "wait-for-fastapi" not in init_names
+    # The Job, created again under its own name, ran to completion with its budget whole.
+    status = kubectl_json(cluster, "get", "job", job, "-n", UNLABELLED)["status"]
+    assert status.get("succeeded") == 1 and not status.get("failed"), status
+
+    trainers = [pod["metadata"]["name"] for pod in listed
+                if pod["metadata"]["name"].startswith(("train-gru-", "train-lstm-",
+                                                       "nonml-prophet-"))]
+    assert len(trainers) == 3, trainers
+    wait_for("a finished run in MLflow from each restarted trainer",
+             lambda: all(runs_of(backend, trainer) for trainer in trainers),
+             timeout=120, interval=2)
+
+
+# --- h: doctor, from a pod of the labelled namespace ----------------------------------------
+
+
+CONNECTIVITY_COMPONENT = "app.kubernetes.io/component=connectivity"
+OVERLAP_CHECK = "other mutating webhooks and policies"
+
+
+def doctor_lines(output: str) -> dict[str, str]:
+    """doctor's lines (``STATUS  name: detail``, the status padded to four) by check name."""
+    return {line[6:].split(": ", 1)[0]: line for line in output.splitlines()
+            if line[4:6] == "  "}
+
+
+def connectivity_lines(output: str) -> dict[str, str]:
+    """The ``connectivity SERVICE`` lines, by service."""
+    return {name.removeprefix("connectivity "): line
+            for name, line in doctor_lines(output).items() if name.startswith("connectivity")}
+
+
+def doctor_connectivity(plane: ControlPlane, namespace: str, *flags: str
+                        ) -> subprocess.CompletedProcess[str]:
+    """``doctor --connectivity`` with the chart's busybox, which the node has (no registry)."""
+    image = images.chart_values()["images"]["busybox"]
+    return subprocess.run(
+        [BACKEND_INJECTOR, "doctor", "-n", namespace, "--kubeconfig", str(plane.kubeconfig),
+         "--connectivity", "--connectivity-image", image, *flags],
+        capture_output=True, text=True, timeout=300, check=False, env=clean_environment())
+
+
+def test_h_doctor_connects_from_a_pod_of_the_namespace_and_names_what_it_cannot_reach(
+    cluster: ControlPlane, node: Node, tmp_path: Path
+) -> None:
+    """``doctor --connectivity -n flts``: green, one line per service reached from a pod of
+    the namespace, and the overlap line. Then MLflow given at a port of the host where
+    nothing listens (a configuration passed with --config, so that the backend the walk
+    shares keeps running): that one line fails and names it. The pod meets the "restricted"
+    Pod Security Standard (a namespace that enforces it runs it), and none is left behind."""
+    image = images.chart_values()["images"]["busybox"]
+    started = time.monotonic()
+    said = run(BACKEND_INJECTOR, "doctor", "-n", LABELLED, "--kubeconfig",
+               str(cluster.kubeconfig), "--connectivity", "--connectivity-image", image,
+               env=clean_environment())
+    took = time.monotonic() - started
+    lines = connectivity_lines(said)
+    assert set(lines) == {"mlflow", "minio", "fastapi"}, said
+    for service, port in (("mlflow", 5000), ("minio", 9000), ("fastapi", 8000)):
+        assert lines[service].startswith(
+            f"ok    connectivity {service}: {HOST_DOCKER_INTERNAL}:{port} reachable from a pod "
+            f"in {LABELLED} (TCP connect "), said
+    overlap = doctor_lines(said)[OVERLAP_CHECK]
+    assert overlap.startswith("ok    ") and "no other mutating webhook or policy" in overlap, said
+    record("doctor --connectivity -n flts, backend up (s)", round(took, 1))
+    record("doctor --connectivity, TCP connect from the pod",
+           {service: line.rpartition("TCP connect ")[2].rstrip(")")
+            for service, line in lines.items()})
+    record("doctor overlap line", overlap)
+
+    with socket.socket() as probe:
+        probe.bind((HOST_ADDRESS, 0))
+        closed = int(probe.getsockname()[1])
+    configuration = tmp_path / "mlflow-closed.yaml"
+    configuration.write_text(f"services:\n  mlflow:\n    external: {{host: {HOST_DOCKER_INTERNAL}, "
+                             f"port: {closed}}}\n")
+    result = doctor_connectivity(cluster, LABELLED, "--config", str(configuration))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    lines = connectivity_lines(result.stdout)
+    assert lines["mlflow"].startswith(
+        f"FAIL  connectivity mlflow: {HOST_DOCKER_INTERNAL}:{closed} not reachable from a pod "
+        f"in {LABELLED} ("), output
+    assert "services.mlflow.external" in lines["mlflow"], output
+    assert lines["minio"].startswith("ok") and lines["fastapi"].startswith("ok"), output
+    assert [line for line in result.stdout.splitlines() if line.startswith("FAIL")] == [
+        lines["mlflow"]], output
+    record("doctor --connectivity, MLflow at a closed port", lines["mlflow"])
+
+    restricted = new_namespace(cluster, "connectivity-restricted",
+                               {"pod-security.kubernetes.io/enforce": "restricted"})
+    result = doctor_connectivity(cluster, restricted)
+    lines = connectivity_lines(result.stdout)
+    assert len(lines) == 3 and all(line.startswith("ok") for line in lines.values()), (
+        result.stdout + result.stderr)
+
+    def none_left() -> bool:
+        return not [pod for namespace in (LABELLED, restricted)
+                    for pod in pods(cluster, namespace, CONNECTIVITY_COMPONENT)]
+
+    wait_for("the connectivity pods gone", none_left, timeout=60,
+             describe=lambda: pod_summary(cluster, LABELLED))
+    kubectl_ok(cluster, "delete", "namespace", restricted, "--wait=false")
 
 
 # --- item 5: pod start latency with and without the webhook ---------------------------------

@@ -5,11 +5,16 @@ webhook is registered (the installed configuration, else the dev one); its caBun
 the certificate the webhook really serves (fetched from the Service's endpoints or the dev URL,
 and checked as the apiserver checks it); that certificate is not about to expire; the Service
 has ready endpoints; the namespace is selected; no dev registration was left behind by a killed
-process; what the webhook sees of the external backend; and the decisive one, a server-side
+process; which other webhooks and policies also change the namespace's pods (`overlap`); what
+the webhook sees of the external backend; and the decisive one, a server-side
 dry-run create (``dryRun=All``) of a pod in the namespace and of the pod templates of its
 workloads, whose admission warnings say what the webhook changed; the Secret the admitted test
 pod reads its credentials from, when it reads them by reference. The dry run goes through
-every admission step a real create takes, so it fails exactly when a real pod would.
+every admission step a real create takes, so it fails exactly when a real pod would. Then the
+pods already there that wait in Init although the webhook would change them (`stuck`): created
+before it acted, they never will be changed, and ``restart`` creates them anew. With
+``--connectivity``, last, a short-lived pod of the namespace connects to each external service
+(`connectivity`).
 
 Only `webhook.cluster.client` talks to the cluster, and certificates are judged by `webhook.certs`.
 The runner and the checks are here; what they read lives beside it: `checks` (a check's
@@ -25,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from webhook import certs
-from webhook.cluster import credentials, dev
+from webhook.cluster import credentials, dev, overlap
 from webhook.cluster.checks import Check, Status, failed, passed, refused, warned
 from webhook.cluster.client import (
     Cluster,
@@ -37,12 +42,16 @@ from webhook.cluster.client import (
     service_proxy_path,
     webhook_configuration_path,
 )
+from webhook.cluster.connectivity import ConnectivityOptions, ConnectivityProbe
 from webhook.cluster.endpoints import ServiceEndpoints
+from webhook.cluster.platform import platform_checks
 from webhook.cluster.pods import trial_pod, workload_pods
 from webhook.cluster.selectors import selector_matches
 from webhook.cluster.served import Served, fetch_https, fetch_served, host_port
-from webhook.rules.mutate import INJECT_KEY, STATUS_KEY
+from webhook.cluster.stuck import listed, read_stuck
+from webhook.rules.mutate import INJECT_KEY, STATUS_KEY, Rules
 from webhook.serving import reachability
+from webhook.settings import ConfigError, Settings, load_settings
 
 # What the CLI and scripts import from here; the verdicts themselves live in `checks`.
 __all__ = ["DEFAULT_TLS_SECRET", "DEFAULT_WEBHOOK_CONFIGURATION", "Check", "Doctor", "Status",
@@ -53,6 +62,8 @@ DEFAULT_TLS_SECRET = "backend-injector-tls"
 EXPIRY_WARNING = dt.timedelta(days=30)
 # Enough to see a chart's workloads; more would make the output a wall.
 MOST_WORKLOADS = 20
+# Stuck pods named on doctor's line; the rest are counted.
+MOST_STUCK_PODS = 10
 
 
 class Doctor:
@@ -66,6 +77,8 @@ class Doctor:
         webhook_configuration: str = DEFAULT_WEBHOOK_CONFIGURATION,
         tls_secret: str = DEFAULT_TLS_SECRET,
         now: dt.datetime | None = None,
+        connectivity: ConnectivityOptions | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
@@ -75,6 +88,11 @@ class Doctor:
         self.endpoints = ServiceEndpoints(cluster)
         # Where a refused dry run's fix sends the user; known once the registration is read.
         self.webhook_log = _log_command(None)
+        # Given (doctor --connectivity): a pod of the namespace connects to the backend.
+        self.connectivity = connectivity
+        # The configuration the platform and stuck-pod checks judge by (the CLI's --config,
+        # --platform, --external-host); None: as serve would find it here.
+        self.settings = settings
 
     def run(self) -> Iterator[Check]:
         """The checks in order, each as soon as it is made. A request the cluster refuses
@@ -84,6 +102,7 @@ class Doctor:
         yield reachable
         if reachable.status is Status.FAIL:
             return
+        yield from platform_checks(self.cluster, self.settings)
         try:
             installed = self._installed()
             dev_registration = self.cluster.get(
@@ -110,12 +129,16 @@ class Doctor:
             yield self._guarded(f"namespace {self.namespace} selected",
                                 lambda: self._namespace(webhook))
         yield self._dev_leftover(dev_registration, active=configuration is dev_registration)
+        yield self._overlap(configuration, (installed, dev_registration))
         if configuration is not None:
             yield from self._backend(configuration)
         try:
             yield from self._dry_runs()
         except ClusterError as error:
             yield refused("dry-run", error)
+        yield from self._stuck_pods()
+        if self.connectivity is not None:
+            yield from ConnectivityProbe(self.cluster, self.namespace, self.connectivity).run()
 
     @staticmethod
     def _guarded(name: str, check: Callable[[], Check]) -> Check:
@@ -331,6 +354,20 @@ class Doctor:
             yield warned("backend as the webhook sees it",
                          f"cannot read the webhook's /metrics: {error}")
 
+    def _overlap(self, configuration: JsonObject | None,
+                 own: tuple[JsonObject | None, ...]) -> Check:
+        """Other webhooks and policies that change the namespace's pods (a warning: they may
+        be meant to, but their order decides what a pod ends up with)."""
+        names = {self.webhook_configuration, dev.DEV_CONFIGURATION,
+                 *((item.get("metadata") or {}).get("name", "") for item in own if item)}
+        try:
+            return overlap.overlap_check(self.cluster, self.namespace, ours=configuration,
+                                         own_names=names)
+        except ClusterError as error:
+            return warned(overlap.CHECK_NAME, error.problem,
+                          error.fix or "ask for the right to list mutating webhook "
+                          "configurations and MutatingAdmissionPolicies")
+
     def _dry_runs(self) -> Iterator[Check]:
         if self.cluster.get(namespace_path(self.namespace)) is None:
             return
@@ -363,6 +400,31 @@ class Doctor:
                                 "not called, or failed open",
                           "see the failed checks above"), None
         return passed(name, "nothing for the webhook to change"), None
+
+    def _stuck_pods(self) -> Iterator[Check]:
+        """The namespace's pods that wait in Init although the webhook would change them:
+        created before it acted here, they were never changed and never will be."""
+        name = "pods stuck in Init"
+        try:
+            if self.cluster.get(namespace_path(self.namespace)) is None:
+                return
+            settings = self.settings if self.settings is not None else load_settings()
+            stuck = read_stuck(self.cluster, self.namespace, Rules(settings))
+        except ClusterError as error:
+            yield refused(name, error)
+            return
+        except ConfigError as error:
+            yield warned(name, f"not checked: {error}")
+            return
+        if not stuck:
+            yield passed(name, "no pod waits in Init for what the webhook would change")
+            return
+        yield warned(name, f"{len(stuck)} pods created without the webhook's changes wait in "
+                           f"Init: {'; '.join(listed(stuck, MOST_STUCK_PODS))}. The dry runs "
+                           "are of new pods; these, already there, were not changed and never "
+                           "will be (the webhook acts when a pod is created)",
+                     f"backend-injector restart -n {self.namespace} (once the namespace is "
+                     "selected: it creates them anew)")
 
     def _credentials(self, admitted: JsonObject) -> Check:
         """The Secret the admitted test pod reads by reference is there, with its keys: a pod
