@@ -36,6 +36,7 @@ from .test_post_renderer import (
     assert_injected,
     comparable,
     documents,
+    helm_environment,
     init_names,
     pod_templates,
 )
@@ -56,13 +57,9 @@ def helm4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Helm]:
     directory, with the console script's directory first on PATH and no BACKEND_INJECTOR_*
     variables (the plugin's command inherits Helm's environment)."""
     binary = built_paths()["helm4"]
-    homes = tmp_path_factory.mktemp("helm4-homes")
-    environment = {key: value for key, value in os.environ.items()
-                   if not key.startswith("BACKEND_INJECTOR_")}
-    environment.update(HELM_CACHE_HOME=str(homes / "cache"),
-                       HELM_CONFIG_HOME=str(homes / "config"),
-                       HELM_DATA_HOME=str(homes / "data"),
-                       PATH=f"{CONSOLE_SCRIPT.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    environment = helm_environment(
+        tmp_path_factory.mktemp("helm4-homes"),
+        PATH=f"{CONSOLE_SCRIPT.parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
     def run(*args: str, path: str | None = None, check: bool = True
             ) -> subprocess.CompletedProcess[str]:

@@ -50,17 +50,23 @@ IN_CLUSTER_HOSTS = ("mlflow:", "minio:", "fastapi-app:", "fastapi:")
 HELM_SECONDS = 120
 
 
+def helm_environment(homes: Path, **extra: str) -> dict[str, str]:
+    """This process's environment with Helm's homes under `homes` and no BACKEND_INJECTOR_*
+    variables (what Helm runs inherits it, and they would change its configuration)."""
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith("BACKEND_INJECTOR_")}
+    environment.update(HELM_CACHE_HOME=str(homes / "cache"),
+                       HELM_CONFIG_HOME=str(homes / "config"),
+                       HELM_DATA_HOME=str(homes / "data"), **extra)
+    return environment
+
+
 @pytest.fixture(scope="module")
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A function running the built Helm 3 with its homes in a scratch directory and an
     environment without BACKEND_INJECTOR_* variables (the post-renderer inherits it)."""
     binary = built_paths()["helm"]
-    homes = tmp_path_factory.mktemp("helm-homes")
-    environment = {key: value for key, value in os.environ.items()
-                   if not key.startswith("BACKEND_INJECTOR_")}
-    environment.update(HELM_CACHE_HOME=str(homes / "cache"),
-                       HELM_CONFIG_HOME=str(homes / "config"),
-                       HELM_DATA_HOME=str(homes / "data"))
+    environment = helm_environment(tmp_path_factory.mktemp("helm-homes"))
 
     def run(*args: str, path: str | None = None) -> str:
         env = environment if path is None else {**environment, "PATH": path}
