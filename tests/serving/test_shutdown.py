@@ -75,6 +75,13 @@ def serve(tmp_path: Path, *arguments: str) -> tuple[subprocess.Popen[bytes], Out
     return process, Output(process), f"https://127.0.0.1:{port}"
 
 
+def children(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
 def started_workers(records: list[dict[str, object]]) -> int:
     return sum(str(record["message"]).startswith("Started server process") for record in records)
 
@@ -128,6 +135,9 @@ def test_a_killed_workers_leftovers_are_reported_as_json(tmp_path: Path) -> None
         output.wait_until(lambda records: started_workers(records) == 2)
         supervisor = process.pid
         workers = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        # Its resource tracker and its review process started (their semaphores exist): only
+        # then has a killed worker left something behind.
+        output.wait_until(lambda _: len(children(int(workers[0]))) >= 2)
         os.kill(int(workers[0]), signal.SIGKILL)
         output.wait_until(lambda records: any(
             "leaked" in str(record["message"]) for record in records))
@@ -145,3 +155,28 @@ def test_a_killed_workers_leftovers_are_reported_as_json(tmp_path: Path) -> None
     (leaked,) = [record for record in output.records() if "leaked" in str(record["message"])]
     assert leaked["level"] == "warning"
     assert leaked["logger"] == "multiprocessing.resource_tracker"
+
+
+RELAY_SCRIPT = """
+import subprocess, sys, time
+from webhook.serving.logs import configure_logging
+from webhook.serving.tracker_relay import TrackerRelay
+configure_logging("INFO", "json")
+relay = TrackerRelay()
+child = ("import json, sys; print('Traceback (most recent call last):', file=sys.stderr); "
+         "print(json.dumps({'level': 'info', 'message': 'from the child'}), file=sys.stderr)")
+with relay.as_stderr():
+    subprocess.run([sys.executable, "-c", child], check=True)
+time.sleep(1)
+"""
+
+
+def test_what_a_process_started_in_the_relay_prints_arrives_as_records() -> None:
+    """A review process's own records pass through as they are; anything else it prints (the
+    interpreter's trace when its worker dies while it starts) becomes a warning record."""
+    completed = subprocess.run([sys.executable, "-c", RELAY_SCRIPT], capture_output=True,
+                               timeout=60, check=True)
+    records = [json.loads(line) for line in completed.stderr.splitlines()]
+    assert {"level": "info", "message": "from the child"} in records
+    (relayed,) = [record for record in records if record.get("level") == "warning"]
+    assert relayed["message"] == "Traceback (most recent call last):"

@@ -17,14 +17,17 @@ process die, the pool is started again, and the review that was in it is answere
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import AbstractContextManager
 from dataclasses import replace
 
 from webhook.serving.admission import AdmissionHandler, ReviewOutcome, without_operations
@@ -52,9 +55,13 @@ class ReviewProcesses:
     """A bounded pool of processes answering big reviews with the server's own rules."""
 
     def __init__(self, handler: AdmissionHandler, *, processes: int = 1,
-                 queued_limit: int = QUEUED_LIMIT) -> None:
+                 queued_limit: int = QUEUED_LIMIT,
+                 spawning: Callable[[], AbstractContextManager[None]] | None = None) -> None:
         self._handler = handler
         self._processes = processes
+        # What the processes are started inside of: the stderr they are to inherit
+        # (``TrackerRelay.as_stderr``), so that nothing they print is plain text.
+        self._spawning = spawning if spawning is not None else contextlib.nullcontext
         self._queued_limit = queued_limit
         self._queued = 0
         self._executor: ProcessPoolExecutor | None = None
@@ -67,7 +74,7 @@ class ReviewProcesses:
         Not waited for: a process takes a moment to start an interpreter and import the rules,
         and small reviews need none of it. A big review that comes sooner waits for it.
         """
-        self._pool().submit(_ready)
+        self._pool()
 
     def use_handler(self, handler: AdmissionHandler) -> None:
         """Review with ``handler`` from now on (called on the event loop). The processes
@@ -116,6 +123,11 @@ class ReviewProcesses:
                 initializer=_adopt,
                 initargs=(self._handler.without_cache(), os.getpid(), logging_setup()),
             )
+            # A spawn pool starts a process at each submit until it has them all: start them
+            # here, inside ``spawning``, rather than at whichever review comes first.
+            with self._spawning():
+                for _ in range(self._processes):
+                    self._executor.submit(_ready)
         return self._executor
 
 

@@ -165,7 +165,8 @@ def _run_worker(listener: socket.socket, settings: Settings, pair: CertificatePa
     addresses, unresolved = starting_addresses(settings, os.environ)
     handler = AdmissionHandler(Rules(settings, host_addresses=addresses))
     readiness = Readiness()
-    big_reviews = ReviewProcesses(handler, processes=serving.review_processes)
+    big_reviews = ReviewProcesses(handler, processes=serving.review_processes,
+                                  spawning=tracker_relay.as_stderr)
     app = create_app(handler, metrics=Metrics(), readiness=readiness, big_reviews=big_reviews)
     config, context = uvicorn_config(app, serving, pair)
     server = WebhookServer(
