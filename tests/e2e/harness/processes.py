@@ -37,6 +37,12 @@ class ManagedProcess:
     log_path: Path
 
 
+# After SIGKILL: a process in uninterruptible sleep (containerd unmounting a snapshot on a
+# busy disk, say) dies only once that call returns; seen to take more than 15 s at the end of
+# a whole run.
+KILLED_SECONDS = 90.0
+
+
 def terminate(process: ManagedProcess, grace: float = 15.0) -> None:
     """SIGTERM the child's process group, then SIGKILL it after ``grace`` seconds."""
     if process.popen.poll() is None:
@@ -47,7 +53,7 @@ def terminate(process: ManagedProcess, grace: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.popen.pid, signal.SIGKILL)
-            process.popen.wait(timeout=grace)
+            process.popen.wait(timeout=max(grace, KILLED_SECONDS))
 
 
 def wait_while_running(
