@@ -743,7 +743,7 @@ def _label(args: argparse.Namespace) -> int:
     from webhook.cluster.credentials import CredentialsError
     from webhook.cluster.optin import (
         OptInError,
-        check_namespace,
+        check_namespaces,
         credential_values,
         opt_in,
         opt_out,
@@ -757,8 +757,7 @@ def _label(args: argparse.Namespace) -> int:
                     for step in opt_out(cluster, settings, namespace):
                         print(step.line(), flush=True)
                 return 0
-            for namespace in args.namespaces:
-                check_namespace(cluster, settings, namespace)
+            check_namespaces(cluster, settings, args.namespaces)
             values = credential_values(cluster, settings, os.environ, args.source)
             _warn_development_copy(values)
             for namespace in args.namespaces:

@@ -126,11 +126,12 @@ def test_opting_in_copies_then_labels_and_is_idempotent() -> None:
 def test_excluded_and_absent_namespaces_are_refused_before_anything_changes() -> None:
     cluster = MemoryCluster()
     add_namespace(cluster, "kube-system")
+    add_namespace(cluster, "flts-ok")
     for namespace, reason in (("kube-system", "never mutated"),
                               ("backend-injector", "never mutated"),
                               ("nowhere", "does not exist")):
         with pytest.raises(optin.OptInError, match=reason):
-            optin.check_namespace(cluster, settings(), namespace)
+            optin.check_namespaces(cluster, settings(), ["flts-ok", namespace])
     assert not [call for call in cluster.calls if not call.startswith("GET")]
 
 

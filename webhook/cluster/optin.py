@@ -44,9 +44,14 @@ class Step:
         return f"{self.namespace}: {self.text}"
 
 
-def check_namespace(cluster: Cluster, settings: Settings, namespace: str) -> None:
+def check_namespaces(cluster: Cluster, settings: Settings, namespaces: list[str]) -> None:
     """Refuse what the webhook never mutates, before anything is changed anywhere."""
     own = webhook_namespace(cluster)
+    for namespace in namespaces:
+        _check_namespace(cluster, settings, namespace, own)
+
+
+def _check_namespace(cluster: Cluster, settings: Settings, namespace: str, own: str) -> None:
     if namespace in settings.excluded_namespaces or namespace == own:
         raise OptInError(f"{namespace} is never mutated (the webhook's own namespace or a "
                          "system one); run the workloads in another namespace")
