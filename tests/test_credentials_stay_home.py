@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cli_process import run_cli
 from tests.conftest import pod, waiter
 from tests.server_process import Server, review_body, start_server, stop, write_pair
 
@@ -135,14 +133,6 @@ def test_no_log_line_holds_a_credential(server: Server) -> None:
     assert not leaks(text)
 
 
-def run_command(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    clean = {key: value for key, value in os.environ.items()
-             if not key.startswith("BACKEND_INJECTOR_")}
-    return subprocess.run([sys.executable, "-m", "webhook", *args], input=stdin, text=True,
-                          capture_output=True, env={**clean, **ENVIRONMENT}, timeout=60,
-                          check=False)
-
-
 def manifests() -> str:
     template = {"metadata": {"labels": {"app": "train"}}, "spec": next(stranger_pods())["spec"]}
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -158,15 +148,15 @@ def manifests() -> str:
 ])
 def test_no_command_prints_a_credential(command: tuple[str, ...]) -> None:
     if command == ("review",):
-        result = run_command("review", stdin=json.dumps(review_body(pod(), "cli")))
+        result = run_cli("review", stdin=json.dumps(review_body(pod(), "cli")), env=ENVIRONMENT)
     elif command == ("inject", "krm"):
         listed = {"apiVersion": "config.kubernetes.io/v1", "kind": "ResourceList",
                   "items": [yaml.safe_load(manifests())]}
-        result = run_command("inject", stdin=yaml.safe_dump(listed))
+        result = run_cli("inject", stdin=yaml.safe_dump(listed), env=ENVIRONMENT)
     elif command[0] == "inject":
-        result = run_command(*command, stdin=manifests())
+        result = run_cli(*command, stdin=manifests(), env=ENVIRONMENT)
     else:
-        result = run_command(*command)
+        result = run_cli(*command, env=ENVIRONMENT)
     assert result.returncode in (0, 1), result.stderr
     assert result.stdout.strip(), "the command printed nothing to check"
     assert not leaks(result.stdout + result.stderr)
@@ -177,7 +167,7 @@ def test_value_mode_is_the_explicit_exception_and_says_so(tmp_path: Path) -> Non
     warns that it does."""
     config = tmp_path / "value.yaml"
     config.write_text("credentials: {mode: value}\n")
-    result = run_command("inject", "--config", str(config), stdin=manifests())
+    result = run_cli("inject", "--config", str(config), stdin=manifests(), env=ENVIRONMENT)
     assert leaks(result.stdout)
     assert "credentials.mode is value" in result.stderr
 

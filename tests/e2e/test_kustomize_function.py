@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from .harness.admission import clean_environment
 from .harness.controlplane import built_paths
 from .test_post_renderer import (
     CHART,
@@ -73,8 +74,7 @@ Keyed = dict[tuple[str, str], dict[str, Any]]
 def environment() -> dict[str, str]:
     """The tests' environment: no BACKEND_INJECTOR_* variables (the function inherits it),
     the console script's directory first on PATH."""
-    inherited = {key: value for key, value in os.environ.items()
-                 if not key.startswith("BACKEND_INJECTOR_")}
+    inherited = clean_environment()
     assert os.access(CONSOLE_SCRIPT, os.X_OK), f"{CONSOLE_SCRIPT}: pip install -e . first"
     inherited["PATH"] = f"{CONSOLE_SCRIPT.parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return inherited

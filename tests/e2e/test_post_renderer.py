@@ -36,6 +36,7 @@ import yaml
 
 from webhook.inject import TEMPLATE_PATHS
 
+from .harness.admission import clean_environment
 from .harness.controlplane import built_paths
 
 pytestmark = pytest.mark.e2e
@@ -53,8 +54,7 @@ HELM_SECONDS = 120
 def helm_environment(homes: Path, **extra: str) -> dict[str, str]:
     """This process's environment with Helm's homes under `homes` and no BACKEND_INJECTOR_*
     variables (what Helm runs inherits it, and they would change its configuration)."""
-    environment = {key: value for key, value in os.environ.items()
-                   if not key.startswith("BACKEND_INJECTOR_")}
+    environment = clean_environment()
     environment.update(HELM_CACHE_HOME=str(homes / "cache"),
                        HELM_CONFIG_HOME=str(homes / "config"),
                        HELM_DATA_HOME=str(homes / "data"), **extra)

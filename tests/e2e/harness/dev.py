@@ -7,13 +7,12 @@ The command runs as a user runs it, with the control plane's admin kubeconfig an
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from .admission import BACKEND_INJECTOR, wait_for
+from .admission import BACKEND_INJECTOR, clean_environment, wait_for
 from .controlplane import ControlPlane, free_port
 
 DEV_CONFIGURATION = "backend-injector-dev"
@@ -34,8 +33,7 @@ class DevProcess:
                 [*prefix, BACKEND_INJECTOR, "dev", "--url", self.url,
                  "--kubeconfig", str(plane.kubeconfig)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={key: value for key, value in os.environ.items()
-                     if not key.startswith("BACKEND_INJECTOR_")},
+                env=clean_environment(),
             )
 
     def records(self) -> list[dict[str, Any]]:
