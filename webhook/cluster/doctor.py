@@ -48,8 +48,8 @@ from webhook.cluster.platform import platform_checks
 from webhook.cluster.pods import trial_pod, workload_pods
 from webhook.cluster.selectors import selector_matches
 from webhook.cluster.served import Served, fetch_https, fetch_served, host_port
-from webhook.cluster.stuck import listed, read_stuck
-from webhook.rules.mutate import INJECT_KEY, STATUS_KEY, Rules
+from webhook.cluster.stuck import admitted_by_webhook, listed, read_stuck
+from webhook.rules.mutate import INJECT_KEY, Rules
 from webhook.serving import reachability
 from webhook.settings import ConfigError, Settings, load_settings
 
@@ -391,9 +391,8 @@ class Doctor:
         except ClusterError as error:
             return failed(name, f"refused in {self.namespace}: {error}",
                           _refusal_fix(str(error), self.webhook_log)), None
-        annotations = (created.object.get("metadata") or {}).get("annotations") or {}
         changes = "; ".join(created.warnings) or "the webhook's status annotation only"
-        if STATUS_KEY in annotations:
+        if admitted_by_webhook(created.object):
             return passed(name, f"changed by the webhook: {changes}"), created.object
         if decisive:
             return failed(name, f"came back unchanged from {self.namespace}: the webhook was "

@@ -46,8 +46,8 @@ from webhook.cluster.client import (
     namespaced_path,
 )
 from webhook.cluster.pods import trial_pod
-from webhook.cluster.stuck import OWNER_KINDS, Owner, StuckPod, read_stuck
-from webhook.rules.mutate import INJECT_KEY, STATUS_KEY, Rules
+from webhook.cluster.stuck import OWNER_KINDS, Owner, StuckPod, admitted_by_webhook, read_stuck
+from webhook.rules.mutate import INJECT_KEY, Rules
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 # What the apiserver adds to a Job without a manual selector (and to its pod template); a
@@ -263,7 +263,7 @@ def refusal(cluster: Cluster, namespace: str) -> str | None:
     except ClusterError as error:
         return f"the webhook is not ready: a dry-run pod in {namespace} was refused " \
                f"({error.problem}); {doctor}"
-    if STATUS_KEY not in ((created.object.get("metadata") or {}).get("annotations") or {}):
+    if not admitted_by_webhook(created.object):
         return (f"the webhook is not ready: a dry-run pod in {namespace} came back unchanged, "
                 f"so pods created anew would wait again; {doctor}")
     missing = credentials.missing_references(cluster, namespace,
