@@ -31,7 +31,6 @@ from enum import StrEnum
 from webhook.cluster.client import (
     Cluster,
     JsonObject,
-    namespace_path,
     secret_path,
     webhook_configuration_path,
 )
@@ -41,6 +40,7 @@ from webhook.settings import DEVELOPMENT_CREDENTIAL, ENV_PREFIX, CredentialMode,
 MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "backend-injector"
 DEFAULT_SOURCE_NAMESPACE = "backend-injector"
+# The installed webhook's registration, as the manifests and the chart name it.
 DEFAULT_WEBHOOK_CONFIGURATION = "backend-injector"
 # What decides which namespaces are opted in: the label the webhook's namespaceSelector asks for.
 INJECT_LABEL = (INJECT_KEY, "enabled")
@@ -215,7 +215,3 @@ def missing_references(cluster: Cluster, namespace: str,
         if secret is None or key not in (secret.get("data") or {}):
             missing.append(f"{name}/{key}")
     return missing
-
-
-def namespace_exists(cluster: Cluster, namespace: str) -> bool:
-    return cluster.get(namespace_path(namespace)) is not None

@@ -43,6 +43,7 @@ from webhook.cluster.client import (
     webhook_configuration_path,
 )
 from webhook.cluster.connectivity import ConnectivityOptions, ConnectivityProbe
+from webhook.cluster.credentials import DEFAULT_WEBHOOK_CONFIGURATION
 from webhook.cluster.endpoints import ServiceEndpoints
 from webhook.cluster.platform import platform_checks
 from webhook.cluster.pods import trial_pod, workload_pods
@@ -57,7 +58,6 @@ from webhook.settings import ConfigError, Settings, load_settings
 __all__ = ["DEFAULT_TLS_SECRET", "DEFAULT_WEBHOOK_CONFIGURATION", "Check", "Doctor", "Status",
            "backend_lines"]
 
-DEFAULT_WEBHOOK_CONFIGURATION = "backend-injector"
 DEFAULT_TLS_SECRET = "backend-injector-tls"
 EXPIRY_WARNING = dt.timedelta(days=30)
 # Enough to see a chart's workloads; more would make the output a wall.
